@@ -1,0 +1,1 @@
+//! Medical-image data: NIfTI volumes, fundus images, datasets, preprocessing and splits.

@@ -1,0 +1,15 @@
+//! # pretext
+//!
+//! Scriptable 3D self-supervised learning for medical imaging: a reproduction and extension of
+//! Taleb et al., "3D Self-Supervised Methods for Medical Imaging" (NeurIPS 2020), on
+//! [candle](https://github.com/huggingface/candle) with [Rhai](https://rhai.rs) scripts on top.
+//!
+//! Dependencies point downward: [`script`] → training → pretext tasks, models, [`data`] → ops →
+//! candle. Nothing below [`script`] knows Rhai exists, so every capability is usable from Rust
+//! and from scripts alike.
+
+pub mod data;
+pub mod error;
+pub mod script;
+
+pub use error::{Error, Result};

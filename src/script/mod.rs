@@ -1,0 +1,1 @@
+//! The Rhai host: engine construction and one module per exposed domain.
