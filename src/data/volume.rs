@@ -1,0 +1,422 @@
+//! 3D (and 4D) medical volumes: NIfTI-1 reading and writing with spacing and affine.
+//!
+//! A [`Volume`] holds its voxels as an f32 candle [`Tensor`] on the CPU whose index order is
+//! nibabel's: `t[i, j, k]` equals `nib.load(path).get_fdata()[i, j, k]` (axes x, y, z, then t).
+//! Integer and float files of every NIfTI-1 dtype are read, with `scl_slope`/`scl_inter` applied.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use ndarray::{ArrayD, IxDyn, ShapeBuilder};
+use nifti::{IntoNdArray, NiftiHeader, NiftiObject, NiftiType, ReaderOptions, WriterOptions};
+
+use crate::error::{Error, FileContext, Result};
+
+/// The on-disk voxel type of a NIfTI file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum VoxelType {
+    /// unsigned 8-bit integer
+    U8,
+    /// signed 8-bit integer
+    I8,
+    /// unsigned 16-bit integer
+    U16,
+    /// signed 16-bit integer (typical for CT)
+    I16,
+    /// unsigned 32-bit integer
+    U32,
+    /// signed 32-bit integer
+    I32,
+    /// unsigned 64-bit integer
+    U64,
+    /// signed 64-bit integer
+    I64,
+    /// 32-bit float
+    F32,
+    /// 64-bit float
+    F64,
+}
+
+impl VoxelType {
+    /// Every supported type, in NIfTI code order.
+    pub const ALL: [VoxelType; 10] = [
+        VoxelType::U8,
+        VoxelType::I8,
+        VoxelType::U16,
+        VoxelType::I16,
+        VoxelType::U32,
+        VoxelType::I32,
+        VoxelType::U64,
+        VoxelType::I64,
+        VoxelType::F32,
+        VoxelType::F64,
+    ];
+
+    /// The short name used in scripts (`"u8"`, `"i16"`, `"f32"`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            VoxelType::U8 => "u8",
+            VoxelType::I8 => "i8",
+            VoxelType::U16 => "u16",
+            VoxelType::I16 => "i16",
+            VoxelType::U32 => "u32",
+            VoxelType::I32 => "i32",
+            VoxelType::U64 => "u64",
+            VoxelType::I64 => "i64",
+            VoxelType::F32 => "f32",
+            VoxelType::F64 => "f64",
+        }
+    }
+
+    /// Parses a short name (`"u8"`, `"int16"`, `"float32"`, ...).
+    pub fn parse(name: &str) -> Result<Self> {
+        let t = match name.to_ascii_lowercase().as_str() {
+            "u8" | "uint8" => VoxelType::U8,
+            "i8" | "int8" => VoxelType::I8,
+            "u16" | "uint16" => VoxelType::U16,
+            "i16" | "int16" => VoxelType::I16,
+            "u32" | "uint32" => VoxelType::U32,
+            "i32" | "int32" => VoxelType::I32,
+            "u64" | "uint64" => VoxelType::U64,
+            "i64" | "int64" => VoxelType::I64,
+            "f32" | "float32" => VoxelType::F32,
+            "f64" | "float64" => VoxelType::F64,
+            _ => {
+                return Err(Error::arg(
+                    "dtype",
+                    format!("unknown voxel type `{name}`; expected one of u8 i8 u16 i16 u32 i32 u64 i64 f32 f64"),
+                ));
+            }
+        };
+        Ok(t)
+    }
+
+    fn from_nifti(t: NiftiType) -> Option<Self> {
+        Some(match t {
+            NiftiType::Uint8 => VoxelType::U8,
+            NiftiType::Int8 => VoxelType::I8,
+            NiftiType::Uint16 => VoxelType::U16,
+            NiftiType::Int16 => VoxelType::I16,
+            NiftiType::Uint32 => VoxelType::U32,
+            NiftiType::Int32 => VoxelType::I32,
+            NiftiType::Uint64 => VoxelType::U64,
+            NiftiType::Int64 => VoxelType::I64,
+            NiftiType::Float32 => VoxelType::F32,
+            NiftiType::Float64 => VoxelType::F64,
+            _ => return None,
+        })
+    }
+
+    /// The range of values the type can hold (for integer types).
+    fn range(self) -> Option<(f64, f64)> {
+        match self {
+            VoxelType::U8 => Some((0.0, u8::MAX as f64)),
+            VoxelType::I8 => Some((i8::MIN as f64, i8::MAX as f64)),
+            VoxelType::U16 => Some((0.0, u16::MAX as f64)),
+            VoxelType::I16 => Some((i16::MIN as f64, i16::MAX as f64)),
+            VoxelType::U32 => Some((0.0, u32::MAX as f64)),
+            VoxelType::I32 => Some((i32::MIN as f64, i32::MAX as f64)),
+            VoxelType::U64 => Some((0.0, u64::MAX as f64)),
+            VoxelType::I64 => Some((i64::MIN as f64, i64::MAX as f64)),
+            VoxelType::F32 | VoxelType::F64 => None,
+        }
+    }
+}
+
+/// A 4×4 voxel-to-world matrix (row-major), as nibabel's `img.affine`.
+pub type Affine = [[f64; 4]; 4];
+
+/// A medical volume: voxels, voxel spacing, affine and the NIfTI header it came with.
+#[derive(Clone, Debug)]
+pub struct Volume {
+    tensor: Tensor,
+    spacing: [f64; 3],
+    affine: Affine,
+    dtype: VoxelType,
+    header: NiftiHeader,
+}
+
+impl Volume {
+    /// Reads a `.nii` or `.nii.gz` file. Errors name the file and what was wrong.
+    pub fn load(path: impl AsRef<Path>) -> Result<Volume> {
+        let path = path.as_ref();
+        if !path.exists() {
+            return Err(Error::file(path, "no such file"));
+        }
+        let obj = ReaderOptions::new()
+            .read_file(path)
+            .map_err(|e| Error::file(path, format!("not a readable NIfTI-1 file: {e}")))?;
+        let header = obj.header().clone();
+        let nt = header
+            .data_type()
+            .map_err(|e| Error::file(path, format!("bad datatype code: {e}")))?;
+        let dtype = VoxelType::from_nifti(nt).ok_or_else(|| {
+            Error::file(
+                path,
+                format!("unsupported voxel type {nt:?}; expected an integer or float type"),
+            )
+        })?;
+        let ndim = header.dim[0] as usize;
+        if !(1..=7).contains(&ndim) {
+            return Err(Error::file(path, format!("header dim[0] = {ndim}, expected 1..7")));
+        }
+        let arr = obj
+            .into_volume()
+            .into_ndarray::<f32>()
+            .map_err(|e| Error::file(path, format!("cannot decode voxel data: {e}")))?;
+        let shape = arr.shape().to_vec();
+        let data: Vec<f32> = arr.as_standard_layout().iter().copied().collect();
+        let tensor = Tensor::from_vec(data, shape, &Device::Cpu)?;
+        let spacing = [1, 2, 3].map(|i| (header.pixdim[i] as f64).abs());
+        let spatial = [1, 2, 3].map(|i| header.dim[i].max(1) as usize);
+        let affine = best_affine(&header, spatial)
+            .map_err(|msg| Error::file(path, format!("invalid orientation: {msg}")))?;
+        Ok(Volume {
+            tensor,
+            spacing,
+            affine,
+            dtype,
+            header,
+        })
+    }
+
+    /// A volume from a tensor of rank 3 or 4 (x, y, z[, t]) with voxel `spacing` in mm.
+    /// The affine is `diag(spacing, 1)`; the on-disk type is f32.
+    pub fn from_tensor(tensor: &Tensor, spacing: [f64; 3]) -> Result<Volume> {
+        let rank = tensor.rank();
+        if !(3..=4).contains(&rank) {
+            return Err(Error::shape(
+                "volume",
+                format!("expected a tensor of rank 3 or 4 (x, y, z[, t]), got shape {:?}", tensor.dims()),
+            ));
+        }
+        if let Some(s) = spacing.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(Error::arg("spacing", format!("each spacing must be a positive number, got {s}")));
+        }
+        let mut affine = identity();
+        for (i, s) in spacing.iter().enumerate() {
+            affine[i][i] = *s;
+        }
+        Ok(Volume {
+            tensor: tensor.to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
+            spacing,
+            affine,
+            dtype: VoxelType::F32,
+            header: NiftiHeader {
+                qform_code: 0,
+                sform_code: 2,
+                xyzt_units: 2, // mm
+                ..NiftiHeader::default()
+            },
+        })
+    }
+
+    /// The same geometry (spacing, affine, header) with other voxels of the same spatial shape.
+    pub fn with_tensor(&self, tensor: &Tensor) -> Result<Volume> {
+        let (a, b) = (self.spatial_shape(), tensor.dims());
+        if b.len() < 3 || b[..3] != a[..] {
+            return Err(Error::shape(
+                "with_tensor",
+                format!("expected spatial shape {a:?}, got {b:?}"),
+            ));
+        }
+        Ok(Volume {
+            tensor: tensor.to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
+            ..self.clone()
+        })
+    }
+
+    /// The voxels, f32 on the CPU, indexed `[x, y, z(, t)]`.
+    pub fn tensor(&self) -> &Tensor {
+        &self.tensor
+    }
+
+    /// The full shape (x, y, z[, t]).
+    pub fn shape(&self) -> &[usize] {
+        self.tensor.dims()
+    }
+
+    /// The first three dimensions.
+    pub fn spatial_shape(&self) -> [usize; 3] {
+        let d = self.tensor.dims();
+        [d[0], d.get(1).copied().unwrap_or(1), d.get(2).copied().unwrap_or(1)]
+    }
+
+    /// Voxel size in mm along x, y, z (`pixdim[1..4]`).
+    pub fn spacing(&self) -> [f64; 3] {
+        self.spacing
+    }
+
+    /// The voxel-to-world affine: the sform if set, else the qform, else nibabel's base affine.
+    pub fn affine(&self) -> &Affine {
+        &self.affine
+    }
+
+    /// The voxel type of the file this volume was read from (f32 for new volumes).
+    pub fn dtype(&self) -> VoxelType {
+        self.dtype
+    }
+
+    /// The NIfTI header (of the source file, or a default one).
+    pub fn header(&self) -> &NiftiHeader {
+        &self.header
+    }
+
+    /// The voxels as a C-order `Vec` (x slowest, z fastest).
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
+        Ok(self.tensor.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// Writes the volume in its own voxel type. See [`Volume::save_as`].
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.save_as(path, self.dtype)
+    }
+
+    /// Writes a `.nii` or `.nii.gz` (by extension) file in `dtype`, keeping spacing, affine
+    /// (as the sform) and the rest of the header. Integer types round to nearest; a value that
+    /// does not fit the type is an error. The write is atomic (temporary file, then rename).
+    pub fn save_as(&self, path: impl AsRef<Path>, dtype: VoxelType) -> Result<()> {
+        let path = path.as_ref();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| Error::file(path, "not a file name"))?;
+        let gz = name.ends_with(".nii.gz");
+        if !gz && !name.ends_with(".nii") {
+            return Err(Error::file(path, "expected a .nii or .nii.gz file name"));
+        }
+        let values = self.to_vec()?;
+        if let Some((lo, hi)) = dtype.range() {
+            if let Some(v) = values
+                .iter()
+                .find(|v| !v.is_finite() || (v.round() as f64) < lo || (v.round() as f64) > hi)
+            {
+                return Err(Error::file(
+                    path,
+                    format!("value {v} does not fit voxel type {}", dtype.name()),
+                ));
+            }
+        }
+        let mut header = self.header.clone();
+        for (i, s) in self.spacing.iter().enumerate() {
+            header.pixdim[i + 1] = *s as f32;
+        }
+        if header.sform_code == 0 {
+            header.sform_code = 2;
+        }
+        header.srow_x = self.affine[0].map(|v| v as f32);
+        header.srow_y = self.affine[1].map(|v| v as f32);
+        header.srow_z = self.affine[2].map(|v| v as f32);
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).with_file(dir)?;
+        let ext = if gz { "nii.gz" } else { "nii" };
+        let tmp = dir.join(format!(".{name}.{}.tmp.{ext}", std::process::id()));
+        let shape = self.shape().to_vec();
+        let opts = WriterOptions::new(&tmp).reference_header(&header);
+        let written = write_typed(&opts, &shape, &values, dtype);
+        written
+            .map_err(|e| Error::file(path, format!("cannot write NIfTI: {e}")))
+            .and_then(|_| std::fs::rename(&tmp, path).with_file(path))
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })
+    }
+}
+
+fn write_typed(
+    opts: &WriterOptions,
+    shape: &[usize],
+    values: &[f32],
+    dtype: VoxelType,
+) -> std::result::Result<(), nifti::NiftiError> {
+    fn arr<T: Clone>(shape: &[usize], v: Vec<T>) -> ArrayD<T> {
+        ArrayD::from_shape_vec(IxDyn(shape).set_f(false), v).expect("length matches shape")
+    }
+    macro_rules! write_as {
+        ($t:ty) => {
+            opts.write_nifti(&arr(shape, values.iter().map(|v| v.round() as $t).collect()))
+        };
+    }
+    match dtype {
+        VoxelType::U8 => write_as!(u8),
+        VoxelType::I8 => write_as!(i8),
+        VoxelType::U16 => write_as!(u16),
+        VoxelType::I16 => write_as!(i16),
+        VoxelType::U32 => write_as!(u32),
+        VoxelType::I32 => write_as!(i32),
+        VoxelType::U64 => write_as!(u64),
+        VoxelType::I64 => write_as!(i64),
+        VoxelType::F32 => opts.write_nifti(&arr(shape, values.to_vec())),
+        VoxelType::F64 => opts.write_nifti(&arr(shape, values.iter().map(|v| *v as f64).collect())),
+    }
+}
+
+fn identity() -> Affine {
+    let mut a = [[0.0; 4]; 4];
+    for (i, row) in a.iter_mut().enumerate() {
+        row[i] = 1.0;
+    }
+    a
+}
+
+/// nibabel's `get_best_affine`: sform, else qform, else the centred base affine.
+fn best_affine(h: &NiftiHeader, shape: [usize; 3]) -> std::result::Result<Affine, String> {
+    let zooms = [1, 2, 3].map(|i| h.pixdim[i] as f64);
+    if h.sform_code > 0 {
+        let mut a = identity();
+        for (row, src) in a.iter_mut().zip([h.srow_x, h.srow_y, h.srow_z]) {
+            *row = src.map(|v| v as f64);
+        }
+        return Ok(a);
+    }
+    if h.qform_code > 0 {
+        let (b, c, d) = (h.quatern_b as f64, h.quatern_c as f64, h.quatern_d as f64);
+        let w2 = 1.0 - (b * b + c * c + d * d);
+        let a = if w2 < 0.0 {
+            if w2 < -1e-6 {
+                return Err(format!("qform quaternion (b,c,d)=({b},{c},{d}) has norm > 1"));
+            }
+            0.0
+        } else {
+            w2.sqrt()
+        };
+        let r = quat_to_mat(a, b, c, d);
+        let qfac = if h.pixdim[0] < 0.0 { -1.0 } else { 1.0 };
+        let z = [zooms[0], zooms[1], zooms[2] * qfac];
+        let mut m = identity();
+        for i in 0..3 {
+            for j in 0..3 {
+                m[i][j] = r[i][j] * z[j];
+            }
+        }
+        m[0][3] = h.quatern_x as f64;
+        m[1][3] = h.quatern_y as f64;
+        m[2][3] = h.quatern_z as f64;
+        return Ok(m);
+    }
+    let z = [-zooms[0], zooms[1], zooms[2]];
+    let mut m = identity();
+    for i in 0..3 {
+        m[i][i] = z[i];
+        m[i][3] = -((shape[i] as f64 - 1.0) / 2.0) * z[i];
+    }
+    Ok(m)
+}
+
+/// Rotation matrix of the unit quaternion (w, x, y, z), as nibabel's `quat2mat`.
+fn quat_to_mat(w: f64, x: f64, y: f64, z: f64) -> [[f64; 3]; 3] {
+    let n = w * w + x * x + y * y + z * z;
+    if n < f64::EPSILON {
+        return [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
+    }
+    let s = 2.0 / n;
+    let (xs, ys, zs) = (x * s, y * s, z * s);
+    let (wx, wy, wz) = (w * xs, w * ys, w * zs);
+    let (xx, xy, xz) = (x * xs, x * ys, x * zs);
+    let (yy, yz, zz) = (y * ys, y * zs, z * zs);
+    [
+        [1.0 - (yy + zz), xy - wz, xz + wy],
+        [xy + wz, 1.0 - (xx + zz), yz - wx],
+        [xz - wy, yz + wx, 1.0 - (xx + yy)],
+    ]
+}
