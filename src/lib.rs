@@ -10,6 +10,8 @@
 
 pub mod data;
 pub mod error;
+pub mod io;
 pub mod script;
 
+pub use data::{Image, Volume, VoxelType};
 pub use error::{Error, Result};

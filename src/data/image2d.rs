@@ -49,7 +49,8 @@ impl Image {
         let bytes: Vec<u8> = hwc.iter().map(|v| (v * 255.0).round() as u8).collect();
         let img = if c == 3 {
             DynamicImage::ImageRgb8(
-                RgbImage::from_raw(w as u32, h as u32, bytes).ok_or_else(|| Error::msg("image buffer size"))?,
+                RgbImage::from_raw(w as u32, h as u32, bytes)
+                    .ok_or_else(|| Error::msg("image buffer size"))?,
             )
         } else {
             DynamicImage::ImageLuma8(
@@ -83,10 +84,15 @@ impl Image {
     /// Resized to exactly `w`×`h` with a Lanczos3 filter (PIL's LANCZOS, as the paper's code).
     pub fn resize(&self, w: usize, h: usize) -> Result<Image> {
         if w == 0 || h == 0 {
-            return Err(Error::arg("size", format!("width and height must be positive, got {w}x{h}")));
+            return Err(Error::arg(
+                "size",
+                format!("width and height must be positive, got {w}x{h}"),
+            ));
         }
         Ok(Image {
-            img: self.img.resize_exact(w as u32, h as u32, FilterType::Lanczos3),
+            img: self
+                .img
+                .resize_exact(w as u32, h as u32, FilterType::Lanczos3),
         })
     }
 
@@ -95,7 +101,9 @@ impl Image {
         let (w, h) = (self.width(), self.height());
         if self.channels() == 3 {
             let data = self.img.to_rgb32f().into_raw();
-            Ok(Tensor::from_vec(data, (h, w, 3), &Device::Cpu)?.permute((2, 0, 1))?.contiguous()?)
+            Ok(Tensor::from_vec(data, (h, w, 3), &Device::Cpu)?
+                .permute((2, 0, 1))?
+                .contiguous()?)
         } else {
             let data = self.img.to_luma32f().into_raw();
             Ok(Tensor::from_vec(data, (1, h, w), &Device::Cpu)?)
@@ -112,7 +120,10 @@ impl Image {
         let path = path.as_ref();
         let format = image::ImageFormat::from_path(path)
             .map_err(|_| Error::file(path, "expected a .png, .jpg or .jpeg file name"))?;
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).with_file(dir)?;
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("image");
         let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));

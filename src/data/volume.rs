@@ -8,7 +8,8 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use ndarray::{ArrayD, IxDyn, ShapeBuilder};
-use nifti::{IntoNdArray, NiftiHeader, NiftiObject, NiftiType, ReaderOptions, WriterOptions};
+use nifti::writer::WriterOptions;
+use nifti::{IntoNdArray, NiftiHeader, NiftiObject, NiftiType, ReaderOptions};
 
 use crate::error::{Error, FileContext, Result};
 
@@ -84,7 +85,9 @@ impl VoxelType {
             _ => {
                 return Err(Error::arg(
                     "dtype",
-                    format!("unknown voxel type `{name}`; expected one of u8 i8 u16 i16 u32 i32 u64 i64 f32 f64"),
+                    format!(
+                        "unknown voxel type `{name}`; expected one of u8 i8 u16 i16 u32 i32 u64 i64 f32 f64"
+                    ),
                 ));
             }
         };
@@ -158,7 +161,10 @@ impl Volume {
         })?;
         let ndim = header.dim[0] as usize;
         if !(1..=7).contains(&ndim) {
-            return Err(Error::file(path, format!("header dim[0] = {ndim}, expected 1..7")));
+            return Err(Error::file(
+                path,
+                format!("header dim[0] = {ndim}, expected 1..7"),
+            ));
         }
         let arr = obj
             .into_volume()
@@ -187,11 +193,17 @@ impl Volume {
         if !(3..=4).contains(&rank) {
             return Err(Error::shape(
                 "volume",
-                format!("expected a tensor of rank 3 or 4 (x, y, z[, t]), got shape {:?}", tensor.dims()),
+                format!(
+                    "expected a tensor of rank 3 or 4 (x, y, z[, t]), got shape {:?}",
+                    tensor.dims()
+                ),
             ));
         }
         if let Some(s) = spacing.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-            return Err(Error::arg("spacing", format!("each spacing must be a positive number, got {s}")));
+            return Err(Error::arg(
+                "spacing",
+                format!("each spacing must be a positive number, got {s}"),
+            ));
         }
         let mut affine = identity();
         for (i, s) in spacing.iter().enumerate() {
@@ -239,7 +251,11 @@ impl Volume {
     /// The first three dimensions.
     pub fn spatial_shape(&self) -> [usize; 3] {
         let d = self.tensor.dims();
-        [d[0], d.get(1).copied().unwrap_or(1), d.get(2).copied().unwrap_or(1)]
+        [
+            d[0],
+            d.get(1).copied().unwrap_or(1),
+            d.get(2).copied().unwrap_or(1),
+        ]
     }
 
     /// Voxel size in mm along x, y, z (`pixdim[1..4]`).
@@ -307,7 +323,10 @@ impl Volume {
         header.srow_x = self.affine[0].map(|v| v as f32);
         header.srow_y = self.affine[1].map(|v| v as f32);
         header.srow_z = self.affine[2].map(|v| v as f32);
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).with_file(dir)?;
         let ext = if gz { "nii.gz" } else { "nii" };
         let tmp = dir.join(format!(".{name}.{}.tmp.{ext}", std::process::id()));
@@ -334,7 +353,10 @@ fn write_typed(
     }
     macro_rules! write_as {
         ($t:ty) => {
-            opts.write_nifti(&arr(shape, values.iter().map(|v| v.round() as $t).collect()))
+            opts.write_nifti(&arr(
+                shape,
+                values.iter().map(|v| v.round() as $t).collect(),
+            ))
         };
     }
     match dtype {
@@ -374,7 +396,9 @@ fn best_affine(h: &NiftiHeader, shape: [usize; 3]) -> std::result::Result<Affine
         let w2 = 1.0 - (b * b + c * c + d * d);
         let a = if w2 < 0.0 {
             if w2 < -1e-6 {
-                return Err(format!("qform quaternion (b,c,d)=({b},{c},{d}) has norm > 1"));
+                return Err(format!(
+                    "qform quaternion (b,c,d)=({b},{c},{d}) has norm > 1"
+                ));
             }
             0.0
         } else {

@@ -1,1 +1,209 @@
 //! The Rhai host: engine construction and one module per exposed domain.
+//!
+//! [`Host::new`] builds an [`Engine`] in which every domain (`tensor`, `volume`, `image`,
+//! `host`, ...) is registered as its own global module, `import "x"` resolves to the embedded
+//! `stdlib/x.rhai` (or `$PRETEXT_STDLIB/x.rhai`) and then to the importing script's folder,
+//! and errors are rendered with file, line, column and a caret ([`ScriptError`]).
+
+pub mod api;
+pub mod convert;
+mod diagnostics;
+pub mod host;
+mod imaging;
+pub mod repl;
+mod resolver;
+pub mod tensor;
+pub mod values;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use candle_core::Device;
+use rhai::{AST, Dynamic, Engine, Map, Scope};
+
+pub use api::{ApiDocs, Domain, FnDoc};
+pub use diagnostics::{ScriptError, ScriptErrorKind};
+pub use resolver::{STDLIB, STDLIB_ENV};
+
+/// State shared by the host and every registered function.
+pub struct HostState {
+    /// Values given with `--set key=value`.
+    pub args: Map,
+    /// The run's master seed.
+    pub seed: u64,
+    device: RwLock<Device>,
+    /// Set by Ctrl-C; the running statement stops at its next operation.
+    pub interrupt: Arc<AtomicBool>,
+}
+
+impl HostState {
+    /// The device new tensors and models go to.
+    pub fn device(&self) -> Device {
+        self.device.read().map(|d| d.clone()).unwrap_or(Device::Cpu)
+    }
+
+    /// Changes the device new tensors and models go to.
+    pub fn set_device(&self, dev: Device) {
+        if let Ok(mut d) = self.device.write() {
+            *d = dev;
+        }
+    }
+}
+
+/// How to build a [`Host`].
+#[derive(Clone, Debug, Default)]
+pub struct HostConfig {
+    /// Values given with `--set key=value`, already parsed ([`values::parse_set`]).
+    pub args: Map,
+    /// The master seed (`--seed`).
+    pub seed: u64,
+    /// The initial device (`--device`).
+    pub device: Option<Device>,
+    /// A folder that replaces the embedded stdlib (else `$PRETEXT_STDLIB`, else embedded).
+    pub stdlib_dir: Option<PathBuf>,
+}
+
+/// A configured Rhai engine with pretext's domains and their documentation.
+pub struct Host {
+    engine: Engine,
+    docs: ApiDocs,
+    state: Arc<HostState>,
+}
+
+impl Host {
+    /// Builds the engine and registers every domain.
+    pub fn new(cfg: HostConfig) -> Host {
+        let state = Arc::new(HostState {
+            args: cfg.args,
+            seed: cfg.seed,
+            device: RwLock::new(cfg.device.unwrap_or(Device::Cpu)),
+            interrupt: Arc::new(AtomicBool::new(false)),
+        });
+        let mut engine = Engine::new();
+        engine.set_strict_variables(true);
+        engine.set_fail_on_invalid_map_property(true);
+        engine.set_max_expr_depths(256, 128);
+        let flag = state.interrupt.clone();
+        engine.on_progress(move |_| {
+            flag.swap(false, Ordering::Relaxed)
+                .then(|| Dynamic::from("interrupted by Ctrl-C"))
+        });
+        let stdlib_dir = cfg
+            .stdlib_dir
+            .or_else(|| std::env::var_os(STDLIB_ENV).map(PathBuf::from));
+        engine.set_module_resolver(resolver::Resolver::new(stdlib_dir));
+
+        let mut docs = ApiDocs::default();
+        for domain in domains(&state) {
+            let (module, d) = domain.into_parts();
+            engine.register_global_module(module.into());
+            docs.domains.push(d);
+        }
+        Host {
+            engine,
+            docs,
+            state,
+        }
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The documentation of every registered function.
+    pub fn docs(&self) -> &ApiDocs {
+        &self.docs
+    }
+
+    /// The shared state (arguments, seed, device, interrupt flag).
+    pub fn state(&self) -> &Arc<HostState> {
+        &self.state
+    }
+
+    /// Parses a script file without running it.
+    pub fn check_file(&self, path: &Path) -> Result<AST, ScriptError> {
+        let text = read_script(path)?;
+        self.compile(&text, &path.display().to_string(), &Scope::new())
+    }
+
+    /// Parses `text`, naming it `name` in errors.
+    pub fn compile(&self, text: &str, name: &str, scope: &Scope) -> Result<AST, ScriptError> {
+        let mut ast = self
+            .engine
+            .compile_with_scope(scope, text)
+            .map_err(|e| ScriptError::parse(&e, name, text))?;
+        ast.set_source(name);
+        Ok(ast)
+    }
+
+    /// Runs a script file.
+    pub fn run_file(&self, path: &Path) -> Result<Dynamic, ScriptError> {
+        let text = read_script(path)?;
+        let name = path.display().to_string();
+        let mut scope = Scope::new();
+        let ast = self.compile(&text, &name, &scope)?;
+        self.eval_ast(&mut scope, &ast, &name, &text)
+    }
+
+    /// Evaluates source text (an expression or statements) and returns the last value.
+    pub fn eval(&self, text: &str, name: &str) -> Result<Dynamic, ScriptError> {
+        let mut scope = Scope::new();
+        let ast = self.compile(text, name, &scope)?;
+        self.eval_ast(&mut scope, &ast, name, text)
+    }
+
+    /// Evaluates a compiled AST in `scope`; `name`/`text` are used to render errors.
+    pub fn eval_ast(
+        &self,
+        scope: &mut Scope,
+        ast: &AST,
+        name: &str,
+        text: &str,
+    ) -> Result<Dynamic, ScriptError> {
+        self.state.interrupt.store(false, Ordering::Relaxed);
+        self.engine
+            .eval_ast_with_scope::<Dynamic>(scope, ast)
+            .map_err(|e| ScriptError::runtime(&e, name, text))
+    }
+
+    /// Resolves module `path` as `import` would and makes it callable as `alias::f` in every
+    /// later evaluation (the REPL uses this so imports outlive the input that made them).
+    pub fn register_import(&mut self, path: &str, alias: &str) -> Result<(), ScriptError> {
+        let module = self
+            .engine
+            .module_resolver()
+            .resolve(&self.engine, None, path, rhai::Position::NONE)
+            .map_err(|e| ScriptError::runtime(&e, "<import>", ""))?;
+        self.engine.register_static_module(alias, module);
+        Ok(())
+    }
+
+    /// Renders a value for display: tensors, volumes and images with their own description.
+    pub fn display(&self, v: &Dynamic) -> String {
+        if v.is_string() {
+            return v.to_string();
+        }
+        let mut scope = Scope::new();
+        scope.push("value", v.clone());
+        self.engine
+            .eval_with_scope::<String>(&mut scope, "value.to_string()")
+            .unwrap_or_else(|_| v.to_string())
+    }
+}
+
+fn read_script(path: &Path) -> Result<String, ScriptError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ScriptError::io(format!("{}: cannot read script: {e}", path.display())))
+}
+
+/// Every domain of the script API, in the order `:help` lists them.
+fn domains(state: &Arc<HostState>) -> Vec<Domain> {
+    vec![
+        tensor::domain(state),
+        imaging::volume_domain(),
+        imaging::image_domain(),
+        host::domain(state),
+    ]
+}
