@@ -302,16 +302,16 @@ impl Volume {
             return Err(Error::file(path, "expected a .nii or .nii.gz file name"));
         }
         let values = self.to_vec()?;
-        if let Some((lo, hi)) = dtype.range() {
-            if let Some(v) = values
+        let out_of_range = |(lo, hi): (f64, f64)| {
+            values
                 .iter()
                 .find(|v| !v.is_finite() || (v.round() as f64) < lo || (v.round() as f64) > hi)
-            {
-                return Err(Error::file(
-                    path,
-                    format!("value {v} does not fit voxel type {}", dtype.name()),
-                ));
-            }
+        };
+        if let Some(v) = dtype.range().and_then(out_of_range) {
+            return Err(Error::file(
+                path,
+                format!("value {v} does not fit voxel type {}", dtype.name()),
+            ));
         }
         let mut header = self.header.clone();
         for (i, s) in self.spacing.iter().enumerate() {
@@ -329,7 +329,11 @@ impl Volume {
             .unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).with_file(dir)?;
         let ext = if gz { "nii.gz" } else { "nii" };
-        let tmp = dir.join(format!(".{name}.{}.tmp.{ext}", std::process::id()));
+        // The nifti writer rewrites the last extensions of its path, so the temporary name has
+        // no other dots than those of the extension.
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".pretext-tmp-{}-{n}.{ext}", std::process::id()));
         let shape = self.shape().to_vec();
         let opts = WriterOptions::new(&tmp).reference_header(&header);
         let written = write_typed(&opts, &shape, &values, dtype);

@@ -191,12 +191,13 @@ impl ApiDocs {
         );
         for d in &self.domains {
             s.push_str(&format!(
-                "\n## {}\n\n{}\n\n| function | what it does |\n|---|---|\n",
+                "\n## {}\n\n{}\n\n| name | signature | what it does |\n|---|---|---|\n",
                 d.name, d.summary
             ));
             for f in &d.docs {
                 s.push_str(&format!(
-                    "| `{}` | {} |\n",
+                    "| `{}` | `{}` | {} |\n",
+                    f.name,
                     f.signature.replace('|', "\\|"),
                     f.doc
                 ));

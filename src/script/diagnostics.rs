@@ -133,20 +133,21 @@ impl ScriptError {
     ) -> Self {
         let (line, column) = (pos.line(), pos.position());
         let mut rendered = format!("error: {}: {message}", location(file, pos));
-        if let (Some(text), Some(l)) = (text, line) {
-            if let Some(src_line) = text.lines().nth(l - 1) {
-                let gutter = l.to_string().len();
-                let col = column.unwrap_or(1).max(1);
-                let caret: String = src_line
-                    .chars()
-                    .take(col - 1)
-                    .map(|c| if c == '\t' { '\t' } else { ' ' })
-                    .collect();
-                rendered.push_str(&format!(
-                    "\n{:gutter$} |\n{l} | {src_line}\n{:gutter$} | {caret}^",
-                    "", ""
-                ));
-            }
+        let source_line = text
+            .zip(line)
+            .and_then(|(t, l)| Some((l, t.lines().nth(l - 1)?)));
+        if let Some((l, src_line)) = source_line {
+            let gutter = l.to_string().len();
+            let col = column.unwrap_or(1).max(1);
+            let caret: String = src_line
+                .chars()
+                .take(col - 1)
+                .map(|c| if c == '\t' { '\t' } else { ' ' })
+                .collect();
+            rendered.push_str(&format!(
+                "\n{:gutter$} |\n{l} | {src_line}\n{:gutter$} | {caret}^",
+                "", ""
+            ));
         }
         for f in frames {
             rendered.push_str(&format!("\n  {f}"));

@@ -87,7 +87,7 @@ impl ModuleResolver for Resolver {
     ) -> Result<SharedModule, Box<EvalAltResult>> {
         let (origin, text) = self
             .locate(source, path)
-            .map_err(|msg| EvalAltResult::ErrorModuleNotFound(msg, pos))?;
+            .map_err(|msg| EvalAltResult::ErrorRuntime(msg.into(), pos))?;
         if let Some(m) = self.cache.lock().ok().and_then(|c| c.get(&origin).cloned()) {
             return Ok(m);
         }

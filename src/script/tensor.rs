@@ -286,6 +286,7 @@ macro_rules! compare {
         });
         $d.overload($name, |a: Tensor, b: FLOAT| mask(a.$m(b), &a));
         $d.overload($name, |a: Tensor, b: INT| mask(a.$m(b as f64), &a));
+        $d.document($op, $sig, $doc);
         $d.overload($op, |a: Tensor, b: Tensor| mask(a.$bm(&b), &a));
         $d.overload($op, |a: Tensor, b: FLOAT| mask(a.$m(b), &a));
         $d.overload($op, |a: Tensor, b: INT| mask(a.$m(b as f64), &a));

@@ -1,0 +1,195 @@
+//! The command line: run, eval, check, --set, exit codes and error positions.
+
+mod common;
+use common::{pretext, stderr, stdout};
+
+#[test]
+fn eval_prints_the_value_of_an_expression() {
+    let o = pretext(&["eval", "(zeros([2,3]) + 1.5).sum().to_float()"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "9.0");
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let o = pretext(&["--version"], None);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn quickstart_example_runs_and_writes_its_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("qs");
+    let o = pretext(
+        &[
+            "run",
+            "examples/quickstart.rhai",
+            "--set",
+            &format!("out={}", out.display()),
+            "--set",
+            "size=16",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.join("phantom.nii.gz").is_file());
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["dtype"], "i16");
+    assert!(summary["round_trip_max_error"].as_f64().unwrap() <= 0.5);
+}
+
+#[test]
+fn an_undefined_variable_on_line_3_exits_1_and_names_line_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("bad.rhai");
+    std::fs::write(
+        &script,
+        "let a = 1;\nlet b = a + 1;\nlet c = b + missing;\n",
+    )
+    .unwrap();
+    let o = pretext(&["run", script.to_str().unwrap()], None);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("bad.rhai:3:13"), "{e}");
+    assert!(e.contains("missing"), "{e}");
+    assert!(
+        e.contains("3 | let c = b + missing;"),
+        "source line shown: {e}"
+    );
+}
+
+#[test]
+fn a_runtime_error_names_the_script_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("shape.rhai");
+    std::fs::write(
+        &script,
+        "let a = zeros([2, 3]);\n\nlet b = a.reshape([4, 4]);\n",
+    )
+    .unwrap();
+    let o = pretext(&["run", script.to_str().unwrap()], None);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("shape.rhai:3:"), "{e}");
+    assert!(e.contains("reshape"), "{e}");
+}
+
+#[test]
+fn an_error_inside_a_function_names_both_places() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("fn.rhai");
+    std::fs::write(
+        &script,
+        "fn f(x) {\n    x.squeeze(0)\n}\nf(zeros([2, 2]));\n",
+    )
+    .unwrap();
+    let o = pretext(&["run", script.to_str().unwrap()], None);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("fn.rhai:2:"), "inner position: {e}");
+    assert!(
+        e.contains("in call to `f` at") && e.contains("fn.rhai:4:"),
+        "call site: {e}"
+    );
+}
+
+#[test]
+fn check_reports_parse_errors_with_line_and_column_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("syntax.rhai");
+    std::fs::write(&script, "let a = 1;\nlet b = (a + ;\n").unwrap();
+    let o = pretext(&["check", script.to_str().unwrap()], None);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("syntax.rhai:2:"), "{}", stderr(&o));
+    let ok = pretext(&["check", "examples/quickstart.rhai"], None);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+}
+
+#[test]
+fn check_does_not_run_the_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("side_effect.rhai");
+    let marker = dir.path().join("marker.json");
+    std::fs::write(
+        &script,
+        format!("write_json(\"{}\", 1);\n", marker.display()),
+    )
+    .unwrap();
+    assert!(
+        pretext(&["check", script.to_str().unwrap()], None)
+            .status
+            .success()
+    );
+    assert!(!marker.exists());
+}
+
+#[test]
+fn set_values_reach_the_script_with_their_types() {
+    let o = pretext(
+        &[
+            "eval",
+            "`${arg(\"n\", 0) + 1} ${arg(\"lr\", 0.0) * 2.0} ${arg(\"flag\", false)} ${arg(\"name\", \"\")} ${arg(\"xs\", []).len()} ${arg(\"absent\", 7)} ${seed()}`",
+            "--set",
+            "n=41",
+            "--set",
+            "lr=0.25",
+            "--set",
+            "flag=true",
+            "--set",
+            "name=rotation",
+            "--set",
+            "xs=[0.05, 0.1, 1.0]",
+            "--seed",
+            "5",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "42 0.5 true rotation 3 7 5");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(pretext(&["run"], None).status.code(), Some(2));
+    assert_eq!(pretext(&["frobnicate"], None).status.code(), Some(2));
+    let o = pretext(&["run", "no/such/script.rhai"], None);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no/such/script.rhai"), "{}", stderr(&o));
+    let o = pretext(&["eval", "1", "--set", "novalue"], None);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--set"), "{}", stderr(&o));
+}
+
+#[test]
+fn asking_for_cuda_without_it_says_so_plainly() {
+    if candle_core::utils::cuda_is_available() {
+        return;
+    }
+    let o = pretext(&["eval", "1", "--device", "cuda"], None);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("CUDA is not available"),
+        "{}",
+        stderr(&o)
+    );
+    let o = pretext(&["eval", "device(\"cuda\")"], None);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("CUDA is not available"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn stdlib_imports_work_from_any_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = pretext(
+        &["eval", "import \"util\" as u; u::mean([1, 2, 3, 6])"],
+        Some(dir.path()),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "3.0");
+}
