@@ -1,9 +1,7 @@
 //! The `host` domain: script arguments, seed, device, progress bars, JSON and CSV files.
 
-use std::io::IsTerminal;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use rhai::{Array, Dynamic, INT, Map};
 
@@ -11,6 +9,7 @@ use super::HostState;
 use super::api::Domain;
 use super::convert::{RResult, ScriptResult, device_name, index, parse_device, rt_err};
 use crate::error::{Error, FileContext};
+pub use crate::progress::Progress;
 
 /// Builds the `host` domain.
 pub fn domain(state: &Arc<HostState>) -> Domain {
@@ -147,80 +146,6 @@ fn csv_field(s: &str) -> String {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s.to_string()
-    }
-}
-
-/// A progress display for scripts' own loops: a bar on a terminal, plain lines otherwise.
-#[derive(Clone)]
-pub struct Progress(Arc<Mutex<ProgressInner>>);
-
-struct ProgressInner {
-    bar: Option<indicatif::ProgressBar>,
-    label: String,
-    total: u64,
-    done: u64,
-    last_line: Instant,
-    started: Instant,
-}
-
-impl Progress {
-    /// A progress display counting to `total`.
-    pub fn new(total: u64, label: &str) -> Progress {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let b = indicatif::ProgressBar::new(total);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{prefix} [{bar:30}] {pos}/{len} {per_sec} ETA {eta} {msg}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            b.set_prefix(label.to_string());
-            b
-        });
-        Progress(Arc::new(Mutex::new(ProgressInner {
-            bar,
-            label: label.to_string(),
-            total,
-            done: 0,
-            last_line: Instant::now(),
-            started: Instant::now(),
-        })))
-    }
-
-    /// Advances by `n` steps.
-    pub fn inc(&self, n: u64) {
-        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        p.done = (p.done + n).min(p.total.max(p.done + n));
-        if let Some(b) = &p.bar {
-            b.inc(n);
-        } else if p.last_line.elapsed() >= Duration::from_secs(2) || p.done >= p.total {
-            eprintln!(
-                "{}: {}/{} ({:.1}s)",
-                p.label,
-                p.done,
-                p.total,
-                p.started.elapsed().as_secs_f64()
-            );
-            p.last_line = Instant::now();
-        }
-    }
-
-    /// Shows a message beside the bar (or on its own line without a terminal).
-    pub fn message(&self, msg: &str) {
-        let p = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match &p.bar {
-            Some(b) => b.set_message(msg.to_string()),
-            None => eprintln!("{}: {msg}", p.label),
-        }
-    }
-
-    /// Ends the display.
-    pub fn finish(&self) {
-        let p = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(b) = &p.bar {
-            b.finish();
-        }
     }
 }
 
