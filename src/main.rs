@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use pretext::data::synthetic::{FundusConfig, PhantomConfig, fundus, pancreas};
+use pretext::progress::Progress;
 use pretext::script::{Host, HostConfig, repl::Repl, values};
 
 /// Scriptable 3D self-supervised learning for medical imaging.
@@ -42,6 +44,113 @@ enum Command {
     },
     /// Print the script API reference (Markdown, the content of docs/scripting.md).
     Doc,
+    /// Datasets: generate synthetic ones, verify and preview dataset folders.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+    /// Measurements.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Generate a synthetic dataset in the real on-disk layout (Decathlon or APTOS).
+    Synth {
+        /// What to generate.
+        #[arg(value_enum)]
+        kind: SynthKind,
+        /// The folder to write (created; existing files are overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// Labelled cases (pancreas) or photographs (fundus, in APTOS's class balance).
+        #[arg(long, default_value_t = 8)]
+        n: usize,
+        /// The seed; the same seed gives the same files.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Pancreas: unlabelled cases written to imagesTs/.
+        #[arg(long, default_value_t = 0)]
+        unlabelled: usize,
+        /// Pancreas: voxels per case, X,Y,Z (the field of view is 420 x 420 x 200 mm).
+        #[arg(long, default_value = "128,128,64", value_parser = parse_shape)]
+        shape: [usize; 3],
+        /// Pancreas: the share of cases with a tumour.
+        #[arg(long, default_value_t = 0.7)]
+        tumour_share: f64,
+        /// Fundus: photograph width and height in pixels.
+        #[arg(long, default_value_t = 320)]
+        size: usize,
+    },
+    /// Check a dataset folder: every case's shape, dtype, spacing and label values; every
+    /// missing or unreadable file, shape mismatch and bad label. Exits with 1 on problems.
+    Verify {
+        /// A Decathlon folder (dataset.json, imagesTr, labelsTr, imagesTs) or an APTOS folder
+        /// (train.csv, train_images).
+        dir: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a contact sheet (PNG) of a dataset folder: CT slices with label overlays, or
+    /// photographs by grade.
+    Preview {
+        /// The dataset folder.
+        dir: PathBuf,
+        /// The PNG file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Cases (Decathlon) or photographs per grade (APTOS).
+        #[arg(long, default_value_t = 4)]
+        n: usize,
+        /// Pixels per picture.
+        #[arg(long, default_value_t = 160)]
+        px: u32,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SynthKind {
+    /// CT-like abdomen phantoms with pancreas and tumour labels (Decathlon layout).
+    Pancreas,
+    /// Fundus-like photographs graded 0-4 (APTOS layout).
+    Fundus,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Time the pancreas preprocessing (min-max, bounding box, crop, resize, min-max) of one
+    /// CT volume; compare with scripts/bench_preprocess_ref.py on the same file.
+    Preprocess {
+        /// A NIfTI CT file; without it a 512x512x100 synthetic CT (seed 0) is generated.
+        input: Option<PathBuf>,
+        /// The target shape X,Y,Z.
+        #[arg(long, default_value = "128,128,128", value_parser = parse_shape)]
+        target: [usize; 3],
+        /// Timed repetitions (the minimum and median are reported).
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
+        /// The reference output of scripts/bench_preprocess_ref.py (NIfTI) to compare with.
+        #[arg(long)]
+        reference: Option<PathBuf>,
+    },
+}
+
+fn parse_shape(s: &str) -> Result<[usize; 3], String> {
+    let v: Vec<usize> = s
+        .split([',', 'x'])
+        .map(|p| p.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("expected X,Y,Z (three positive integers), got `{s}`"))?;
+    match v[..] {
+        [x, y, z] if x > 0 && y > 0 && z > 0 => Ok([x, y, z]),
+        _ => Err(format!(
+            "expected X,Y,Z (three positive integers), got `{s}`"
+        )),
+    }
 }
 
 /// Options shared by the commands that run scripts.
@@ -120,6 +229,8 @@ fn main() -> ExitCode {
             print!("{}", Host::new(HostConfig::default()).docs().markdown());
             Ok(())
         }
+        Command::Data { command } => data_command(command),
+        Command::Bench { command } => bench_command(command),
     };
     result.err().unwrap_or(ExitCode::SUCCESS)
 }
@@ -127,4 +238,149 @@ fn main() -> ExitCode {
 fn script_failed(e: pretext::script::ScriptError) -> ExitCode {
     eprintln!("{e}");
     ExitCode::from(SCRIPT_ERROR)
+}
+
+fn failed(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(SCRIPT_ERROR)
+}
+
+fn data_command(cmd: DataCommand) -> Result<(), ExitCode> {
+    match cmd {
+        DataCommand::Synth {
+            kind,
+            out,
+            n,
+            seed,
+            unlabelled,
+            shape,
+            tumour_share,
+            size,
+        } => {
+            let started = std::time::Instant::now();
+            let total = match kind {
+                SynthKind::Pancreas => {
+                    let cfg = PhantomConfig {
+                        labelled: n,
+                        unlabelled,
+                        shape,
+                        seed,
+                        tumour_share,
+                    };
+                    let p = Progress::new((n + unlabelled) as u64, "synth pancreas");
+                    pancreas::write(&cfg, &out, Some(&p)).map_err(failed)?;
+                    p.finish();
+                    n + unlabelled
+                }
+                SynthKind::Fundus => {
+                    let cfg = FundusConfig::aptos(n, size, seed);
+                    let p = Progress::new(n as u64, "synth fundus");
+                    fundus::write(&cfg, &out, Some(&p)).map_err(failed)?;
+                    p.finish();
+                    n
+                }
+            };
+            println!(
+                "wrote {total} cases to {} in {:.1} s",
+                out.display(),
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        DataCommand::Verify { dir, json } => {
+            let report = pretext::data::verify(&dir).map_err(|e| {
+                eprintln!("error: {e}");
+                ExitCode::from(USAGE_ERROR)
+            })?;
+            if json {
+                let text = serde_json::to_string_pretty(&report).map_err(failed)?;
+                println!("{text}");
+            } else {
+                println!("{report}");
+            }
+            if report.is_ok() {
+                Ok(())
+            } else {
+                Err(ExitCode::from(SCRIPT_ERROR))
+            }
+        }
+        DataCommand::Preview { dir, out, n, px } => {
+            pretext::data::preview::preview(&dir, &out, n, px).map_err(failed)?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+    }
+}
+
+fn bench_command(cmd: BenchCommand) -> Result<(), ExitCode> {
+    let BenchCommand::Preprocess {
+        input,
+        target,
+        repeat,
+        reference,
+    } = cmd;
+    let started = std::time::Instant::now();
+    let (data, shape, what) = match &input {
+        Some(path) => {
+            let v = pretext::Volume::load(path).map_err(failed)?;
+            let s = v.spatial_shape();
+            (v.to_vec().map_err(failed)?, s, path.display().to_string())
+        }
+        None => {
+            let cfg = PhantomConfig {
+                labelled: 1,
+                unlabelled: 0,
+                shape: [512, 512, 100],
+                ..PhantomConfig::default()
+            };
+            let p = pancreas::phantom(&cfg, 0).map_err(failed)?;
+            (p.hu, p.shape, "synthetic CT (seed 0)".to_string())
+        }
+    };
+    println!(
+        "input: {what}, {shape:?}, read in {:.3} s",
+        started.elapsed().as_secs_f64()
+    );
+    let params = pretext::data::PancreasPreprocess {
+        shape: target,
+        ..Default::default()
+    };
+    let mut times = Vec::new();
+    let mut out = None;
+    for _ in 0..repeat.max(1) {
+        let t = std::time::Instant::now();
+        out = Some(params.apply_raw(&data, shape, None).map_err(failed)?);
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let out = out.expect("at least one repetition");
+    println!(
+        "preprocess to {target:?}: min {:.3} s, median {:.3} s over {} runs, {} threads \
+         (bbox {:?}..{:?})",
+        times[0],
+        times[times.len() / 2],
+        times.len(),
+        rayon::current_num_threads(),
+        out.bbox.start,
+        out.bbox.end
+    );
+    if let Some(r) = reference {
+        let want = pretext::Volume::load(&r).map_err(failed)?;
+        if want.spatial_shape() != target {
+            return Err(failed(format!(
+                "{}: reference shape {:?} differs from the target {target:?}",
+                r.display(),
+                want.shape()
+            )));
+        }
+        let want = want.to_vec().map_err(failed)?;
+        let d = out
+            .image
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        println!("max |pretext - reference| = {d:.2e}");
+    }
+    Ok(())
 }

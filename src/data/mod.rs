@@ -1,10 +1,14 @@
 //! Medical-image data: NIfTI volumes, fundus images, datasets, preprocessing and splits.
 
 pub mod aptos;
+pub mod cache;
 pub mod decathlon;
 pub mod image2d;
 pub mod preprocess;
+pub mod preview;
 pub mod resize;
+pub mod split;
+pub mod synthetic;
 pub mod verify;
 pub mod volume;
 
@@ -13,6 +17,7 @@ use std::path::PathBuf;
 use sha2::{Digest, Sha256};
 
 pub use aptos::{Aptos, AptosEntry};
+pub use cache::{FundusSet, PancreasSet};
 pub use decathlon::{Case, Decathlon};
 pub use image2d::Image;
 pub use preprocess::{FundusFilter, FundusPreprocess, PancreasPreprocess};

@@ -238,6 +238,12 @@ impl Volume {
         })
     }
 
+    /// The same volume with another voxel-to-world affine (the spacing is kept).
+    pub fn with_affine(mut self, affine: Affine) -> Volume {
+        self.affine = affine;
+        self
+    }
+
     /// The voxels, f32 on the CPU, indexed `[x, y, z(, t)]`.
     pub fn tensor(&self) -> &Tensor {
         &self.tensor

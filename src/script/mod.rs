@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod convert;
+pub mod data;
 mod diagnostics;
 pub mod host;
 mod imaging;
@@ -204,6 +205,7 @@ fn domains(state: &Arc<HostState>) -> Vec<Domain> {
         tensor::domain(state),
         imaging::volume_domain(),
         imaging::image_domain(),
+        data::domain(),
         host::domain(state),
     ]
 }

@@ -1,0 +1,416 @@
+//! Prepared datasets: preprocessed once into a cache folder (one safetensors file per case),
+//! then read case by case, so a set is never held in memory as a whole.
+//!
+//! The folder is `<cache>/<kind>-<key>/`, `key` a hash of the preprocessing parameters and the
+//! dataset folder's path; its `manifest.json` records, per case, the identity (size and
+//! modification time) of the source files. Opening a set again prepares only the cases whose
+//! sources changed or that are missing, in parallel, with a progress display.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::preprocess::{FundusPreprocess, PancreasPreprocess, rgb8_tensor};
+use super::{Aptos, Decathlon, Image, Volume};
+use crate::error::{Error, FileContext, Result};
+use crate::progress::Progress;
+
+const MANIFEST: &str = "manifest.json";
+
+#[derive(Serialize, Deserialize, Default)]
+struct Manifest {
+    kind: String,
+    params: serde_json::Value,
+    source: PathBuf,
+    cases: BTreeMap<String, Entry>,
+}
+
+#[derive(Serialize, Deserialize, Clone, PartialEq)]
+struct Entry {
+    /// Identities of the source files (image, then label).
+    sources: Vec<String>,
+    /// The cache file, relative to the cache folder.
+    file: String,
+}
+
+/// A file's identity for the cache: its size and modification time.
+fn identity(path: &Path) -> Result<String> {
+    let m = std::fs::metadata(path).with_file(path)?;
+    let t = m
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    Ok(format!("{}:{t}", m.len()))
+}
+
+/// One case to prepare: its id and source files.
+struct Item {
+    id: String,
+    sources: Vec<PathBuf>,
+}
+
+/// Prepares the missing or stale cases of `items` into `dir` with `work`, then writes the
+/// manifest. Cases that fail are left out of the manifest and reported together.
+fn prepare(
+    dir: &Path,
+    kind: &str,
+    params: serde_json::Value,
+    source: &Path,
+    items: &[Item],
+    work: impl Fn(&Item) -> Result<HashMap<String, Tensor>> + Sync,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_file(dir)?;
+    let manifest_path = dir.join(MANIFEST);
+    let old: Manifest = std::fs::read_to_string(&manifest_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .filter(|m: &Manifest| m.params == params)
+        .unwrap_or_default();
+    let wanted: Vec<(usize, Entry)> = items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| {
+            let sources = it
+                .sources
+                .iter()
+                .map(|p| identity(p))
+                .collect::<Result<Vec<_>>>()?;
+            Ok((
+                i,
+                Entry {
+                    sources,
+                    file: format!("{}.safetensors", it.id),
+                },
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let todo: Vec<&(usize, Entry)> = wanted
+        .iter()
+        .filter(|(i, e)| old.cases.get(&items[*i].id) != Some(e) || !dir.join(&e.file).is_file())
+        .collect();
+    let progress =
+        (!todo.is_empty()).then(|| Progress::new(todo.len() as u64, &format!("prepare {kind}")));
+    let failures: Vec<(usize, Error)> = todo
+        .par_iter()
+        .filter_map(|(i, e)| {
+            let done = work(&items[*i]).and_then(|t| save(&dir.join(&e.file), &t));
+            if let Some(p) = &progress {
+                p.inc(1);
+            }
+            done.err().map(|e| (*i, e))
+        })
+        .collect();
+    if let Some(p) = &progress {
+        p.finish();
+    }
+    let failed: std::collections::HashSet<usize> = failures.iter().map(|(i, _)| *i).collect();
+    let manifest = Manifest {
+        kind: kind.into(),
+        params,
+        source: source.to_path_buf(),
+        cases: wanted
+            .into_iter()
+            .filter(|(i, _)| !failed.contains(i))
+            .map(|(i, e)| (items[i].id.clone(), e))
+            .collect(),
+    };
+    let text = serde_json::to_string_pretty(&manifest).map_err(Error::msg)?;
+    crate::io::write_atomic(&manifest_path, text.as_bytes())?;
+    match failures.len() {
+        0 => Ok(()),
+        n => {
+            let first: Vec<String> = failures
+                .iter()
+                .take(3)
+                .map(|(_, e)| e.to_string())
+                .collect();
+            Err(Error::msg(format!(
+                "{n} case(s) could not be prepared: {}{}",
+                first.join("; "),
+                if n > 3 { "; ..." } else { "" }
+            )))
+        }
+    }
+}
+
+/// Writes tensors to a safetensors file atomically.
+fn save(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("case");
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    candle_core::safetensors::save(tensors, &tmp)
+        .map_err(|e| Error::file(path, format!("cannot write cache file: {e}")))
+        .and_then(|_| std::fs::rename(&tmp, path).with_file(path))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+}
+
+/// Reads one tensor of a cache file.
+fn load(path: &Path, name: &str) -> Result<Option<Tensor>> {
+    let mut t = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
+        Error::file(
+            path,
+            format!("unreadable cache file ({e}); delete the cache folder to rebuild it"),
+        )
+    })?;
+    Ok(t.remove(name))
+}
+
+fn cache_dir(cache: &Path, kind: &str, params: &serde_json::Value, root: &Path) -> PathBuf {
+    let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    let key = super::key(&format!("{kind} {params} {}", root.display()));
+    cache.join(format!("{kind}-{key}"))
+}
+
+/// A preprocessed Decathlon dataset: labelled and unlabelled cases of one target shape.
+#[derive(Clone, Debug)]
+pub struct PancreasSet {
+    dir: PathBuf,
+    name: String,
+    ids: Vec<String>,
+    labelled: Vec<usize>,
+    unlabelled: Vec<usize>,
+    shape: [usize; 3],
+}
+
+impl PancreasSet {
+    /// Preprocesses `ds` with `params` into a folder under `cache` (skipping cases already
+    /// there) and opens the result.
+    pub fn prepare(
+        ds: &Decathlon,
+        params: &PancreasPreprocess,
+        cache: &Path,
+    ) -> Result<PancreasSet> {
+        params.validate()?;
+        let pj = serde_json::to_value(params).map_err(Error::msg)?;
+        let dir = cache_dir(cache, "pancreas", &pj, ds.root());
+        let items: Vec<Item> = ds
+            .cases()
+            .map(|c| Item {
+                id: c.id.clone(),
+                sources: std::iter::once(c.image.clone())
+                    .chain(c.label.clone())
+                    .collect(),
+            })
+            .collect();
+        if items.is_empty() {
+            return Err(Error::file(ds.root(), "the dataset has no cases"));
+        }
+        prepare(&dir, "pancreas", pj, ds.root(), &items, |it| {
+            let image = Volume::load(&it.sources[0])?;
+            let label = it.sources.get(1).map(Volume::load).transpose()?;
+            let out = params
+                .apply(&image, label.as_ref())
+                .map_err(|e| Error::file(&it.sources[0], e))?;
+            let mut t = HashMap::from([("image".to_string(), out.image)]);
+            if let Some(l) = out.label {
+                t.insert("label".into(), l);
+            }
+            Ok(t)
+        })?;
+        let n = ds.labelled().len();
+        Ok(PancreasSet {
+            dir,
+            name: ds.name().to_string(),
+            ids: items.into_iter().map(|it| it.id).collect(),
+            labelled: (0..n).collect(),
+            unlabelled: (n..n + ds.unlabelled().len()).collect(),
+            shape: params.shape,
+        })
+    }
+
+    /// Opens the Decathlon folder `root` and prepares it (see [`PancreasSet::prepare`]).
+    pub fn open(root: &Path, params: &PancreasPreprocess, cache: &Path) -> Result<PancreasSet> {
+        Self::prepare(&Decathlon::open(root)?, params, cache)
+    }
+
+    /// The number of cases.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The indices of the labelled cases.
+    pub fn labelled(&self) -> &[usize] {
+        &self.labelled
+    }
+
+    /// The indices of the unlabelled cases.
+    pub fn unlabelled(&self) -> &[usize] {
+        &self.unlabelled
+    }
+
+    /// The id of case `i`.
+    pub fn id(&self, i: usize) -> Result<&str> {
+        self.check(i).map(|_| self.ids[i].as_str())
+    }
+
+    /// The target shape [x, y, z].
+    pub fn shape(&self) -> [usize; 3] {
+        self.shape
+    }
+
+    /// The dataset's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The cache folder.
+    pub fn cache_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn check(&self, i: usize) -> Result<()> {
+        if i < self.len() {
+            Ok(())
+        } else {
+            Err(Error::arg(
+                "i",
+                format!(
+                    "case index {i} out of range: the set has {} cases",
+                    self.len()
+                ),
+            ))
+        }
+    }
+
+    fn file(&self, i: usize) -> Result<PathBuf> {
+        self.check(i)?;
+        Ok(self.dir.join(format!("{}.safetensors", self.ids[i])))
+    }
+
+    /// The preprocessed image of case `i`: f32 `[x, y, z]` in [0, 1], on the CPU.
+    pub fn image(&self, i: usize) -> Result<Tensor> {
+        let f = self.file(i)?;
+        load(&f, "image")?.ok_or_else(|| Error::file(&f, "no `image` tensor in the cache file"))
+    }
+
+    /// The label of case `i`: u8 `[x, y, z]` (0, 1, 2), or `None` for unlabelled cases.
+    pub fn label(&self, i: usize) -> Result<Option<Tensor>> {
+        let f = self.file(i)?;
+        if self.unlabelled.contains(&i) {
+            return Ok(None);
+        }
+        load(&f, "label")?
+            .ok_or_else(|| Error::file(&f, "no `label` tensor in the cache file"))
+            .map(Some)
+    }
+}
+
+/// A preprocessed APTOS dataset: photographs of one size with their grades.
+#[derive(Clone, Debug)]
+pub struct FundusSet {
+    dir: PathBuf,
+    ids: Vec<String>,
+    grades: Vec<u8>,
+    size: usize,
+}
+
+impl FundusSet {
+    /// Resizes the photographs of `ds` with `params` into a folder under `cache` (skipping
+    /// those already there; stored as 8-bit RGB as the original code's resized PNGs) and
+    /// opens the result.
+    pub fn prepare(ds: &Aptos, params: &FundusPreprocess, cache: &Path) -> Result<FundusSet> {
+        let pj = serde_json::to_value(params).map_err(Error::msg)?;
+        let dir = cache_dir(cache, "fundus", &pj, ds.root());
+        let items: Vec<Item> = ds
+            .entries()
+            .iter()
+            .map(|e| Item {
+                id: e.id.clone(),
+                sources: vec![e.image.clone()],
+            })
+            .collect();
+        prepare(&dir, "fundus", pj, ds.root(), &items, |it| {
+            let img = Image::load(&it.sources[0])?;
+            let chw = params.resize_rgb8(&img)?;
+            let s = params.size;
+            let t = Tensor::from_vec(chw, (3, s, s), &Device::Cpu)?;
+            Ok(HashMap::from([("image".to_string(), t)]))
+        })?;
+        Ok(FundusSet {
+            dir,
+            ids: ds.entries().iter().map(|e| e.id.clone()).collect(),
+            grades: ds.entries().iter().map(|e| e.grade).collect(),
+            size: params.size,
+        })
+    }
+
+    /// Opens the APTOS folder `root` and prepares it (see [`FundusSet::prepare`]).
+    pub fn open(root: &Path, params: &FundusPreprocess, cache: &Path) -> Result<FundusSet> {
+        Self::prepare(&Aptos::open(root)?, params, cache)
+    }
+
+    /// The number of photographs.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The grade of photograph `i` (0..4).
+    pub fn grade(&self, i: usize) -> Result<u8> {
+        self.check(i).map(|_| self.grades[i])
+    }
+
+    /// Every grade, in order.
+    pub fn grades(&self) -> &[u8] {
+        &self.grades
+    }
+
+    /// The id of photograph `i`.
+    pub fn id(&self, i: usize) -> Result<&str> {
+        self.check(i).map(|_| self.ids[i].as_str())
+    }
+
+    /// The image size in pixels.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The cache folder.
+    pub fn cache_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn check(&self, i: usize) -> Result<()> {
+        if i < self.len() {
+            Ok(())
+        } else {
+            Err(Error::arg(
+                "i",
+                format!(
+                    "photograph index {i} out of range: the set has {}",
+                    self.len()
+                ),
+            ))
+        }
+    }
+
+    /// Photograph `i`: f32 `[3, size, size]` in [0, 1], on the CPU.
+    pub fn image(&self, i: usize) -> Result<Tensor> {
+        self.check(i)?;
+        let f = self.dir.join(format!("{}.safetensors", self.ids[i]));
+        let t = load(&f, "image")?.ok_or_else(|| Error::file(&f, "no `image` tensor"))?;
+        if t.dtype() != DType::U8 || t.dims() != [3, self.size, self.size] {
+            return Err(Error::file(
+                &f,
+                "cache file of another shape; delete the cache folder",
+            ));
+        }
+        rgb8_tensor(t.flatten_all()?.to_vec1::<u8>()?, self.size)
+    }
+}
