@@ -331,9 +331,27 @@ fn vessel(cv: &mut Mask, rng: &mut StdRng, eye: &Eye, mut p: [f32; 2], v: Stroke
     }
 }
 
-/// Renders photograph `index` of grade `grade`.
-pub fn photo(cfg: &FundusConfig, index: usize, grade: u8) -> Result<RgbImage> {
+/// The lesions drawn on one photograph (clusters of hard exudates count once).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lesions {
+    /// Microaneurysms.
+    pub microaneurysms: usize,
+    /// Dot, blot and flame haemorrhages.
+    pub haemorrhages: usize,
+    /// Hard exudates (single specks and clusters).
+    pub exudates: usize,
+    /// Cotton-wool spots.
+    pub cotton_wool: usize,
+    /// Tufts of new vessels (grade 4).
+    pub new_vessels: usize,
+}
+
+/// Renders photograph `index` of grade `grade`, with the lesions drawn on it.
+pub fn photo(cfg: &FundusConfig, index: usize, grade: u8) -> Result<(RgbImage, Lesions)> {
     cfg.validate()?;
+    if grade > 4 {
+        return Err(Error::arg("grade", format!("expected 0..4, got {grade}")));
+    }
     let mut rng = item_rng(cfg.seed, index as u64);
     let rng = &mut rng;
     let s = cfg.size;
@@ -460,7 +478,7 @@ pub fn photo(cfg: &FundusConfig, index: usize, grade: u8) -> Result<RgbImage> {
     veins.apply(&mut cv, [0.62, 0.36, 0.36].map(|f: f32| f.powf(depth)));
     arteries.apply(&mut cv, [0.84, 0.6, 0.58].map(|f: f32| f.powf(depth)));
 
-    lesions(&mut cv, rng, &eye, grade);
+    let drawn = lesions(&mut cv, rng, &eye, grade);
 
     // Artefacts of every grade: camera dust, light reflexes.
     for _ in 0..poisson(rng, 1.0) {
@@ -505,22 +523,25 @@ pub fn photo(cfg: &FundusConfig, index: usize, grade: u8) -> Result<RgbImage> {
             px.0[k] = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
         }
     }
-    Ok(rgb)
+    Ok((rgb, drawn))
 }
 
 /// Paints the lesions of `grade`.
-fn lesions(cv: &mut Canvas, rng: &mut StdRng, eye: &Eye, grade: u8) {
+fn lesions(cv: &mut Canvas, rng: &mut StdRng, eye: &Eye, grade: u8) -> Lesions {
     let g = grade as usize;
     let sf = cv.s as f32;
     let red = [0.42, 0.1, 0.08];
+    let mut n = Lesions::default();
     // Microaneurysms: tiny dark red dots.
-    for _ in 0..poisson(rng, [0.0, 6.0, 14.0, 24.0, 14.0][g]) {
+    n.microaneurysms = poisson(rng, [0.0, 6.0, 14.0, 24.0, 14.0][g]);
+    for _ in 0..n.microaneurysms {
         let p = eye.random_point(rng, 0.85);
         let rr = sf * u(rng, 0.0025, 0.005);
         cv.disc(p, rr, 0.7, paint(red, u(rng, 0.6, 0.9)));
     }
     // Dot/blot and flame haemorrhages.
-    for _ in 0..poisson(rng, [0.0, 0.3, 5.0, 18.0, 10.0][g]) {
+    let blots = poisson(rng, [0.0, 0.3, 5.0, 18.0, 10.0][g]);
+    for _ in 0..blots {
         let p = eye.random_point(rng, 0.88);
         let rr = sf * u(rng, 0.006, 0.018);
         cv.ellipse(
@@ -531,7 +552,9 @@ fn lesions(cv: &mut Canvas, rng: &mut StdRng, eye: &Eye, grade: u8) {
             paint(red, u(rng, 0.5, 0.85)),
         );
     }
-    for _ in 0..poisson(rng, [0.0, 0.0, 1.0, 4.0, 3.0][g]) {
+    let flames = poisson(rng, [0.0, 0.0, 1.0, 4.0, 3.0][g]);
+    n.haemorrhages = blots + flames;
+    for _ in 0..flames {
         let p = eye.random_point(rng, 0.75);
         let rr = [sf * u(rng, 0.015, 0.03), sf * u(rng, 0.004, 0.008)];
         let along = (p[1] - eye.disc[1]).atan2(p[0] - eye.disc[0]);
@@ -540,6 +563,7 @@ fn lesions(cv: &mut Canvas, rng: &mut StdRng, eye: &Eye, grade: u8) {
     // Hard exudates: bright yellow specks, often in clusters around the macula.
     let yellow = [1.0, 0.88, 0.45];
     for _ in 0..poisson(rng, [0.0, 0.1, 1.5, 2.5, 2.0][g]) {
+        n.exudates += 1;
         let near = rng.random::<f32>() < 0.6;
         let centre = if near {
             let a = u(rng, 0.0, 2.0 * PI);
@@ -563,12 +587,15 @@ fn lesions(cv: &mut Canvas, rng: &mut StdRng, eye: &Eye, grade: u8) {
             }
         }
     }
-    for _ in 0..poisson(rng, [0.0, 0.3, 4.0, 8.0, 6.0][g]) {
+    let single = poisson(rng, [0.0, 0.3, 4.0, 8.0, 6.0][g]);
+    n.exudates += single;
+    for _ in 0..single {
         let p = eye.random_point(rng, 0.85);
         cv.disc(p, sf * u(rng, 0.002, 0.006), 0.8, paint(yellow, 0.8));
     }
     // Cotton-wool spots: pale, fluffy.
-    for _ in 0..poisson(rng, [0.0, 0.0, 0.8, 3.0, 2.0][g]) {
+    n.cotton_wool = poisson(rng, [0.0, 0.0, 0.8, 3.0, 2.0][g]);
+    for _ in 0..n.cotton_wool {
         let p = eye.random_point(rng, 0.7);
         let rr = sf * u(rng, 0.012, 0.028);
         cv.ellipse(
@@ -580,11 +607,12 @@ fn lesions(cv: &mut Canvas, rng: &mut StdRng, eye: &Eye, grade: u8) {
         );
     }
     if grade < 4 {
-        return;
+        return n;
     }
     // Proliferative: tufts of fine tortuous new vessels at the disc or along the arcades.
     let mut nv = Mask::new(cv.s);
-    for _ in 0..rng.random_range(1..4) {
+    n.new_vessels = rng.random_range(1..4);
+    for _ in 0..n.new_vessels {
         let at_disc = rng.random::<f32>() < 0.5;
         let centre = if at_disc {
             eye.disc
@@ -643,6 +671,7 @@ fn lesions(cv: &mut Canvas, rng: &mut StdRng, eye: &Eye, grade: u8) {
             );
         }
     }
+    n
 }
 
 /// Writes the APTOS folder `out`: `train.csv` (`id_code,diagnosis`) and
@@ -654,7 +683,7 @@ pub fn write(cfg: &FundusConfig, out: &Path, progress: Option<&Progress>) -> Res
         .par_iter()
         .enumerate()
         .try_for_each(|(i, (id, grade))| -> Result<()> {
-            let img = photo(cfg, i, *grade)?;
+            let (img, _) = photo(cfg, i, *grade)?;
             Image::from_dynamic(image::DynamicImage::ImageRgb8(img))
                 .save(out.join("train_images").join(format!("{id}.png")))?;
             if let Some(p) = progress {
