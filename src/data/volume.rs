@@ -146,9 +146,17 @@ impl Volume {
         if !path.exists() {
             return Err(Error::file(path, "no such file"));
         }
-        let obj = ReaderOptions::new()
-            .read_file(path)
-            .map_err(|e| Error::file(path, format!("not a readable NIfTI-1 file: {e}")))?;
+        let obj = ReaderOptions::new().read_file(path).map_err(|e| {
+            if is_nifti2(path) {
+                Error::file(
+                    path,
+                    "a NIfTI-2 file; pretext reads NIfTI-1 only (convert it, e.g. with nibabel: \
+                     nib.save(nib.Nifti1Image(img.dataobj, img.affine), 'out.nii.gz'))",
+                )
+            } else {
+                Error::file(path, format!("not a readable NIfTI-1 file: {e}"))
+            }
+        })?;
         let header = obj.header().clone();
         let nt = header
             .data_type()
@@ -350,6 +358,22 @@ impl Volume {
                 let _ = std::fs::remove_file(&tmp);
             })
     }
+}
+
+/// Whether the file starts with a NIfTI-2 header (`sizeof_hdr` = 540, either byte order).
+fn is_nifti2(path: &Path) -> bool {
+    use std::io::Read;
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut head = [0u8; 4];
+    let gz = path.extension().is_some_and(|e| e == "gz");
+    let read = if gz {
+        flate2::read::GzDecoder::new(file).read_exact(&mut head)
+    } else {
+        std::io::BufReader::new(file).read_exact(&mut head)
+    };
+    read.is_ok() && (i32::from_le_bytes(head) == 540 || i32::from_be_bytes(head) == 540)
 }
 
 fn write_typed(
