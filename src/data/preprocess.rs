@@ -103,7 +103,7 @@ impl PancreasPreprocess {
             ));
         }
         if let Some((lo, hi)) = self.clip
-            && !(lo < hi)
+            && lo.partial_cmp(&hi) != Some(std::cmp::Ordering::Less)
         {
             return Err(Error::arg(
                 "clip",
@@ -274,12 +274,9 @@ pub fn bounding_box(
         })
         .collect::<Vec<_>>();
     let xs: Vec<bool> = masks.iter().map(|m| m.0).collect();
-    let merge = |f: fn(&(bool, Vec<bool>, Vec<bool>)) -> &Vec<bool>, n: usize| {
-        (0..n)
-            .map(|i| masks.iter().any(|m| f(m)[i]))
-            .collect::<Vec<_>>()
-    };
-    let per_axis = [xs, merge(|m| &m.1, ny), merge(|m| &m.2, nz)];
+    let ys: Vec<bool> = (0..ny).map(|i| masks.iter().any(|m| m.1[i])).collect();
+    let zs: Vec<bool> = (0..nz).map(|i| masks.iter().any(|m| m.2[i])).collect();
+    let per_axis = [xs, ys, zs];
     let mut start = [0; 3];
     let mut end = [0; 3];
     for (a, mask) in per_axis.iter().enumerate() {

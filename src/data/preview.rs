@@ -1,7 +1,7 @@
 //! Contact sheets of a dataset, for a person to judge it (`pretext data preview`).
 //!
-//! Decathlon: one row per labelled case, the axial slice with the most label voxels (the middle
-//! slice when there are none) shown twice, plain and with the labels overlaid (1 green,
+//! Decathlon: one row per case, the axial slice with the most voxels of the highest label (the
+//! tumour when there is one; the middle slice without labels) shown twice, plain and with the labels overlaid (1 green,
 //! 2 red), in an abdominal window (-160..240 HU), anterior up and patient right on the left.
 //! APTOS: one row per grade 0..4, a few photographs each.
 
@@ -41,18 +41,22 @@ pub fn axial_slice(
     })
 }
 
-/// The z index with the most non-zero labels (the middle one when there are none).
+/// The z index with the most voxels of the highest label present (the tumour when there is
+/// one), else the middle slice.
 pub fn best_slice(label: Option<&[u8]>, shape: [usize; 3]) -> usize {
     let nz = shape[2];
     let Some(l) = label else { return nz / 2 };
+    let top = l.iter().copied().max().unwrap_or(0);
+    if top == 0 {
+        return nz / 2;
+    }
     let mut count = vec![0usize; nz];
     for (i, &v) in l.iter().enumerate() {
-        if v > 0 {
-            count[i % nz] += 1 + 4 * (v > 1) as usize;
+        if v == top {
+            count[i % nz] += 1;
         }
     }
-    let best = (0..nz).max_by_key(|&z| count[z]).unwrap_or(nz / 2);
-    if count[best] == 0 { nz / 2 } else { best }
+    (0..nz).max_by_key(|&z| count[z]).unwrap_or(nz / 2)
 }
 
 fn volume_data(v: &Volume) -> Result<(Vec<f32>, [usize; 3])> {

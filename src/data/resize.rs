@@ -288,7 +288,9 @@ mod tests {
         let got: Vec<usize> = (-5..9).map(|i| mirror(i, 4)).collect();
         assert_eq!(got, vec![1, 2, 3, 2, 1, 0, 1, 2, 3, 2, 1, 0, 1, 2]);
         assert_eq!(mirror_coord(-0.25, 4), 0.25);
-        assert_eq!(mirror_coord(3.5, 4), 2.5);
+        // scipy leaves (n - 1, n) to the index mirror: 3.5 interpolates samples 3 and 4 -> 2.
+        assert_eq!(mirror_coord(3.5, 4), 3.5);
+        assert_eq!(mirror_coord(4.5, 4), 1.5);
     }
 
     #[test]

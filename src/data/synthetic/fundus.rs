@@ -531,9 +531,11 @@ fn lesions(cv: &mut Canvas, rng: &mut StdRng, eye: &Eye, grade: u8) -> Lesions {
     let g = grade as usize;
     let sf = cv.s as f32;
     let red = [0.42, 0.1, 0.08];
-    let mut n = Lesions::default();
     // Microaneurysms: tiny dark red dots.
-    n.microaneurysms = poisson(rng, [0.0, 6.0, 14.0, 24.0, 14.0][g]);
+    let mut n = Lesions {
+        microaneurysms: poisson(rng, [0.0, 6.0, 14.0, 24.0, 14.0][g]),
+        ..Lesions::default()
+    };
     for _ in 0..n.microaneurysms {
         let p = eye.random_point(rng, 0.85);
         let rr = sf * u(rng, 0.0025, 0.005);
