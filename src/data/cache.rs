@@ -321,6 +321,9 @@ impl FundusSet {
     /// those already there; stored as 8-bit RGB as the original code's resized PNGs) and
     /// opens the result.
     pub fn prepare(ds: &Aptos, params: &FundusPreprocess, cache: &Path) -> Result<FundusSet> {
+        if params.size == 0 {
+            return Err(Error::arg("size", "the fundus image size must be positive"));
+        }
         let pj = serde_json::to_value(params).map_err(Error::msg)?;
         let dir = cache_dir(cache, "fundus", &pj, ds.root());
         let items: Vec<Item> = ds
