@@ -11,6 +11,7 @@
 pub mod data;
 pub mod error;
 pub mod io;
+pub mod ops;
 pub mod script;
 
 pub use data::{Image, Volume, VoxelType};
