@@ -5,7 +5,7 @@ Each file holds inputs, weights, outputs and gradients of `loss = sum(y * g)` fo
 upstream gradient `g` (or of the model's loss), so the Rust tests can compare without Python.
 Single ops are float32; whole models (a tiny UNet3D, one DenseNet dense block) are float64.
 
-    /work/venv/bin/python scripts/make_fixtures.py      # needs torch, safetensors
+    python scripts/make_fixtures.py      # needs torch, torchvision, safetensors
 """
 import os
 import torch
@@ -223,10 +223,10 @@ def models():
     t.update({"init." + k: v for k, v in init.items() if "num_batches_tracked" not in k})
     save("unet3d_tiny_f64", t)
 
-    # One DenseNet dense block from torchvision's definition (norm1/relu1/conv1/norm2/relu2/conv2).
-    from torchvision_block import dense_block
+    # One DenseNet dense block, torchvision's own (norm1/relu1/conv1/norm2/relu2/conv2).
+    from torchvision.models.densenet import _DenseBlock
     torch.manual_seed(2)
-    block = dense_block(num_layers=2, num_input_features=3, bn_size=2, growth_rate=4)
+    block = _DenseBlock(num_layers=2, num_input_features=3, bn_size=2, growth_rate=4, drop_rate=0)
     x = torch.randn(2, 3, 6, 7, requires_grad=True)
     out = block(x)
     g, (dx,) = grads_of(out, x)
@@ -235,9 +235,16 @@ def models():
     t.update(x=x, y=out, g=g, dx=dx)
     save("dense_block_f64", t)
 
+    # torchvision's DenseNet-121 parameter names and shapes, for the 1:1 weight mapping.
+    import json
+    import torchvision
+    net = torchvision.models.densenet121(weights=None)
+    keys = {k: list(v.shape) for k, v in net.state_dict().items()
+            if k.startswith("features.") and "num_batches_tracked" not in k}
+    with open(os.path.join(OUT, "densenet121_features.json"), "w") as fh:
+        json.dump({"trainable": sum(p.numel() for p in net.features.parameters()), "tensors": keys}, fh, indent=0)
+
 
 if __name__ == "__main__":
-    import sys
-    sys.path.insert(0, os.path.dirname(__file__))
     ops()
     models()

@@ -11,8 +11,10 @@
 pub mod data;
 pub mod error;
 pub mod io;
+pub mod nn;
 pub mod ops;
 pub mod script;
+pub mod train;
 
 pub use data::{Image, Volume, VoxelType};
 pub use error::{Error, Result};

@@ -1,0 +1,4 @@
+//! Training: losses, metrics, the optimiser with per-tensor clipping, and the pretraining and
+//! finetuning loops.
+
+pub mod loss;
