@@ -8,6 +8,7 @@
 //! candle. Nothing below [`script`] knows Rhai exists, so every capability is usable from Rust
 //! and from scripts alike.
 
+pub mod bench;
 pub mod data;
 pub mod error;
 pub mod io;

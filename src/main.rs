@@ -42,6 +42,47 @@ enum Command {
     },
     /// Print the script API reference (Markdown, the content of docs/scripting.md).
     Doc,
+    /// Measure speed: single ops or whole UNet3D training steps.
+    Bench(BenchArgs),
+}
+
+/// What `pretext bench` measures.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum BenchKind {
+    /// Each UNet3D convolution and the other ops of a block: forward and forward+backward.
+    Ops,
+    /// UNet3D training steps (forward, Dice loss, backward, Adam).
+    Models,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// What to measure.
+    kind: BenchKind,
+    /// Volume sizes (cubes), e.g. --sizes 32,64.
+    #[arg(long, value_delimiter = ',', default_value = "32,64")]
+    sizes: Vec<usize>,
+    /// Volumes per batch (models).
+    #[arg(long, default_value_t = 2)]
+    batch: usize,
+    /// Base filters of the UNet (models).
+    #[arg(long, default_value_t = 16)]
+    filters: usize,
+    /// Only a forward pass in inference mode, once, with its peak memory (models).
+    #[arg(long)]
+    forward_only: bool,
+    /// Untimed runs before measuring.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Timed runs (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Print one JSON object per row instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// Options shared by the commands that run scripts.
@@ -120,8 +161,47 @@ fn main() -> ExitCode {
             print!("{}", Host::new(HostConfig::default()).docs().markdown());
             Ok(())
         }
+        Command::Bench(args) => bench(&args).map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(SCRIPT_ERROR)
+        }),
     };
     result.err().unwrap_or(ExitCode::SUCCESS)
+}
+
+fn bench(a: &BenchArgs) -> pretext::Result<()> {
+    use pretext::bench::{self, Timing};
+    let dev = pretext::script::convert::parse_device(&a.device)?;
+    let t = Timing {
+        warmup: a.warmup,
+        reps: a.reps,
+    };
+    let cfg = pretext::nn::UNet3dConfig {
+        filters: a.filters,
+        ..Default::default()
+    };
+    let threads = rayon::current_num_threads();
+    eprintln!(
+        "pretext bench {:?} on {} ({threads} threads)",
+        a.kind, a.device
+    );
+    let rows = match a.kind {
+        BenchKind::Ops => bench::ops(&a.sizes, t, &dev)?,
+        BenchKind::Models if a.forward_only => a
+            .sizes
+            .iter()
+            .map(|&s| bench::forward_only(s, a.batch, &cfg, &dev))
+            .collect::<pretext::Result<_>>()?,
+        BenchKind::Models => bench::models(&a.sizes, a.batch, &cfg, t, &dev)?,
+    };
+    if a.json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r).unwrap_or_default());
+        }
+    } else {
+        print!("{}", bench::table(&rows));
+    }
+    Ok(())
 }
 
 fn script_failed(e: pretext::script::ScriptError) -> ExitCode {

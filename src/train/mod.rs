@@ -2,3 +2,4 @@
 //! finetuning loops.
 
 pub mod loss;
+pub mod optim;

@@ -29,7 +29,7 @@ impl PoolGeom {
     /// The output plane size, or `None` when a window does not fit.
     pub fn output(&self) -> Option<[usize; 3]> {
         let mut out = [0; 3];
-        for i in 0..3 {
+        for (i, o) in out.iter_mut().enumerate() {
             let padded = self.input[i] + 2 * self.padding[i];
             if padded < self.kernel[i]
                 || self.stride[i] == 0
@@ -37,7 +37,7 @@ impl PoolGeom {
             {
                 return None;
             }
-            out[i] = (padded - self.kernel[i]) / self.stride[i] + 1;
+            *o = (padded - self.kernel[i]) / self.stride[i] + 1;
         }
         Some(out)
     }
