@@ -14,6 +14,7 @@ pub mod error;
 pub mod io;
 pub mod nn;
 pub mod ops;
+pub mod pretext;
 pub mod script;
 pub mod train;
 

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod torch;
+pub mod volumes;
 
 use std::io::Write;
 use std::path::Path;
