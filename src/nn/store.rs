@@ -32,7 +32,7 @@ struct Inner {
 }
 
 /// What [`ParamStore::load`] did, tensor by tensor.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LoadReport {
     /// Tensors copied from the file.
     pub loaded: Vec<String>,

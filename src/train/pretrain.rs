@@ -98,7 +98,7 @@ pub fn train_val_split(n: usize, val_fraction: f64) -> (Vec<usize>, Vec<usize>) 
     ((0..n_train).collect(), (n_train..n).collect())
 }
 
-fn batches(ids: &[usize], size: usize, seed: Option<u64>) -> Vec<Vec<usize>> {
+pub(crate) fn batches(ids: &[usize], size: usize, seed: Option<u64>) -> Vec<Vec<usize>> {
     let mut ids = ids.to_vec();
     if let Some(s) = seed {
         ids.shuffle(&mut StdRng::seed_from_u64(s));
@@ -112,7 +112,7 @@ fn batches(ids: &[usize], size: usize, seed: Option<u64>) -> Vec<Vec<usize>> {
     out
 }
 
-fn mix(a: u64, b: u64) -> u64 {
+pub(crate) fn mix(a: u64, b: u64) -> u64 {
     (a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15))
         .rotate_left(17)
         .wrapping_mul(0xBF58_476D_1CE4_E5B9)
