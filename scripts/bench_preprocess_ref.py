@@ -8,7 +8,7 @@ crop, skimage resize to 128^3 (order 1, preserve_range, default anti-aliasing), 
 
     pretext data synth pancreas --out /tmp/ct --n 1 --shape 512,512,100
     python scripts/bench_preprocess_ref.py /tmp/ct/imagesTr/case_000.nii.gz --out /tmp/ref.nii.gz
-    pretext bench preprocess /tmp/ct/imagesTr/case_000.nii.gz --reference /tmp/ref.nii.gz
+    pretext bench preprocess /tmp/ct/imagesTr/case_000.nii.gz --reps 5 --reference /tmp/ref.nii.gz
 
 Reading the file is timed separately; the preprocessing time is the minimum and median over
 --repeat runs. numpy/scipy run single-threaded here (these steps do not use BLAS threads).

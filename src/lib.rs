@@ -8,11 +8,16 @@
 //! candle. Nothing below [`script`] knows Rhai exists, so every capability is usable from Rust
 //! and from scripts alike.
 
+pub mod bench;
 pub mod data;
 pub mod error;
 pub mod io;
+pub mod nn;
+pub mod ops;
+pub mod pretext;
 pub mod progress;
 pub mod script;
+pub mod train;
 
 pub use data::{Image, Volume, VoxelType};
 pub use error::{Error, Result};

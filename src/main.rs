@@ -49,11 +49,8 @@ enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
-    /// Measurements.
-    Bench {
-        #[command(subcommand)]
-        command: BenchCommand,
-    },
+    /// Measure speed: single ops, whole UNet3D training steps, or the data preprocessing.
+    Bench(BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -120,25 +117,6 @@ enum SynthKind {
     Fundus,
 }
 
-#[derive(Subcommand)]
-enum BenchCommand {
-    /// Time the pancreas preprocessing (min-max, bounding box, crop, resize, min-max) of one
-    /// CT volume; compare with scripts/bench_preprocess_ref.py on the same file.
-    Preprocess {
-        /// A NIfTI CT file; without it a 512x512x100 synthetic CT (seed 0) is generated.
-        input: Option<PathBuf>,
-        /// The target shape X,Y,Z.
-        #[arg(long, default_value = "128,128,128", value_parser = parse_shape)]
-        target: [usize; 3],
-        /// Timed repetitions (the minimum and median are reported).
-        #[arg(long, default_value_t = 5)]
-        repeat: usize,
-        /// The reference output of scripts/bench_preprocess_ref.py (NIfTI) to compare with.
-        #[arg(long)]
-        reference: Option<PathBuf>,
-    },
-}
-
 fn parse_shape(s: &str) -> Result<[usize; 3], String> {
     let v: Vec<usize> = s
         .split([',', 'x'])
@@ -151,6 +129,56 @@ fn parse_shape(s: &str) -> Result<[usize; 3], String> {
             "expected X,Y,Z (three positive integers), got `{s}`"
         )),
     }
+}
+
+/// What `pretext bench` measures.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum BenchKind {
+    /// Each UNet3D convolution and the other ops of a block: forward and forward+backward.
+    Ops,
+    /// UNet3D training steps (forward, Dice loss, backward, Adam).
+    Models,
+    /// The pancreas preprocessing (min-max, bounding box, crop, resize, min-max) of one CT;
+    /// compare with scripts/bench_preprocess_ref.py on the same file.
+    Preprocess,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// What to measure.
+    kind: BenchKind,
+    /// Preprocess: a NIfTI CT file; without it a 512x512x100 synthetic CT (seed 0) is made.
+    input: Option<PathBuf>,
+    /// Preprocess: the target shape X,Y,Z.
+    #[arg(long, default_value = "128,128,128", value_parser = parse_shape)]
+    target: [usize; 3],
+    /// Preprocess: the output of scripts/bench_preprocess_ref.py (NIfTI) to compare with.
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// Volume sizes (cubes), e.g. --sizes 32,64.
+    #[arg(long, value_delimiter = ',', default_value = "32,64")]
+    sizes: Vec<usize>,
+    /// Volumes per batch (models).
+    #[arg(long, default_value_t = 2)]
+    batch: usize,
+    /// Base filters of the UNet (models).
+    #[arg(long, default_value_t = 16)]
+    filters: usize,
+    /// Only a forward pass in inference mode, once, with its peak memory (models).
+    #[arg(long)]
+    forward_only: bool,
+    /// Untimed runs before measuring.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Timed runs (the median is reported; preprocess also reports the minimum).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Print one JSON object per row instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// Options shared by the commands that run scripts.
@@ -230,9 +258,48 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Data { command } => data_command(command),
-        Command::Bench { command } => bench_command(command),
+        Command::Bench(args) => bench(&args).map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(SCRIPT_ERROR)
+        }),
     };
     result.err().unwrap_or(ExitCode::SUCCESS)
+}
+
+fn bench(a: &BenchArgs) -> pretext::Result<()> {
+    use pretext::bench::{self, Timing};
+    let dev = pretext::script::convert::parse_device(&a.device)?;
+    let t = Timing {
+        warmup: a.warmup,
+        reps: a.reps,
+    };
+    let cfg = pretext::nn::UNet3dConfig {
+        filters: a.filters,
+        ..Default::default()
+    };
+    let threads = rayon::current_num_threads();
+    eprintln!(
+        "pretext bench {:?} on {} ({threads} threads)",
+        a.kind, a.device
+    );
+    let rows = match a.kind {
+        BenchKind::Ops => bench::ops(&a.sizes, t, &dev)?,
+        BenchKind::Models if a.forward_only => a
+            .sizes
+            .iter()
+            .map(|&s| bench::forward_only(s, a.batch, &cfg, &dev))
+            .collect::<pretext::Result<_>>()?,
+        BenchKind::Models => bench::models(&a.sizes, a.batch, &cfg, t, &dev)?,
+        BenchKind::Preprocess => return bench_preprocess(a),
+    };
+    if a.json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r).unwrap_or_default());
+        }
+    } else {
+        print!("{}", bench::table(&rows));
+    }
+    Ok(())
 }
 
 fn script_failed(e: pretext::script::ScriptError) -> ExitCode {
@@ -312,19 +379,13 @@ fn data_command(cmd: DataCommand) -> Result<(), ExitCode> {
     }
 }
 
-fn bench_command(cmd: BenchCommand) -> Result<(), ExitCode> {
-    let BenchCommand::Preprocess {
-        input,
-        target,
-        repeat,
-        reference,
-    } = cmd;
+fn bench_preprocess(a: &BenchArgs) -> pretext::Result<()> {
     let started = std::time::Instant::now();
-    let (data, shape, what) = match &input {
+    let (data, shape, what) = match &a.input {
         Some(path) => {
-            let v = pretext::Volume::load(path).map_err(failed)?;
+            let v = pretext::Volume::load(path)?;
             let s = v.spatial_shape();
-            (v.to_vec().map_err(failed)?, s, path.display().to_string())
+            (v.to_vec()?, s, path.display().to_string())
         }
         None => {
             let cfg = PhantomConfig {
@@ -333,7 +394,7 @@ fn bench_command(cmd: BenchCommand) -> Result<(), ExitCode> {
                 shape: [512, 512, 100],
                 ..PhantomConfig::default()
             };
-            let p = pancreas::phantom(&cfg, 0).map_err(failed)?;
+            let p = pancreas::phantom(&cfg, 0)?;
             (p.hu, p.shape, "synthetic CT (seed 0)".to_string())
         }
     };
@@ -342,21 +403,25 @@ fn bench_command(cmd: BenchCommand) -> Result<(), ExitCode> {
         started.elapsed().as_secs_f64()
     );
     let params = pretext::data::PancreasPreprocess {
-        shape: target,
+        shape: a.target,
         ..Default::default()
     };
+    for _ in 0..a.warmup {
+        params.apply_raw(&data, shape, None)?;
+    }
     let mut times = Vec::new();
     let mut out = None;
-    for _ in 0..repeat.max(1) {
+    for _ in 0..a.reps.max(1) {
         let t = std::time::Instant::now();
-        out = Some(params.apply_raw(&data, shape, None).map_err(failed)?);
+        out = Some(params.apply_raw(&data, shape, None)?);
         times.push(t.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
     let out = out.expect("at least one repetition");
     println!(
-        "preprocess to {target:?}: min {:.3} s, median {:.3} s over {} runs, {} threads \
+        "preprocess to {:?}: min {:.3} s, median {:.3} s over {} runs, {} threads \
          (bbox {:?}..{:?})",
+        a.target,
         times[0],
         times[times.len() / 2],
         times.len(),
@@ -364,16 +429,19 @@ fn bench_command(cmd: BenchCommand) -> Result<(), ExitCode> {
         out.bbox.start,
         out.bbox.end
     );
-    if let Some(r) = reference {
-        let want = pretext::Volume::load(&r).map_err(failed)?;
-        if want.spatial_shape() != target {
-            return Err(failed(format!(
-                "{}: reference shape {:?} differs from the target {target:?}",
-                r.display(),
-                want.shape()
-            )));
+    if let Some(r) = &a.reference {
+        let want = pretext::Volume::load(r)?;
+        if want.spatial_shape() != a.target {
+            return Err(pretext::Error::file(
+                r,
+                format!(
+                    "reference shape {:?} differs from the target {:?}",
+                    want.shape(),
+                    a.target
+                ),
+            ));
         }
-        let want = want.to_vec().map_err(failed)?;
+        let want = want.to_vec()?;
         let d = out
             .image
             .iter()

@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod torch;
+pub mod volumes;
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

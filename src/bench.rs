@@ -1,0 +1,248 @@
+//! Benchmarks behind `pretext bench`: single ops (`ops`) and whole UNet3D training steps
+//! (`models`), timed as medians after a warm-up. The same rows come out of
+//! `scripts/bench_torch_ops.py` and `scripts/bench_torch.py`, so the two can be joined.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use crate::Result;
+use crate::nn::{ParamStore, UNet3d, UNet3dConfig};
+use crate::ops::{self, ConvSpec, PoolSpec};
+use crate::train::loss::{DiceVariant, dice_loss, one_hot};
+use crate::train::optim::{Adam, AdamConfig};
+
+/// One measured row.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Row {
+    /// What was measured (`conv3d`, `unet3d_step`, ...).
+    pub op: String,
+    /// The shape, in the same words as the PyTorch scripts.
+    pub shape: String,
+    /// Forward time, ms (median).
+    pub fwd_ms: f64,
+    /// Forward + backward time, ms (median); for models, the whole training step.
+    pub fwd_bwd_ms: f64,
+    /// Achieved GFLOP/s of the forward + backward pass, where the FLOPs are known.
+    pub gflops: Option<f64>,
+    /// Peak resident memory of the process so far, MiB (Linux only).
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// How long to measure.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Untimed runs first.
+    pub warmup: usize,
+    /// Timed runs; the median is reported.
+    pub reps: usize,
+}
+
+fn median_ms(t: Timing, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..t.warmup {
+        f()?;
+    }
+    let mut v = Vec::with_capacity(t.reps);
+    for _ in 0..t.reps.max(1) {
+        let start = Instant::now();
+        f()?;
+        v.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    v.sort_by(f64::total_cmp);
+    Ok(v[v.len() / 2])
+}
+
+/// The process's peak resident set size in MiB (`VmHWM`), where the OS reports it.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn sync(dev: &Device) -> Result<()> {
+    Ok(dev.synchronize()?)
+}
+
+/// The convolution shapes of one UNet3D level: `(c_in, c_out, size)` for a batch of 2.
+pub fn unet_conv_shapes(input: usize) -> Vec<(usize, usize, usize)> {
+    let cfg = UNet3dConfig::default();
+    let mut v = vec![(1, 16, input), (16, 16, input)];
+    for l in 1..=cfg.depth {
+        let s = input >> l;
+        if s >= 2 {
+            v.push((cfg.channels(l - 1), cfg.channels(l), s));
+            v.push((cfg.channels(l), cfg.channels(l), s));
+        }
+    }
+    v
+}
+
+fn conv_row(c: usize, o: usize, s: usize, batch: usize, t: Timing, dev: &Device) -> Result<Row> {
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (batch, c, s, s, s), dev)?)?;
+    let w = Var::from_tensor(&(Tensor::randn(0f32, 1.0, (o, c, 3, 3, 3), dev)? * 0.1)?)?;
+    let spec = ConvSpec::uniform(1, 1);
+    let fwd = median_ms(t, || {
+        ops::conv3d(x.as_tensor(), w.as_tensor(), spec)?;
+        sync(dev)
+    })?;
+    let fb = median_ms(t, || {
+        let y = ops::conv3d(x.as_tensor(), w.as_tensor(), spec)?;
+        y.sum_all()?.backward()?;
+        sync(dev)
+    })?;
+    let flops = 2.0 * (batch * o * c * 27 * s * s * s) as f64;
+    // The first layer's input gradient is computed here too (x is a variable).
+    Ok(Row {
+        op: "conv3d".into(),
+        shape: format!("{batch}x{c}x{s}^3 {c}->{o} k3"),
+        fwd_ms: fwd,
+        fwd_bwd_ms: fb,
+        gflops: Some(3.0 * flops / (fb * 1e6)),
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+fn unary_row(
+    op: &str,
+    shape: (usize, usize, usize),
+    t: Timing,
+    dev: &Device,
+    f: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Row> {
+    let (b, c, s) = shape;
+    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, s, s, s), dev)?)?;
+    let fwd = median_ms(t, || {
+        f(x.as_tensor())?;
+        sync(dev)
+    })?;
+    let fb = median_ms(t, || {
+        f(x.as_tensor())?.sum_all()?.backward()?;
+        sync(dev)
+    })?;
+    Ok(Row {
+        op: op.into(),
+        shape: format!("{b}x{c}x{s}^3"),
+        fwd_ms: fwd,
+        fwd_bwd_ms: fb,
+        gflops: None,
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+/// `pretext bench ops`: the UNet's convolutions at `sizes` and its other ops, batch 2.
+pub fn ops(sizes: &[usize], t: Timing, dev: &Device) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for &size in sizes {
+        for (c, o, s) in unet_conv_shapes(size) {
+            rows.push(conv_row(c, o, s, 2, t, dev)?);
+        }
+        let (c, s) = (16, size);
+        rows.push(unary_row("max_pool3d", (2, c, s), t, dev, |x| {
+            ops::max_pool3d(x, PoolSpec::cube(2))
+        })?);
+        rows.push(unary_row(
+            "upsample_nearest3d",
+            (2, 2 * c, s / 2),
+            t,
+            dev,
+            |x| ops::upsample_nearest3d(x, 2),
+        )?);
+        let w = Var::from_tensor(&(Tensor::randn(0f32, 1.0, (2 * c, c, 2, 2, 2), dev)? * 0.1)?)?;
+        rows.push(unary_row(
+            "conv_transpose3d",
+            (2, 2 * c, s / 2),
+            t,
+            dev,
+            |x| ops::conv_transpose3d(x, w.as_tensor(), ConvSpec::uniform(0, 2)),
+        )?);
+        let gamma = Var::from_tensor(&Tensor::ones(c, DType::F32, dev)?)?;
+        let beta = Var::from_tensor(&Tensor::zeros(c, DType::F32, dev)?)?;
+        rows.push(unary_row("batch_norm", (2, c, s), t, dev, |x| {
+            Ok(ops::batch_norm_train(x, gamma.as_tensor(), beta.as_tensor(), 1e-3)?.0)
+        })?);
+        rows.push(unary_row("relu", (2, c, s), t, dev, |x| Ok(x.relu()?))?);
+    }
+    Ok(rows)
+}
+
+/// `pretext bench models`: UNet3D training steps (forward, Dice loss, backward, Adam) at each
+/// of `sizes`, with `batch` volumes; the forward time is in training mode.
+pub fn models(
+    sizes: &[usize],
+    batch: usize,
+    cfg: &UNet3dConfig,
+    t: Timing,
+    dev: &Device,
+) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for &s in sizes {
+        let store = ParamStore::new(0);
+        let net = UNet3d::new(cfg, store.builder(DType::F32, dev))?;
+        let mut opt = Adam::new(store.trainable(""), AdamConfig::with_lr(1e-4))?;
+        let x = Tensor::rand(0f32, 1.0, (batch, cfg.in_channels, s, s, s), dev)?;
+        let labels = (Tensor::rand(0f32, cfg.classes as f32, (batch, s, s, s), dev)?.floor()?)
+            .clamp(0.0, (cfg.classes - 1) as f64)?
+            .to_dtype(DType::U32)?;
+        let y = one_hot(&labels, cfg.classes, DType::F32)?;
+        let fwd = median_ms(t, || {
+            net.forward_t(&x, true)?;
+            sync(dev)
+        })?;
+        let step = median_ms(t, || {
+            let p = candle_nn::ops::softmax(&net.forward_t(&x, true)?, 1)?;
+            opt.backward_step(&dice_loss(&p, &y, DiceVariant::Batch)?)?;
+            sync(dev)
+        })?;
+        rows.push(Row {
+            op: "unet3d_step".into(),
+            shape: format!("{batch}x{}x{s}^3 f{}", cfg.in_channels, cfg.filters),
+            fwd_ms: fwd,
+            fwd_bwd_ms: step,
+            gflops: None,
+            peak_rss_mib: peak_rss_mib(),
+        });
+    }
+    Ok(rows)
+}
+
+/// A forward pass alone (inference mode) at `size`, batch `batch`: time and peak memory.
+pub fn forward_only(size: usize, batch: usize, cfg: &UNet3dConfig, dev: &Device) -> Result<Row> {
+    let store = ParamStore::new(0);
+    let net = UNet3d::new(cfg, store.builder(DType::F32, dev))?;
+    let x = Tensor::rand(0f32, 1.0, (batch, cfg.in_channels, size, size, size), dev)?;
+    let t = median_ms(Timing { warmup: 0, reps: 1 }, || {
+        net.forward_t(&x, false)?;
+        sync(dev)
+    })?;
+    Ok(Row {
+        op: "unet3d_forward".into(),
+        shape: format!("{batch}x{}x{size}^3 f{}", cfg.in_channels, cfg.filters),
+        fwd_ms: t,
+        fwd_bwd_ms: f64::NAN,
+        gflops: None,
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+/// Renders rows as an aligned text table.
+pub fn table(rows: &[Row]) -> String {
+    let mut s = format!(
+        "{:<20} {:<26} {:>10} {:>12} {:>8} {:>10}\n",
+        "op", "shape", "fwd ms", "fwd+bwd ms", "GFLOP/s", "peak MiB"
+    );
+    for r in rows {
+        let opt =
+            |v: Option<f64>, p: usize| v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "-".into());
+        s.push_str(&format!(
+            "{:<20} {:<26} {:>10.2} {:>12.2} {:>8} {:>10}\n",
+            r.op,
+            r.shape,
+            r.fwd_ms,
+            r.fwd_bwd_ms,
+            opt(r.gflops, 1),
+            opt(r.peak_rss_mib, 0)
+        ));
+    }
+    s
+}

@@ -1,0 +1,258 @@
+//! DenseNet (Huang et al.), 121 layers by default, in torchvision's layout and parameter names
+//! (`features.conv0`, `features.denseblock{i}.denselayer{j}.norm1/conv1/norm2/conv2`,
+//! `features.transition{i}.norm/conv`, `features.norm5`), so its weights map 1:1. Width and
+//! depth are configurable for a small CPU variant.
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+
+use super::conv::{Conv2d, ConvConfig, conv2d};
+use super::norm::{BatchNorm, BatchNormConfig, batch_norm};
+use crate::ops;
+use crate::{Error, Result};
+
+/// The shape of a [`DenseNet`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DenseNetConfig {
+    /// Input channels (3 for RGB).
+    pub in_channels: usize,
+    /// Channels each dense layer adds (32).
+    pub growth: usize,
+    /// Dense layers per block (6, 12, 24, 16 for DenseNet-121).
+    pub blocks: Vec<usize>,
+    /// Channels of the stem convolution (64).
+    pub init_features: usize,
+    /// Bottleneck width of a dense layer as a multiple of `growth` (4).
+    pub bn_size: usize,
+}
+
+impl DenseNetConfig {
+    /// DenseNet-121.
+    pub fn densenet121() -> Self {
+        DenseNetConfig {
+            in_channels: 3,
+            growth: 32,
+            blocks: vec![6, 12, 24, 16],
+            init_features: 64,
+            bn_size: 4,
+        }
+    }
+
+    /// Channels of the final feature map.
+    pub fn feature_channels(&self) -> usize {
+        let mut c = self.init_features;
+        for (i, &n) in self.blocks.iter().enumerate() {
+            c += n * self.growth;
+            if i + 1 < self.blocks.len() {
+                c /= 2;
+            }
+        }
+        c
+    }
+}
+
+/// How the final feature map becomes a vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum GlobalPool {
+    /// Global average (O's finetuning configs).
+    Avg,
+    /// Global maximum (O's pretraining default).
+    Max,
+}
+
+#[derive(Clone, Debug)]
+struct DenseLayer {
+    norm1: BatchNorm,
+    conv1: Conv2d,
+    norm2: BatchNorm,
+    conv2: Conv2d,
+}
+
+impl DenseLayer {
+    fn new(c_in: usize, cfg: &DenseNetConfig, vb: VarBuilder) -> Result<Self> {
+        let width = cfg.bn_size * cfg.growth;
+        let plain = ConvConfig {
+            bias: false,
+            ..Default::default()
+        };
+        Ok(DenseLayer {
+            norm1: batch_norm(c_in, BatchNormConfig::TORCH, vb.pp("norm1"))?,
+            conv1: conv2d(c_in, width, 1, plain, vb.pp("conv1"))?,
+            norm2: batch_norm(width, BatchNormConfig::TORCH, vb.pp("norm2"))?,
+            conv2: conv2d(
+                width,
+                cfg.growth,
+                3,
+                ConvConfig {
+                    padding: 1,
+                    ..plain
+                },
+                vb.pp("conv2"),
+            )?,
+        })
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let h = self
+            .conv1
+            .forward(&self.norm1.forward_t(x, train)?.relu()?)?;
+        self.conv2
+            .forward(&self.norm2.forward_t(&h, train)?.relu()?)
+    }
+}
+
+/// Dense layers whose outputs are concatenated to their inputs.
+#[derive(Clone, Debug)]
+pub struct DenseBlock {
+    layers: Vec<DenseLayer>,
+}
+
+impl DenseBlock {
+    /// `n` dense layers on `c_in` input channels (`denselayer{j}`, from 1).
+    pub fn new(n: usize, c_in: usize, cfg: &DenseNetConfig, vb: VarBuilder) -> Result<Self> {
+        let layers = (0..n)
+            .map(|j| {
+                DenseLayer::new(
+                    c_in + j * cfg.growth,
+                    cfg,
+                    vb.pp(format!("denselayer{}", j + 1)),
+                )
+            })
+            .collect::<Result<_>>()?;
+        Ok(DenseBlock { layers })
+    }
+
+    /// The input with every layer's output appended along the channels.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut features = vec![x.clone()];
+        for layer in &self.layers {
+            let inp = Tensor::cat(&features, 1)?;
+            features.push(layer.forward_t(&inp, train)?);
+        }
+        Ok(Tensor::cat(&features, 1)?)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Transition {
+    norm: BatchNorm,
+    conv: Conv2d,
+}
+
+/// The DenseNet feature extractor.
+#[derive(Clone, Debug)]
+pub struct DenseNet {
+    conv0: Conv2d,
+    norm0: BatchNorm,
+    blocks: Vec<DenseBlock>,
+    transitions: Vec<Transition>,
+    norm5: BatchNorm,
+    cfg: DenseNetConfig,
+}
+
+impl DenseNet {
+    /// A DenseNet with parameters under `vb` (torchvision names below `features.`).
+    pub fn new(cfg: &DenseNetConfig, vb: VarBuilder) -> Result<Self> {
+        if cfg.blocks.is_empty() || cfg.growth == 0 || cfg.init_features == 0 {
+            return Err(Error::arg(
+                "densenet",
+                format!("expected blocks, growth and init_features, got {cfg:?}"),
+            ));
+        }
+        let f = vb.pp("features");
+        let plain = ConvConfig {
+            bias: false,
+            ..Default::default()
+        };
+        let conv0 = conv2d(
+            cfg.in_channels,
+            cfg.init_features,
+            7,
+            ConvConfig {
+                padding: 3,
+                stride: 2,
+                ..plain
+            },
+            f.pp("conv0"),
+        )?;
+        let norm0 = batch_norm(cfg.init_features, BatchNormConfig::TORCH, f.pp("norm0"))?;
+        let mut c = cfg.init_features;
+        let mut blocks = Vec::new();
+        let mut transitions = Vec::new();
+        for (i, &n) in cfg.blocks.iter().enumerate() {
+            blocks.push(DenseBlock::new(
+                n,
+                c,
+                cfg,
+                f.pp(format!("denseblock{}", i + 1)),
+            )?);
+            c += n * cfg.growth;
+            if i + 1 < cfg.blocks.len() {
+                let vb = f.pp(format!("transition{}", i + 1));
+                transitions.push(Transition {
+                    norm: batch_norm(c, BatchNormConfig::TORCH, vb.pp("norm"))?,
+                    conv: conv2d(c, c / 2, 1, plain, vb.pp("conv"))?,
+                });
+                c /= 2;
+            }
+        }
+        let norm5 = batch_norm(c, BatchNormConfig::TORCH, f.pp("norm5"))?;
+        Ok(DenseNet {
+            conv0,
+            norm0,
+            blocks,
+            transitions,
+            norm5,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DenseNetConfig {
+        &self.cfg
+    }
+
+    /// The final feature map (after `norm5` and ReLU) of `x [N, C, H, W]`.
+    pub fn features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if x.rank() != 4
+            || x.dims()[1] != self.cfg.in_channels
+            || x.dims()[2] < 4
+            || x.dims()[3] < 4
+        {
+            return Err(Error::shape(
+                "densenet",
+                format!(
+                    "expected [N, {}, H, W] with H, W >= 4, got {:?}",
+                    self.cfg.in_channels,
+                    x.dims()
+                ),
+            ));
+        }
+        let h = self
+            .norm0
+            .forward_t(&self.conv0.forward(x)?, train)?
+            .relu()?;
+        let mut h = ops::max_pool2d(&h, [3, 3], [2, 2], [1, 1])?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            h = block.forward_t(&h, train)?;
+            if let Some(t) = self.transitions.get(i) {
+                let y = t.conv.forward(&t.norm.forward_t(&h, train)?.relu()?)?;
+                h = if y.dims()[2] >= 2 && y.dims()[3] >= 2 {
+                    ops::avg_pool2d(&y, [2, 2], [2, 2], [0, 0])?
+                } else {
+                    y
+                };
+            }
+        }
+        Ok(self.norm5.forward_t(&h, train)?.relu()?)
+    }
+
+    /// A feature vector `[N, C]` per image.
+    pub fn embed(&self, x: &Tensor, pool: GlobalPool, train: bool) -> Result<Tensor> {
+        let f = self.features_t(x, train)?;
+        match pool {
+            GlobalPool::Avg => ops::global_avg_pool(&f),
+            GlobalPool::Max => ops::global_max_pool(&f),
+        }
+    }
+}

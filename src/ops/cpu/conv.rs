@@ -1,0 +1,404 @@
+//! 3D convolution (2D is the depth-1 case): forward, input gradient and weight gradient.
+//!
+//! The route is a tiled im2col + GEMM. The input of each sample is zero-padded once; a tile
+//! is a run of output rows (a row is one `(z, y)` pair with all `x`), its column matrix
+//! `[C·kd·kh·kw, rows·Wo]` is assembled from contiguous row segments of the padded input and
+//! stays cache-resident, and one GEMM per tile writes straight into the output. Tiles run in
+//! parallel (rayon); each worker keeps its own column buffer. 1×1×1 convolutions skip im2col.
+
+use rayon::prelude::*;
+
+use super::{Real, SendPtr, matmul};
+
+/// Elements of a column tile (per worker); about 256 KiB of f32, which stays in L2.
+const TILE_ELEMS: usize = 65_536;
+
+/// The geometry of one convolution: `x [n, c, d, h, w]`, `w [o, c, kd, kh, kw]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geom {
+    /// Batch size.
+    pub n: usize,
+    /// Input channels.
+    pub c: usize,
+    /// Output channels.
+    pub o: usize,
+    /// Input spatial size `[d, h, w]`.
+    pub input: [usize; 3],
+    /// Kernel size per axis.
+    pub kernel: [usize; 3],
+    /// Zero padding per axis (both sides).
+    pub padding: [usize; 3],
+    /// Stride per axis.
+    pub stride: [usize; 3],
+}
+
+impl Geom {
+    /// The padded input size.
+    pub fn padded(&self) -> [usize; 3] {
+        std::array::from_fn(|i| self.input[i] + 2 * self.padding[i])
+    }
+
+    /// The output size, or `None` when the kernel is larger than the padded input.
+    pub fn output(&self) -> Option<[usize; 3]> {
+        let p = self.padded();
+        let mut out = [0; 3];
+        for i in 0..3 {
+            if p[i] < self.kernel[i] || self.stride[i] == 0 {
+                return None;
+            }
+            out[i] = (p[i] - self.kernel[i]) / self.stride[i] + 1;
+        }
+        Some(out)
+    }
+
+    fn out(&self) -> [usize; 3] {
+        self.output().expect("geometry checked by the caller")
+    }
+
+    /// Taps per input channel (`kd·kh·kw`).
+    pub fn taps(&self) -> usize {
+        self.kernel.iter().product()
+    }
+
+    /// Rows of the column matrix (`c·kd·kh·kw`).
+    fn k(&self) -> usize {
+        self.c * self.taps()
+    }
+
+    fn in_len(&self) -> usize {
+        self.input.iter().product()
+    }
+
+    fn out_len(&self) -> usize {
+        self.out().iter().product()
+    }
+
+    fn padded_len(&self) -> usize {
+        self.padded().iter().product()
+    }
+
+    fn is_pointwise(&self) -> bool {
+        self.kernel == [1, 1, 1] && self.padding == [0, 0, 0] && self.stride == [1, 1, 1]
+    }
+
+    /// Output rows (`(z, y)` pairs) per tile.
+    fn rows_per_tile(&self) -> usize {
+        (TILE_ELEMS / (self.k() * self.out()[2]).max(1)).max(1)
+    }
+}
+
+/// Zero-pads every `[d, h, w]` plane of `x` (`planes` of them).
+fn pad<T: Real>(x: &[T], planes: usize, g: &Geom) -> Vec<T> {
+    let [d, h, w] = g.input;
+    let [_, hp, wp] = g.padded();
+    let lp = g.padded_len();
+    let [pd, ph, pw] = g.padding;
+    let mut out = vec![T::zero(); planes * lp];
+    out.par_chunks_mut(lp)
+        .zip(x.par_chunks(g.in_len()))
+        .for_each(|(dst, src)| {
+            for z in 0..d {
+                for y in 0..h {
+                    let s = (z * h + y) * w;
+                    let t = ((z + pd) * hp + y + ph) * wp + pw;
+                    dst[t..t + w].copy_from_slice(&src[s..s + w]);
+                }
+            }
+        });
+    out
+}
+
+/// Fills `col [k, rows·wo]` for output rows `r0..r0+rows` of one padded sample `xp [c, lp]`.
+fn im2col<T: Real>(xp: &[T], g: &Geom, r0: usize, rows: usize, col: &mut [T]) {
+    let [kd, kh, kw] = g.kernel;
+    let [sd, sh, sw] = g.stride;
+    let [_, hp, wp] = g.padded();
+    let [_, ho, wo] = g.out();
+    let lp = g.padded_len();
+    let t = rows * wo;
+    let mut dst = col.chunks_exact_mut(t);
+    for c in 0..g.c {
+        for a in 0..kd {
+            for b in 0..kh {
+                for e in 0..kw {
+                    let row = dst.next().expect("col has k rows");
+                    for r in 0..rows {
+                        let (z, y) = ((r0 + r) / ho, (r0 + r) % ho);
+                        let src = c * lp + ((z * sd + a) * hp + y * sh + b) * wp + e;
+                        let seg = &mut row[r * wo..(r + 1) * wo];
+                        if sw == 1 {
+                            seg.copy_from_slice(&xp[src..src + wo]);
+                        } else {
+                            for (x, v) in seg.iter_mut().enumerate() {
+                                *v = xp[src + x * sw];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds `col [k, rows·wo]` back into the padded sample `dxp [c, lp]` (the adjoint of
+/// [`im2col`]).
+fn col2im<T: Real>(col: &[T], g: &Geom, r0: usize, rows: usize, dxp: &mut [T]) {
+    let [kd, kh, kw] = g.kernel;
+    let [sd, sh, sw] = g.stride;
+    let [_, hp, wp] = g.padded();
+    let [_, ho, wo] = g.out();
+    let lp = g.padded_len();
+    let t = rows * wo;
+    let mut src_rows = col.chunks_exact(t);
+    for c in 0..g.c {
+        for a in 0..kd {
+            for b in 0..kh {
+                for e in 0..kw {
+                    let row = src_rows.next().expect("col has k rows");
+                    for r in 0..rows {
+                        let (z, y) = ((r0 + r) / ho, (r0 + r) % ho);
+                        let dst = c * lp + ((z * sd + a) * hp + y * sh + b) * wp + e;
+                        for (x, &v) in row[r * wo..(r + 1) * wo].iter().enumerate() {
+                            dxp[dst + x * sw] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The tiles of the output rows: `(sample, first row, rows)`.
+fn tiles(g: &Geom) -> Vec<(usize, usize, usize)> {
+    let [d, h, _] = g.out();
+    let rows = d * h;
+    let per = g.rows_per_tile();
+    (0..g.n)
+        .flat_map(|n| {
+            (0..rows)
+                .step_by(per)
+                .map(move |r| (n, r, per.min(rows - r)))
+        })
+        .collect()
+}
+
+/// `y [n, o, D, H, W] = conv(x [n, c, d, h, w], w [o, c, kd, kh, kw])`, without bias.
+pub fn forward<T: Real>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
+    let (k, p) = (g.k(), g.out_len());
+    let mut y = vec![T::zero(); g.n * g.o * p];
+    let yp = SendPtr(y.as_mut_ptr());
+    if g.is_pointwise() {
+        // y[n] = w [o, c] × x[n] [c, p], in column blocks.
+        let blocks: Vec<(usize, usize)> = (0..g.n)
+            .flat_map(|n| (0..p).step_by(4096).map(move |j| (n, j)))
+            .collect();
+        blocks.into_par_iter().for_each(|(n, j)| {
+            let cols = 4096.min(p - j);
+            // SAFETY: each block writes its own columns of sample n.
+            unsafe {
+                matmul(
+                    (g.o, cols, g.c),
+                    yp.get().add(n * g.o * p + j),
+                    (p, 1),
+                    false,
+                    w.as_ptr(),
+                    (g.c, 1),
+                    x.as_ptr().add(n * g.c * p + j),
+                    (p, 1),
+                );
+            }
+        });
+        return y;
+    }
+    let xp = pad(x, g.n * g.c, g);
+    let (lp, wo) = (g.padded_len(), g.out()[2]);
+    let per = g.rows_per_tile();
+    tiles(g).into_par_iter().for_each_init(
+        || vec![T::zero(); k * per * wo],
+        |col, (n, r0, rows)| {
+            let t = rows * wo;
+            im2col(
+                &xp[n * g.c * lp..(n + 1) * g.c * lp],
+                g,
+                r0,
+                rows,
+                &mut col[..k * t],
+            );
+            // SAFETY: the tile writes output columns r0·wo.. of sample n, disjoint per tile.
+            unsafe {
+                matmul(
+                    (g.o, t, k),
+                    yp.get().add(n * g.o * p + r0 * wo),
+                    (p, 1),
+                    false,
+                    w.as_ptr(),
+                    (k, 1),
+                    col.as_ptr(),
+                    (t, 1),
+                );
+            }
+        },
+    );
+    y
+}
+
+/// `dL/dw [o, c, kd, kh, kw]` from the input `x` and the output gradient `dy`.
+pub fn weight_grad<T: Real>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
+    let (k, p) = (g.k(), g.out_len());
+    let sum = |mut a: Vec<T>, b: Vec<T>| {
+        a.iter_mut().zip(b).for_each(|(u, v)| *u += v);
+        a
+    };
+    if g.is_pointwise() {
+        return (0..g.n)
+            .into_par_iter()
+            .map(|n| {
+                let mut acc = vec![T::zero(); g.o * g.c];
+                // SAFETY: acc is [o, c]; dy[n] is [o, p]; x[n] is [c, p] read as its transpose.
+                unsafe {
+                    matmul(
+                        (g.o, g.c, p),
+                        acc.as_mut_ptr(),
+                        (g.c, 1),
+                        false,
+                        dy.as_ptr().add(n * g.o * p),
+                        (p, 1),
+                        x.as_ptr().add(n * g.c * p),
+                        (1, p),
+                    );
+                }
+                acc
+            })
+            .reduce(|| vec![T::zero(); g.o * g.c], sum);
+    }
+    let xp = pad(x, g.n * g.c, g);
+    let (lp, wo) = (g.padded_len(), g.out()[2]);
+    let per = g.rows_per_tile();
+    tiles(g)
+        .into_par_iter()
+        .fold(
+            || (vec![T::zero(); k * per * wo], vec![T::zero(); g.o * k]),
+            |(mut col, mut acc), (n, r0, rows)| {
+                let t = rows * wo;
+                im2col(
+                    &xp[n * g.c * lp..(n + 1) * g.c * lp],
+                    g,
+                    r0,
+                    rows,
+                    &mut col[..k * t],
+                );
+                // SAFETY: acc is this worker's [o, k]; dy tile [o, t]; col read as [t, k].
+                unsafe {
+                    matmul(
+                        (g.o, k, t),
+                        acc.as_mut_ptr(),
+                        (k, 1),
+                        true,
+                        dy.as_ptr().add(n * g.o * p + r0 * wo),
+                        (p, 1),
+                        col.as_ptr(),
+                        (1, t),
+                    );
+                }
+                (col, acc)
+            },
+        )
+        .map(|(_, acc)| acc)
+        .reduce(|| vec![T::zero(); g.o * k], sum)
+}
+
+/// `dL/dx [n, c, d, h, w]` from the output gradient `dy` and the weights `w`.
+///
+/// Stride 1 (with padding below the kernel size) is itself a forward convolution of `dy` with
+/// the flipped, channel-swapped kernel; other strides scatter columns back (col2im).
+pub fn input_grad<T: Real>(dy: &[T], w: &[T], g: &Geom) -> Vec<T> {
+    let (k, p) = (g.k(), g.out_len());
+    if g.is_pointwise() {
+        let mut dx = vec![T::zero(); g.n * g.c * p];
+        let dxp = SendPtr(dx.as_mut_ptr());
+        let blocks: Vec<(usize, usize)> = (0..g.n)
+            .flat_map(|n| (0..p).step_by(4096).map(move |j| (n, j)))
+            .collect();
+        blocks.into_par_iter().for_each(|(n, j)| {
+            let cols = 4096.min(p - j);
+            // SAFETY: each block writes its own columns of sample n; w read as [c, o].
+            unsafe {
+                matmul(
+                    (g.c, cols, g.o),
+                    dxp.get().add(n * g.c * p + j),
+                    (p, 1),
+                    false,
+                    w.as_ptr(),
+                    (1, g.c),
+                    dy.as_ptr().add(n * g.o * p + j),
+                    (p, 1),
+                );
+            }
+        });
+        return dx;
+    }
+    let flippable = g.stride == [1, 1, 1] && (0..3).all(|i| g.padding[i] < g.kernel[i]);
+    if flippable {
+        let taps = g.taps();
+        let mut wt = vec![T::zero(); w.len()];
+        for o in 0..g.o {
+            for c in 0..g.c {
+                for t in 0..taps {
+                    wt[(c * g.o + o) * taps + (taps - 1 - t)] = w[(o * g.c + c) * taps + t];
+                }
+            }
+        }
+        let flipped = Geom {
+            n: g.n,
+            c: g.o,
+            o: g.c,
+            input: g.out(),
+            kernel: g.kernel,
+            padding: std::array::from_fn(|i| g.kernel[i] - 1 - g.padding[i]),
+            stride: [1, 1, 1],
+        };
+        return forward(dy, &wt, &flipped);
+    }
+    let (lp, wo) = (g.padded_len(), g.out()[2]);
+    let [d, h, wd] = g.input;
+    let [pd, ph, pw] = g.padding;
+    let [_, hp, wp] = g.padded();
+    let [od, oh, _] = g.out();
+    let per = g.rows_per_tile();
+    let mut dx = vec![T::zero(); g.n * g.c * g.in_len()];
+    dx.par_chunks_mut(g.c * g.in_len())
+        .enumerate()
+        .for_each(|(n, dxn)| {
+            let mut dxp = vec![T::zero(); g.c * lp];
+            let mut col = vec![T::zero(); k * per * wo];
+            let rows_total = od * oh;
+            for r0 in (0..rows_total).step_by(per) {
+                let rows = per.min(rows_total - r0);
+                let t = rows * wo;
+                // SAFETY: col is [k, t]; w read as [k, o]; dy tile [o, t].
+                unsafe {
+                    matmul(
+                        (k, t, g.o),
+                        col.as_mut_ptr(),
+                        (t, 1),
+                        false,
+                        w.as_ptr(),
+                        (1, k),
+                        dy.as_ptr().add(n * g.o * p + r0 * wo),
+                        (p, 1),
+                    );
+                }
+                col2im(&col[..k * t], g, r0, rows, &mut dxp);
+            }
+            for c in 0..g.c {
+                for z in 0..d {
+                    for y in 0..h {
+                        let s = c * lp + ((z + pd) * hp + y + ph) * wp + pw;
+                        let t = (c * d + z) * h * wd + y * wd;
+                        dxn[t..t + wd].copy_from_slice(&dxp[s..s + wd]);
+                    }
+                }
+            }
+        });
+    dx
+}

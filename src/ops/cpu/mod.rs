@@ -1,0 +1,96 @@
+//! CPU kernels on contiguous slices, generic over the element type (`f32`, `f64`).
+//!
+//! Nothing here knows about candle tensors: the custom ops in [`crate::ops`] unwrap storages,
+//! call these kernels and wrap the results.
+
+pub mod conv;
+pub mod norm;
+pub mod pool;
+pub mod resample;
+
+/// An element type the kernels work on: `f32` (training) and `f64` (reference comparisons).
+pub trait Real:
+    num_traits::Float + std::ops::AddAssign + Default + Send + Sync + std::fmt::Debug + 'static
+{
+    /// The value as f64.
+    fn to64(self) -> f64;
+    /// The nearest value to `v`.
+    fn of(v: f64) -> Self;
+}
+
+impl Real for f32 {
+    fn to64(self) -> f64 {
+        self as f64
+    }
+    fn of(v: f64) -> Self {
+        v as f32
+    }
+}
+
+impl Real for f64 {
+    fn to64(self) -> f64 {
+        self
+    }
+    fn of(v: f64) -> Self {
+        v
+    }
+}
+
+/// Dense matrix product `dst = (accumulate ? dst : 0) + lhs × rhs` through the `gemm` crate,
+/// single-threaded (callers parallelise over tiles). Strides are in elements; `*_rs` is the
+/// step between rows, `*_cs` between columns.
+///
+/// # Safety
+/// The pointers must address matrices of the given shapes and strides: `dst` m×n, `lhs` m×k,
+/// `rhs` k×n, with `dst` not overlapping the others.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn matmul<T: Real>(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut T,
+    (dst_rs, dst_cs): (usize, usize),
+    accumulate: bool,
+    lhs: *const T,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const T,
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_cs as isize,
+            dst_rs as isize,
+            accumulate,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            if accumulate { T::one() } else { T::zero() },
+            T::one(),
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// A raw pointer that may cross threads; each task writes a disjoint region.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr<T>(pub *mut T);
+
+impl<T> SendPtr<T> {
+    /// The pointer (a method, so that closures capture the whole `Send` wrapper).
+    pub(crate) fn get(&self) -> *mut T {
+        self.0
+    }
+}
+// SAFETY: used only where tasks write disjoint regions of one buffer.
+unsafe impl<T> Send for SendPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for SendPtr<T> {}

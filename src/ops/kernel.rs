@@ -1,0 +1,291 @@
+//! The bridge between CPU kernels and candle: a [`Kernel`] is a computation with a CPU
+//! implementation on slices and a *composed* implementation from candle tensor ops, which
+//! serves every other device (CUDA) and doubles as an independent check of the CPU kernel.
+//! [`apply`] runs a kernel as a candle custom op, with the kernel's own backward pass.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+
+use std::cell::Cell;
+
+use super::cpu::Real;
+
+thread_local! {
+    static COMPOSED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with every op of this module computed by its composed implementation (candle ops,
+/// as on GPUs) instead of the CPU kernels, on the calling thread. For cross-checks.
+pub fn with_composed<R>(f: impl FnOnce() -> R) -> R {
+    let before = COMPOSED.with(|c| c.replace(true));
+    let r = f();
+    COMPOSED.with(|c| c.set(before));
+    r
+}
+
+/// A tensor computation with a fast CPU path and a composed any-device path.
+pub(crate) trait Kernel: Send + Sync + Sized + 'static {
+    /// The op's name in errors and profiles.
+    const NAME: &'static str;
+
+    /// The output shape.
+    fn out_shape(&self) -> Shape;
+
+    /// The CPU kernel on contiguous inputs.
+    fn cpu<T: Real>(&self, inputs: &[&[T]]) -> Vec<T>;
+
+    /// The same computation from candle tensor ops (used on non-CPU devices).
+    fn composed(&self, inputs: &[&Tensor]) -> candle_core::Result<Tensor>;
+
+    /// Gradients with respect to the inputs; `None` when the op is not differentiable.
+    fn backward(
+        &self,
+        _inputs: &[&Tensor],
+        _output: &Tensor,
+        _grad: &Tensor,
+    ) -> Option<candle_core::Result<Vec<Option<Tensor>>>> {
+        None
+    }
+}
+
+/// Runs `kernel` on `inputs` (made contiguous first) as a custom op; differentiable when the
+/// kernel defines [`Kernel::backward`].
+pub(crate) fn apply<K: Kernel>(kernel: K, inputs: &[&Tensor]) -> candle_core::Result<Tensor> {
+    let xs: Vec<Tensor> = inputs
+        .iter()
+        .map(|t| t.contiguous())
+        .collect::<candle_core::Result<_>>()?;
+    let dtype = xs[0].dtype();
+    if let Some(t) = xs.iter().find(|t| t.dtype() != dtype) {
+        candle_core::bail!("{}: mixed dtypes {dtype:?} and {:?}", K::NAME, t.dtype());
+    }
+    let op = Op(kernel);
+    match xs.as_slice() {
+        [a] => a.apply_op1(op),
+        [a, b] => a.apply_op2(b, op),
+        [a, b, c] => a.apply_op3(b, c, op),
+        _ => candle_core::bail!("{}: unsupported arity {}", K::NAME, xs.len()),
+    }
+}
+
+/// Runs `kernel` without recording it for backpropagation.
+pub(crate) fn apply_no_grad<K: Kernel>(
+    kernel: K,
+    inputs: &[&Tensor],
+) -> candle_core::Result<Tensor> {
+    let xs: Vec<Tensor> = inputs
+        .iter()
+        .map(|t| t.detach().contiguous())
+        .collect::<candle_core::Result<_>>()?;
+    apply(kernel, &xs.iter().collect::<Vec<_>>())
+}
+
+struct Op<K>(K);
+
+fn slice<'a, T: Real + candle_core::WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    name: &str,
+) -> candle_core::Result<&'a [T]> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{name}: non-contiguous input")))?;
+    Ok(&s.as_slice::<T>()?[a..b])
+}
+
+/// Whether [`with_composed`] is in effect on this thread.
+pub(crate) fn composed_mode() -> bool {
+    COMPOSED.with(Cell::get)
+}
+
+fn cpu_tensor(s: &CpuStorage, l: &Layout) -> candle_core::Result<Tensor> {
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("custom op: non-contiguous input".into()))?;
+    let dev = candle_core::Device::Cpu;
+    match s {
+        CpuStorage::F32(v) => Tensor::from_slice(&v[start..end], l.shape(), &dev),
+        CpuStorage::F64(v) => Tensor::from_slice(&v[start..end], l.shape(), &dev),
+        other => candle_core::bail!("custom op: expected f32 or f64, got {:?}", other.dtype()),
+    }
+}
+
+fn run_composed<K: Kernel>(
+    k: &K,
+    inputs: &[(&CpuStorage, &Layout)],
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let xs = inputs
+        .iter()
+        .map(|(s, l)| cpu_tensor(s, l))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let y = k.composed(&xs.iter().collect::<Vec<_>>())?.contiguous()?;
+    let (storage, layout) = y.storage_and_layout();
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("custom op: non-contiguous result".into()))?;
+    let out = match &*storage {
+        candle_core::Storage::Cpu(CpuStorage::F32(v)) => CpuStorage::F32(v[start..end].to_vec()),
+        candle_core::Storage::Cpu(CpuStorage::F64(v)) => CpuStorage::F64(v[start..end].to_vec()),
+        _ => candle_core::bail!("{}: composed result is not an f32/f64 CPU tensor", K::NAME),
+    };
+    Ok((out, layout.shape().clone()))
+}
+
+fn run_cpu<K: Kernel>(
+    k: &K,
+    inputs: &[(&CpuStorage, &Layout)],
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    if composed_mode() {
+        return run_composed(k, inputs);
+    }
+    let shape = k.out_shape();
+    let dtype = inputs[0].0.dtype();
+    let out = match dtype {
+        DType::F32 => {
+            let xs = inputs
+                .iter()
+                .map(|(s, l)| slice::<f32>(s, l, K::NAME))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            CpuStorage::F32(k.cpu(&xs))
+        }
+        DType::F64 => {
+            let xs = inputs
+                .iter()
+                .map(|(s, l)| slice::<f64>(s, l, K::NAME))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            CpuStorage::F64(k.cpu(&xs))
+        }
+        other => candle_core::bail!("{}: expected f32 or f64 tensors, got {other:?}", K::NAME),
+    };
+    Ok((out, shape))
+}
+
+fn unsupported(op: &'static str) -> candle_core::Error {
+    candle_core::Error::BackwardNotSupported { op }
+}
+
+impl<K: Kernel> CustomOp1 for Op<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        run_cpu(&self.0, &[(s, l)])
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let a = super::device::cuda_tensor(s, l)?;
+        super::device::into_cuda(&self.0.composed(&[&a])?)
+    }
+
+    fn bwd(&self, a: &Tensor, res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let grads = self
+            .0
+            .backward(&[a], res, g)
+            .ok_or_else(|| unsupported(K::NAME))??;
+        Ok(grads.into_iter().next().flatten())
+    }
+}
+
+impl<K: Kernel> CustomOp2 for Op<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        run_cpu(&self.0, &[(s1, l1), (s2, l2)])
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let a = super::device::cuda_tensor(s1, l1)?;
+        let b = super::device::cuda_tensor(s2, l2)?;
+        super::device::into_cuda(&self.0.composed(&[&a, &b])?)
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let grads = self
+            .0
+            .backward(&[a, b], res, g)
+            .ok_or_else(|| unsupported(K::NAME))??;
+        let mut it = grads.into_iter();
+        Ok((it.next().flatten(), it.next().flatten()))
+    }
+}
+
+impl<K: Kernel> CustomOp3 for Op<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        run_cpu(&self.0, &[(s1, l1), (s2, l2), (s3, l3)])
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let a = super::device::cuda_tensor(s1, l1)?;
+        let b = super::device::cuda_tensor(s2, l2)?;
+        let c = super::device::cuda_tensor(s3, l3)?;
+        super::device::into_cuda(&self.0.composed(&[&a, &b, &c])?)
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        c: &Tensor,
+        res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grads = self
+            .0
+            .backward(&[a, b, c], res, g)
+            .ok_or_else(|| unsupported(K::NAME))??;
+        let mut it = grads.into_iter();
+        Ok((
+            it.next().flatten(),
+            it.next().flatten(),
+            it.next().flatten(),
+        ))
+    }
+}

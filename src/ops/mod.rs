@@ -1,0 +1,25 @@
+//! Tensor operations candle lacks, or whose gradients candle gets wrong: 3D (and 2D)
+//! convolution, transposed convolution, max/average/global pooling, nearest upsampling and
+//! training-mode batch normalisation.
+//!
+//! Each op is a candle custom op with a fast CPU kernel ([`cpu`]) and a composed implementation
+//! from candle ops for other devices; backward passes use only forward-style kernels (no
+//! transposed-convolution loops), and max pooling sends gradients to the first maximum of a
+//! window, as PyTorch does.
+
+pub mod conv;
+pub mod cpu;
+#[cfg(feature = "cuda")]
+mod device;
+mod kernel;
+pub use kernel::with_composed;
+pub mod norm;
+pub mod pool;
+pub mod resample;
+
+pub use conv::{ConvSpec, conv2d, conv3d};
+pub use norm::{BatchStats, batch_norm_train};
+pub use pool::{
+    PoolSpec, avg_pool2d, avg_pool3d, global_avg_pool, global_max_pool, max_pool2d, max_pool3d,
+};
+pub use resample::{conv_transpose3d, upsample_nearest3d};

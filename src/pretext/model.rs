@@ -1,0 +1,364 @@
+//! Pretext models: a shared backbone (the UNet's 3D encoder, or a DenseNet for 2D) with the
+//! task's head and loss (method.md §2.2): an MLP classifier for rotation, jigsaw and RPL over
+//! the concatenated patch features, sigmoid codes and a triplet loss for exemplar, and patch
+//! codes, a GRU and per-step predictions for CPC.
+
+use candle_core::{D, DType, Device, Tensor};
+use candle_nn::{Linear, Module, VarBuilder};
+
+use super::sampler::{Batch, Sampler};
+use super::{CpcLoss, Negatives, Task, TaskConfig, TripletLoss};
+use crate::nn::{
+    DenseNet, DenseNetConfig, Encoder3d, GlobalPool, Gru, MlpHead, MlpHeadConfig, UNet3dConfig,
+    gru, linear,
+};
+use crate::train::loss::{binary_cross_entropy, cross_entropy};
+use crate::{Error, Result};
+
+/// The network whose weights pretraining is for.
+#[derive(Clone, Debug)]
+pub enum Backbone {
+    /// The 3D UNet's encoder (features flattened).
+    Unet(Encoder3d),
+    /// A 2D DenseNet with global pooling.
+    Dense(DenseNet, GlobalPool),
+}
+
+/// How to build a [`Backbone`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackboneConfig {
+    /// The UNet3D encoder.
+    Unet(UNet3dConfig),
+    /// A DenseNet and its pooling (O pretrains with global max pooling).
+    Dense(DenseNetConfig, GlobalPool),
+}
+
+impl Backbone {
+    /// The backbone of `cfg`, with parameters under `vb`.
+    pub fn new(cfg: &BackboneConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(match cfg {
+            BackboneConfig::Unet(c) => Backbone::Unet(Encoder3d::new(c, vb)?),
+            BackboneConfig::Dense(c, pool) => Backbone::Dense(DenseNet::new(c, vb)?, *pool),
+        })
+    }
+
+    /// Feature vectors `[N, F]` of inputs `[N, C, ...]`.
+    pub fn embed(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            Backbone::Unet(e) => e.embed(x, train),
+            Backbone::Dense(d, pool) => d.embed(x, *pool, train),
+        }
+    }
+
+    /// The length of a feature vector for inputs of spatial size `dims`.
+    pub fn feature_dim(&self, dims: [usize; 3]) -> usize {
+        match self {
+            Backbone::Unet(e) => {
+                let c = e.config();
+                c.feature_channels() * dims.iter().map(|&s| c.feature_size(s)).product::<usize>()
+            }
+            Backbone::Dense(d, _) => d.config().feature_channels(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Head {
+    Classifier(MlpHead),
+    Exemplar(Vec<Linear>),
+    Cpc {
+        encode: Linear,
+        gru: Gru,
+        predict: Vec<Linear>,
+    },
+}
+
+/// The loss of one batch and how well the task was solved.
+#[derive(Clone, Debug)]
+pub struct StepOutput {
+    /// The scalar loss (differentiable).
+    pub loss: Tensor,
+    /// Accuracy: correct classes; exemplar: triplets with `d(a,p) < d(a,n)`; CPC: correctly
+    /// scored examples.
+    pub accuracy: f64,
+}
+
+/// A backbone with the head and loss of one pretext task.
+#[derive(Clone, Debug)]
+pub struct PretextModel {
+    task: TaskConfig,
+    backbone: Backbone,
+    head: Head,
+    classes: usize,
+    views: usize,
+}
+
+fn accuracy(pred: &Tensor, truth: &Tensor) -> Result<f64> {
+    Ok(pred
+        .eq(truth)?
+        .to_dtype(DType::F64)?
+        .mean_all()?
+        .to_scalar::<f64>()?)
+}
+
+impl PretextModel {
+    /// The model of `sampler`'s task: backbone under `encoder.`, head under `head.` of `vb`.
+    pub fn new(
+        sampler: &Sampler,
+        backbone: &BackboneConfig,
+        head: &MlpHeadConfig,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let task = sampler.task_config().clone();
+        let b = Backbone::new(backbone, vb.pp("encoder"))?;
+        let f = b.feature_dim(sampler.input_dims());
+        if f == 0 {
+            return Err(Error::arg(
+                "backbone",
+                format!(
+                    "the encoder produces no features for inputs of {:?}",
+                    sampler.input_dims()
+                ),
+            ));
+        }
+        let hv = vb.pp("head");
+        let views = sampler.views();
+        let head = match task.task {
+            Task::Rotation => Head::Classifier(MlpHead::new(f, sampler.classes(), head, hv)?),
+            Task::Jigsaw => Head::Classifier(MlpHead::new(f * views, sampler.classes(), head, hv)?),
+            Task::Rpl => Head::Classifier(MlpHead::new(2 * f, sampler.classes(), head, hv)?),
+            Task::Exemplar => {
+                let n = if task.exemplar.shared_head { 1 } else { 3 };
+                let code = task.exemplar.code;
+                Head::Exemplar(
+                    (0..n)
+                        .map(|i| linear(f, code, hv.pp(format!("code{i}"))))
+                        .collect::<Result<_>>()?,
+                )
+            }
+            Task::Cpc => {
+                let c = &task.cpc;
+                Head::Cpc {
+                    encode: linear(f, c.code, hv.pp("encode"))?,
+                    gru: gru(c.code, c.hidden, hv.pp("gru"))?,
+                    predict: (0..2)
+                        .map(|k| linear(c.hidden, c.code, hv.pp(format!("predict{k}"))))
+                        .collect::<Result<_>>()?,
+                }
+            }
+        };
+        Ok(PretextModel {
+            task,
+            backbone: b,
+            head,
+            classes: sampler.classes(),
+            views,
+        })
+    }
+
+    /// The task.
+    pub fn task(&self) -> Task {
+        self.task.task
+    }
+
+    /// The backbone.
+    pub fn backbone(&self) -> &Backbone {
+        &self.backbone
+    }
+
+    /// The loss and accuracy of `batch` (moved to `dev`); `train` selects batch statistics and
+    /// dropout.
+    pub fn step(&self, batch: &Batch, dev: &Device, train: bool) -> Result<StepOutput> {
+        let x = batch.x.to_device(dev)?;
+        let feats = self.backbone.embed(&x, train)?;
+        let b = batch.items;
+        match &self.head {
+            Head::Classifier(mlp) => {
+                let y = batch
+                    .y
+                    .as_ref()
+                    .ok_or_else(|| Error::arg("batch", "a classification task needs targets"))?
+                    .to_device(dev)?;
+                let per_item = match self.task.task {
+                    Task::Rotation => 1,
+                    Task::Rpl => 2,
+                    _ => self.views,
+                };
+                let logits = mlp.forward_t(&feats.reshape((b, ()))?, train)?;
+                if logits.dims() != [b, self.classes] || feats.dims()[0] != b * per_item {
+                    return Err(Error::shape(
+                        "pretext",
+                        format!("batch of {b} items gave features {:?}", feats.dims()),
+                    ));
+                }
+                let loss = cross_entropy(&logits, &y)?;
+                let acc = accuracy(&logits.argmax(D::Minus1)?, &y.to_dtype(DType::U32)?)?;
+                Ok(StepOutput {
+                    loss,
+                    accuracy: acc,
+                })
+            }
+            Head::Exemplar(heads) => self.exemplar(&feats, heads, b),
+            Head::Cpc {
+                encode,
+                gru,
+                predict,
+            } => {
+                let codes = encode.forward(&feats)?;
+                self.cpc(&codes, gru, predict, batch, dev)
+            }
+        }
+    }
+
+    fn exemplar(&self, feats: &Tensor, heads: &[Linear], b: usize) -> Result<StepOutput> {
+        let o = &self.task.exemplar;
+        let code = |i: usize, part: usize| -> Result<Tensor> {
+            let h = &heads[part.min(heads.len() - 1)];
+            Ok(candle_nn::ops::sigmoid(&h.forward(&feats.narrow(
+                0,
+                i * b,
+                b,
+            )?)?)?)
+        };
+        let (a, p) = (code(0, 0)?, code(1, 1)?);
+        let dataset = feats.dims()[0] == 3 * b;
+        let dist = |u: &Tensor, v: &Tensor| -> Result<Tensor> {
+            let sq = (u - v)?.sqr()?;
+            Ok(match o.loss {
+                TripletLoss::MeanSquared => sq.mean(D::Minus1)?,
+                TripletLoss::Euclidean => (sq.sum(D::Minus1)? + 1e-12)?.sqrt()?,
+            })
+        };
+        let d_ap = dist(&a, &p)?;
+        let d_an = if o.hardest {
+            // The nearest other item among the positives (and the sampled negatives).
+            let mut pool = vec![p.clone()];
+            if dataset {
+                pool.push(code(2, 2)?);
+            }
+            let pool = Tensor::cat(&pool, 0)?;
+            let n = pool.dims()[0];
+            let da = a.unsqueeze(1)?.broadcast_sub(&pool.unsqueeze(0)?)?.sqr()?;
+            let d = match o.loss {
+                TripletLoss::MeanSquared => da.mean(D::Minus1)?,
+                TripletLoss::Euclidean => (da.sum(D::Minus1)? + 1e-12)?.sqrt()?,
+            };
+            // Exclude each anchor's own positive.
+            let own: Vec<f32> = (0..b)
+                .flat_map(|i| (0..n).map(move |j| if j == i { 1e9 } else { 0.0 }))
+                .collect();
+            let own = Tensor::from_vec(own, (b, n), d.device())?.to_dtype(d.dtype())?;
+            (d + own)?.min(D::Minus1)?
+        } else if o.negatives == Negatives::Dataset && dataset {
+            dist(&a, &code(2, 2)?)?
+        } else {
+            if b < 2 {
+                return Err(Error::arg(
+                    "exemplar",
+                    "in-batch negatives need at least two items per batch",
+                ));
+            }
+            // S: the positive of another item (rolled by one, so no item is its own negative).
+            let rolled = Tensor::cat(&[p.narrow(0, 1, b - 1)?, p.narrow(0, 0, 1)?], 0)?;
+            dist(&a, &rolled)?
+        };
+        let loss = ((&d_ap - &d_an)? + o.margin)?.relu()?.mean_all()?;
+        let acc = d_ap
+            .lt(&d_an)?
+            .to_dtype(DType::F64)?
+            .mean_all()?
+            .to_scalar::<f64>()?;
+        Ok(StepOutput {
+            loss,
+            accuracy: acc,
+        })
+    }
+
+    fn cpc(
+        &self,
+        codes: &Tensor,
+        gru: &Gru,
+        predict: &[Linear],
+        batch: &Batch,
+        dev: &Device,
+    ) -> Result<StepOutput> {
+        let missing = || Error::arg("batch", "a CPC batch needs context, targets and labels");
+        let ctx = batch.context.as_ref().ok_or_else(missing)?.to_device(dev)?;
+        let tgt = batch.targets.as_ref().ok_or_else(missing)?.to_device(dev)?;
+        let y = batch.y.as_ref().ok_or_else(missing)?.to_device(dev)?;
+        let (e, l) = ctx.dims2()?;
+        let k = tgt.dims()[1];
+        let code = codes.dims()[1];
+        let context = codes
+            .index_select(&ctx.flatten_all()?, 0)?
+            .reshape((e, l, code))?;
+        let c = gru.forward(&context)?;
+        let preds: Vec<Tensor> = predict
+            .iter()
+            .take(k)
+            .map(|p| p.forward(&c))
+            .collect::<candle_core::Result<_>>()?;
+        let target = |j: usize| -> Result<Tensor> {
+            Ok(codes.index_select(&tgt.narrow(1, j, 1)?.flatten_all()?, 0)?)
+        };
+        match self.task.cpc.loss {
+            CpcLoss::Binary => {
+                let mut score: Option<Tensor> = None;
+                for (j, p) in preds.iter().enumerate() {
+                    let s = (p * target(j)?)?.mean(D::Minus1)?;
+                    score = Some(match score {
+                        None => s,
+                        Some(t) => (t + s)?,
+                    });
+                }
+                let logit = (score.expect("at least one prediction step") / k as f64)?;
+                let yf = y.to_dtype(logit.dtype())?;
+                let loss = binary_cross_entropy(&logit, &yf)?;
+                let acc = accuracy(
+                    &logit.gt(0.0)?.to_dtype(DType::U32)?,
+                    &y.to_dtype(DType::U32)?,
+                )?;
+                Ok(StepOutput {
+                    loss,
+                    accuracy: acc,
+                })
+            }
+            CpcLoss::InfoNce => {
+                let labels: Vec<u32> = y.to_dtype(DType::U32)?.to_vec1()?;
+                let pos: Vec<u32> = labels
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| **v == 1)
+                    .map(|(i, _)| i as u32)
+                    .collect();
+                if pos.len() < 2 {
+                    return Err(Error::arg(
+                        "cpc",
+                        "InfoNCE needs at least two positive examples per batch",
+                    ));
+                }
+                let pos = Tensor::new(pos.as_slice(), dev)?;
+                let mut scores: Option<Tensor> = None;
+                for (j, p) in preds.iter().enumerate() {
+                    let pj = p.index_select(&pos, 0)?;
+                    let tj = target(j)?.index_select(&pos, 0)?;
+                    let s = (pj.matmul(&tj.t()?)? / code as f64)?;
+                    scores = Some(match scores {
+                        None => s,
+                        Some(t) => (t + s)?,
+                    });
+                }
+                let scores = (scores.expect("at least one prediction step") / k as f64)?;
+                let n = scores.dims()[0];
+                let diag = Tensor::arange(0u32, n as u32, dev)?;
+                let loss = cross_entropy(&scores, &diag)?;
+                let acc = accuracy(&scores.argmax(D::Minus1)?, &diag)?;
+                Ok(StepOutput {
+                    loss,
+                    accuracy: acc,
+                })
+            }
+        }
+    }
+}

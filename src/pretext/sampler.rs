@@ -1,0 +1,554 @@
+//! Samplers: turn volumes (or images) into one batch of a pretext task's inputs and targets.
+//! Items are built in parallel (rayon), each from its own generator seeded by `(seed, item)`,
+//! so a batch is the same at any thread count.
+
+use candle_core::{Device, Tensor};
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::{RngExt, SeedableRng};
+use rayon::prelude::*;
+
+use super::grid::{Grid, stack};
+use super::patches::PatchGrid;
+use super::permutations::PermutationSet;
+use super::{CpcOptions, ExemplarOptions, Negatives, Task, TaskConfig, exemplar, rotation};
+use crate::{Error, Result};
+
+/// Where a sampler reads its volumes or images from: values in [0, 1].
+pub trait Source: Send + Sync {
+    /// Number of items.
+    fn len(&self) -> usize;
+    /// Whether there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Item `i` as a grid (volumes: 1 channel; images: depth 1).
+    fn get(&self, i: usize) -> Result<Grid>;
+}
+
+impl Source for Vec<Grid> {
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn get(&self, i: usize) -> Result<Grid> {
+        self.as_slice().get(i).cloned().ok_or_else(|| {
+            Error::arg(
+                "item",
+                format!("index {i} is outside 0..{}", self.as_slice().len()),
+            )
+        })
+    }
+}
+
+/// One batch of a pretext task. Patch tasks put every patch in `x`'s batch axis (the encoder is
+/// shared across patches).
+#[derive(Clone, Debug)]
+pub struct Batch {
+    /// Inputs `[M, C, ...]`: volumes (rotation), 27 or 9 patches per item in slot order
+    /// (jigsaw), centre and query per item (RPL), anchors then positives then (dataset)
+    /// negatives (exemplar), every patch of every item plus one zero patch (CPC).
+    pub x: Tensor,
+    /// Targets `[B]` (u32 classes; CPC: 1 positive, 0 negative); none for exemplar.
+    pub y: Option<Tensor>,
+    /// CPC: indices into `x` of each example's context patches `[E, L]`.
+    pub context: Option<Tensor>,
+    /// CPC: indices into `x` of each example's target patches `[E, K]`.
+    pub targets: Option<Tensor>,
+    /// Items in the batch.
+    pub items: usize,
+}
+
+/// Builds batches of one task for grids of one size.
+#[derive(Clone, Debug)]
+pub struct Sampler {
+    cfg: TaskConfig,
+    dims: [usize; 3],
+    channels: usize,
+    grid: Option<PatchGrid>,
+    perms: Option<PermutationSet>,
+}
+
+fn item_rng(seed: u64, item: usize) -> StdRng {
+    StdRng::seed_from_u64(seed ^ (item as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+fn u32s(v: Vec<u32>, dims: &[usize]) -> Result<Tensor> {
+    Ok(Tensor::from_vec(v, dims, &Device::Cpu)?)
+}
+
+impl Sampler {
+    /// A sampler of `cfg.task` for grids of `channels` × `dims` (images: `dims[0] == 1`).
+    pub fn new(cfg: &TaskConfig, channels: usize, dims: [usize; 3]) -> Result<Self> {
+        let planar = dims[0] == 1;
+        let (grid, perms) = match cfg.task {
+            Task::Jigsaw | Task::Rpl => {
+                let g = PatchGrid::new(dims, cfg.per_side(planar), cfg.jitter(planar))?;
+                let perms = (cfg.task == Task::Jigsaw)
+                    .then(|| {
+                        PermutationSet::generate(
+                            cfg.permutations,
+                            g.count(planar),
+                            cfg.permutation_kind,
+                            cfg.permutation_seed,
+                        )
+                    })
+                    .transpose()?;
+                (Some(g), perms)
+            }
+            Task::Rotation => {
+                let square = if planar {
+                    dims[1] == dims[2]
+                } else {
+                    dims[0] == dims[1] && dims[1] == dims[2]
+                };
+                if !square {
+                    return Err(Error::shape(
+                        "rotation",
+                        format!("rotation needs cubic volumes or square images, got {dims:?}"),
+                    ));
+                }
+                (None, None)
+            }
+            Task::Exemplar | Task::Cpc => (None, None),
+        };
+        let s = Sampler {
+            cfg: cfg.clone(),
+            dims,
+            channels,
+            grid,
+            perms,
+        };
+        if s.cfg.task == Task::Cpc {
+            s.cpc_geometry()?;
+        }
+        Ok(s)
+    }
+
+    /// The task.
+    pub fn task(&self) -> Task {
+        self.cfg.task
+    }
+
+    /// The task and its settings.
+    pub fn task_config(&self) -> &TaskConfig {
+        &self.cfg
+    }
+
+    /// Whether the grids are 2D images.
+    pub fn planar(&self) -> bool {
+        self.dims[0] == 1
+    }
+
+    /// Classes of the task's classifier (1 for exemplar and CPC, which have no classifier).
+    pub fn classes(&self) -> usize {
+        let planar = self.planar();
+        match self.cfg.task {
+            Task::Rotation => {
+                if planar {
+                    rotation::CLASSES_2D
+                } else {
+                    rotation::CLASSES_3D
+                }
+            }
+            Task::Jigsaw => self.perms.as_ref().map_or(0, PermutationSet::len),
+            Task::Rpl => self.grid.map_or(0, |g| g.count(planar) - 1),
+            Task::Exemplar | Task::Cpc => 1,
+        }
+    }
+
+    /// Patches (or whole inputs) per item that the encoder sees.
+    pub fn views(&self) -> usize {
+        match self.cfg.task {
+            Task::Rotation => 1,
+            Task::Jigsaw => self.grid.map_or(1, |g| g.count(self.planar())),
+            Task::Rpl => 2,
+            Task::Exemplar => 3,
+            Task::Cpc => {
+                let n = self.cpc_geometry().map_or(0, |g| g.per_side);
+                if self.planar() { n * n } else { n * n * n }
+            }
+        }
+    }
+
+    /// The spatial size of what the encoder sees (whole grid, or one patch).
+    pub fn input_dims(&self) -> [usize; 3] {
+        match self.cfg.task {
+            Task::Rotation | Task::Exemplar => self.dims,
+            Task::Jigsaw | Task::Rpl => self.grid.map_or(self.dims, |g| g.patch),
+            Task::Cpc => self.cpc_geometry().map_or(self.dims, |g| g.patch),
+        }
+    }
+
+    /// The permutation set (jigsaw).
+    pub fn permutations(&self) -> Option<&PermutationSet> {
+        self.perms.as_ref()
+    }
+
+    fn check(&self, g: &Grid, i: usize) -> Result<()> {
+        if g.c != self.channels || g.dims != self.dims {
+            return Err(Error::shape(
+                "pretext sampler",
+                format!(
+                    "item {i} has {} x {:?}, the sampler expects {} x {:?}",
+                    g.c, g.dims, self.channels, self.dims
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn load(&self, src: &dyn Source, ids: &[usize]) -> Result<Vec<Grid>> {
+        if ids.is_empty() {
+            return Err(Error::arg("batch", "a batch needs at least one item"));
+        }
+        ids.par_iter()
+            .map(|&i| {
+                let g = src.get(i)?;
+                self.check(&g, i)?;
+                Ok(g)
+            })
+            .collect()
+    }
+
+    /// One batch from the items `ids` of `src`; `train` selects random (rather than centred)
+    /// crops where the task distinguishes them; `seed` fixes every random choice.
+    pub fn batch(&self, src: &dyn Source, ids: &[usize], seed: u64, train: bool) -> Result<Batch> {
+        let grids = self.load(src, ids)?;
+        match self.cfg.task {
+            Task::Rotation => self.rotation(&grids, seed),
+            Task::Jigsaw => self.jigsaw(&grids, seed, train),
+            Task::Rpl => self.rpl(&grids, seed),
+            Task::Exemplar => self.exemplar(src, ids, &grids, seed),
+            Task::Cpc => self.cpc(&grids, seed),
+        }
+    }
+
+    fn rotation(&self, grids: &[Grid], seed: u64) -> Result<Batch> {
+        let classes = self.classes();
+        let planar = self.planar();
+        let out: Vec<(Grid, u32)> = grids
+            .par_iter()
+            .enumerate()
+            .map(|(k, g)| {
+                let r = item_rng(seed, k).random_range(0..classes);
+                let v = if planar {
+                    rotation::rotate_2d(g, r)?
+                } else {
+                    rotation::rotate_3d(g, r)?
+                };
+                Ok((v, r as u32))
+            })
+            .collect::<Result<_>>()?;
+        let (xs, ys): (Vec<Grid>, Vec<u32>) = out.into_iter().unzip();
+        Ok(Batch {
+            x: stack(&xs, planar, &Device::Cpu)?,
+            y: Some(u32s(ys, &[grids.len()])?),
+            context: None,
+            targets: None,
+            items: grids.len(),
+        })
+    }
+
+    fn jigsaw(&self, grids: &[Grid], seed: u64, train: bool) -> Result<Batch> {
+        let (grid, perms) = (
+            self.grid.expect("jigsaw grid"),
+            self.perms.as_ref().expect("jigsaw permutations"),
+        );
+        let out: Vec<(Vec<Grid>, u32)> = grids
+            .par_iter()
+            .enumerate()
+            .map(|(k, g)| {
+                let mut rng = item_rng(seed, k);
+                let label = rng.random_range(0..perms.len());
+                let patches = grid.patches(g, train, &mut rng);
+                let slots = perms.perms()[label]
+                    .iter()
+                    .map(|&p| patches[p].clone())
+                    .collect();
+                (slots, label as u32)
+            })
+            .collect();
+        let ys = out.iter().map(|(_, y)| *y).collect();
+        let xs: Vec<Grid> = out.into_iter().flat_map(|(p, _)| p).collect();
+        Ok(Batch {
+            x: stack(&xs, self.planar(), &Device::Cpu)?,
+            y: Some(u32s(ys, &[grids.len()])?),
+            context: None,
+            targets: None,
+            items: grids.len(),
+        })
+    }
+
+    fn rpl(&self, grids: &[Grid], seed: u64) -> Result<Batch> {
+        let grid = self.grid.expect("rpl grid");
+        let count = grid.count(self.planar());
+        let centre = count / 2;
+        let out: Vec<([Grid; 2], u32)> = grids
+            .par_iter()
+            .enumerate()
+            .map(|(k, g)| {
+                let mut rng = item_rng(seed, k);
+                let class = rng.random_range(0..count - 1);
+                let query = if class < centre { class } else { class + 1 };
+                // O draws random offsets for training and validation alike.
+                let patches = grid.patches(g, true, &mut rng);
+                (
+                    [patches[centre].clone(), patches[query].clone()],
+                    class as u32,
+                )
+            })
+            .collect();
+        let ys = out.iter().map(|(_, y)| *y).collect();
+        let xs: Vec<Grid> = out.into_iter().flat_map(|(p, _)| p).collect();
+        Ok(Batch {
+            x: stack(&xs, self.planar(), &Device::Cpu)?,
+            y: Some(u32s(ys, &[grids.len()])?),
+            context: None,
+            targets: None,
+            items: grids.len(),
+        })
+    }
+
+    fn exemplar(
+        &self,
+        src: &dyn Source,
+        ids: &[usize],
+        grids: &[Grid],
+        seed: u64,
+    ) -> Result<Batch> {
+        let opts: &ExemplarOptions = &self.cfg.exemplar;
+        let planar = self.planar();
+        let anchors: Vec<Grid> = grids
+            .par_iter()
+            .enumerate()
+            .map(|(k, g)| {
+                let mut rng = item_rng(seed, k);
+                if planar {
+                    exemplar::augment_2d(g, &mut rng)
+                } else {
+                    exemplar::augment_3d(g, &mut rng)
+                }
+            })
+            .collect();
+        let mut xs = anchors;
+        xs.extend(grids.iter().cloned());
+        if opts.negatives == Negatives::Dataset {
+            if src.len() < 2 {
+                return Err(Error::arg(
+                    "exemplar",
+                    "dataset negatives need at least two items",
+                ));
+            }
+            let negs: Vec<usize> = ids
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| {
+                    let mut rng = item_rng(seed ^ 0x5EED, k);
+                    let j = rng.random_range(0..src.len() - 1);
+                    if j >= i { j + 1 } else { j }
+                })
+                .collect();
+            xs.extend(self.load(src, &negs)?.into_iter().map(|g| g.min_max()));
+        }
+        Ok(Batch {
+            x: stack(&xs, planar, &Device::Cpu)?,
+            y: None,
+            context: None,
+            targets: None,
+            items: grids.len(),
+        })
+    }
+}
+
+/// The patch layout of CPC for one grid size.
+#[derive(Clone, Copy, Debug)]
+struct CpcGeometry {
+    per_side: usize,
+    /// Patch size per axis.
+    patch: [usize; 3],
+    /// Step between patch origins.
+    step: [usize; 3],
+    /// Each patch's random crop (then zero-padded back to `patch`).
+    inner: [usize; 3],
+    /// The volume-level random crop (3D only), zero-padded back to the volume size.
+    outer: [usize; 3],
+}
+
+impl Sampler {
+    fn cpc_geometry(&self) -> Result<CpcGeometry> {
+        let o: &CpcOptions = &self.cfg.cpc;
+        let planar = self.planar();
+        let n = self.cfg.per_side(planar);
+        let fit = |ok: bool| {
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::arg(
+                    "cpc",
+                    format!("a {n}-per-side CPC grid does not fit size {:?}", self.dims),
+                ))
+            }
+        };
+        // Context rows 0-1 and target rows 2-3 (3D) or 3-4 (2D).
+        fit(n >= if planar { 5 } else { 4 })?;
+        let mut g = CpcGeometry {
+            per_side: n,
+            patch: [1; 3],
+            step: [1; 3],
+            inner: [1; 3],
+            outer: self.dims,
+        };
+        for a in (if planar { 1 } else { 0 })..3 {
+            let size = self.dims[a];
+            if planar {
+                // O 2D: patches of 2·(size/6) with 50 % overlap (224 → 74 px, step 37).
+                g.step[a] = size / (n + 1);
+                g.patch[a] = 2 * g.step[a];
+                fit(g.step[a] > 0 && (n - 1) * g.step[a] + g.patch[a] <= size)?;
+                g.inner[a] = (g.patch[a] as f64 * o.patch_crop_2d) as usize;
+            } else {
+                g.patch[a] = size / n;
+                g.step[a] = g.patch[a];
+                fit(g.patch[a] > 0)?;
+                g.inner[a] = (g.patch[a] as f64 * o.patch_crop_3d) as usize;
+                g.outer[a] = (size as f64 * o.volume_crop) as usize;
+            }
+            fit(g.inner[a] > 0)?;
+        }
+        Ok(g)
+    }
+
+    /// The patches of one item (axis 0 outermost), augmented as O does.
+    fn cpc_patches(&self, g: &Grid, geo: &CpcGeometry, rng: &mut StdRng) -> Vec<Grid> {
+        let planar = self.planar();
+        let g = if planar {
+            g.clone()
+        } else {
+            // Random crop of the whole volume, zero-padded back (121³ in 128³: 3 before, 4 after).
+            let origin =
+                std::array::from_fn(|a| rng.random_range(0..=(g.dims[a] - geo.outer[a])) as isize);
+            let before = std::array::from_fn(|a| ((g.dims[a] - geo.outer[a]) / 2) as isize);
+            g.crop(origin, geo.outer).place(g.dims, before)
+        };
+        let n = geo.per_side;
+        let depth = if planar { 1 } else { n };
+        let mut out = Vec::new();
+        for i in 0..depth {
+            for j in 0..n {
+                for k in 0..n {
+                    let cell = [i, j, k];
+                    let origin = std::array::from_fn(|a| {
+                        if planar && a == 0 {
+                            0
+                        } else {
+                            (cell[a] * geo.step[a]) as isize
+                        }
+                    });
+                    let mut p = g.crop(origin, geo.patch);
+                    if !planar && rng.random_bool(0.5) {
+                        p = p.flip(0);
+                    }
+                    let inner_origin = std::array::from_fn(|a| {
+                        rng.random_range(0..=(geo.patch[a] - geo.inner[a])) as isize
+                    });
+                    let pad = std::array::from_fn(|a| ((geo.patch[a] - geo.inner[a]) / 2) as isize);
+                    out.push(p.crop(inner_origin, geo.inner).place(geo.patch, pad));
+                }
+            }
+        }
+        out
+    }
+
+    fn cpc(&self, grids: &[Grid], seed: u64) -> Result<Batch> {
+        let geo = self.cpc_geometry()?;
+        let planar = self.planar();
+        let per_item = self.views();
+        let patches: Vec<Vec<Grid>> = grids
+            .par_iter()
+            .enumerate()
+            .map(|(k, g)| self.cpc_patches(g, &geo, &mut item_rng(seed, k)))
+            .collect();
+        let mut xs: Vec<Grid> = patches.into_iter().flatten().collect();
+        let zero = xs.len() as u32;
+        xs.push(Grid::zeros(self.channels, geo.patch));
+        let n = geo.per_side;
+        let items = grids.len();
+        let mut rng = item_rng(seed ^ 0xC0C0, usize::MAX);
+        let (mut ctx, mut tgt, mut ys) = (Vec::new(), Vec::new(), Vec::new());
+        let columns: Vec<(usize, usize)> = if planar {
+            (0..n).map(|c| (0, c)).collect()
+        } else {
+            (0..n).flat_map(|y| (0..n).map(move |z| (y, z))).collect()
+        };
+        let id = |b: usize, x: usize, y: usize, z: usize| -> u32 {
+            if planar {
+                (b * per_item + x * n + z) as u32
+            } else {
+                (b * per_item + (x * n + y) * n + z) as u32
+            }
+        };
+        // Target rows: 3D rows 2 and 3 after a context row 0 and a bridge row 1; 2D rows 3 and 4
+        // (row 2 skipped), as O's `preprocess_grid`.
+        let rows: [usize; 2] = if planar { [3, 4] } else { [2, 3] };
+        for b in 0..items {
+            for &(y, z) in &columns {
+                let mut c = Vec::new();
+                if planar {
+                    for dz in [-1isize, 0, 1] {
+                        let zz = z as isize + dz;
+                        c.push(if zz < 0 || zz >= n as isize {
+                            zero
+                        } else {
+                            id(b, 0, 0, zz as usize)
+                        });
+                    }
+                    c.push(id(b, 1, 0, z));
+                } else {
+                    let mirror = |v: isize| -> usize {
+                        if v < 0 {
+                            (-v) as usize
+                        } else if v >= n as isize {
+                            (2 * (n as isize - 1) - v) as usize
+                        } else {
+                            v as usize
+                        }
+                    };
+                    for dy in [-1isize, 0, 1] {
+                        for dz in [-1isize, 0, 1] {
+                            c.push(id(b, 0, mirror(y as isize + dy), mirror(z as isize + dz)));
+                        }
+                    }
+                    c.push(id(b, 1, y, z));
+                }
+                // Positive: this column's own targets.
+                ctx.extend_from_slice(&c);
+                tgt.extend(rows.iter().map(|&r| id(b, r, y, z)));
+                ys.push(1u32);
+                // Negative: the same context with another column's targets (any item).
+                let (nb, (ny, nz)) = loop {
+                    let nb = rng.random_range(0..items);
+                    let col = *columns.choose(&mut rng).expect("columns");
+                    if nb != b || col != (y, z) {
+                        break (nb, col);
+                    }
+                    if items == 1 && columns.len() == 1 {
+                        return Err(Error::arg("cpc", "negatives need a second column or item"));
+                    }
+                };
+                ctx.extend_from_slice(&c);
+                tgt.extend(rows.iter().map(|&r| id(nb, r, ny, nz)));
+                ys.push(0u32);
+            }
+        }
+        let examples = ys.len();
+        let context_len = ctx.len() / examples;
+        Ok(Batch {
+            x: stack(&xs, planar, &Device::Cpu)?,
+            y: Some(u32s(ys, &[examples])?),
+            context: Some(u32s(ctx, &[examples, context_len])?),
+            targets: Some(u32s(tgt, &[examples, 2])?),
+            items,
+        })
+    }
+}

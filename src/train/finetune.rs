@@ -1,0 +1,559 @@
+//! Finetuning on a labelled share of the data (method.md §4.2), then evaluation on held-out
+//! items: 3D segmentation with the UNet (O's Dice loss, hard Dice per class) and fundus grading
+//! with a DenseNet (O's cumulative 5-bit encoding, quadratic weighted kappa). Both start from a
+//! pretext checkpoint's encoder or from scratch, train some warm-up epochs with the encoder
+//! frozen (its BatchNorm in inference mode), then everything under a fresh Adam.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{D, DType, Device, Tensor};
+use rand::RngExt;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use super::loss::{DiceVariant, binary_cross_entropy, cross_entropy, dice_loss, one_hot};
+use super::metrics::{Confusion, SoftDice};
+use super::optim::{Adam, AdamConfig};
+use super::pretrain::{batches, mix};
+use crate::nn::{
+    DenseNet, DenseNetConfig, Encoded, GlobalPool, LoadOptions, LoadReport, MlpHead, MlpHeadConfig,
+    ParamStore, UNet3d, UNet3dConfig,
+};
+use crate::pretext::exemplar::{crop_or_pad, zoom};
+use crate::pretext::grid::{Grid, stack};
+use crate::{Error, Result};
+
+/// Where the encoder's weights come from.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncoderInit {
+    /// Random initialisation (the baseline).
+    Random,
+    /// The `encoder.` tensors of a pretext checkpoint.
+    Checkpoint(PathBuf),
+}
+
+/// Volumes with voxel labels.
+pub trait SegSource: Send + Sync {
+    /// Number of labelled volumes.
+    fn len(&self) -> usize;
+    /// Whether there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Volume `i` (one channel) and its labels (one per voxel, in the volume's order).
+    fn get(&self, i: usize) -> Result<(Grid, Vec<u8>)>;
+}
+
+impl SegSource for Vec<(Grid, Vec<u8>)> {
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+    fn get(&self, i: usize) -> Result<(Grid, Vec<u8>)> {
+        self.as_slice().get(i).cloned().ok_or_else(|| {
+            Error::arg(
+                "item",
+                format!("index {i} is outside 0..{}", self.as_slice().len()),
+            )
+        })
+    }
+}
+
+/// Images with a grade.
+pub trait GradeSource: Send + Sync {
+    /// Number of images.
+    fn len(&self) -> usize;
+    /// Whether there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Image `i` (`[C, 1, H, W]` as a grid) and its grade.
+    fn get(&self, i: usize) -> Result<(Grid, u8)>;
+}
+
+impl GradeSource for Vec<(Grid, u8)> {
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+    fn get(&self, i: usize) -> Result<(Grid, u8)> {
+        self.as_slice().get(i).cloned().ok_or_else(|| {
+            Error::arg(
+                "item",
+                format!("index {i} is outside 0..{}", self.as_slice().len()),
+            )
+        })
+    }
+}
+
+/// The warm-up and optimiser schedule shared by both finetuning protocols.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Schedule {
+    /// Epochs in all, warm-up included.
+    pub epochs: usize,
+    /// Leading epochs with the encoder frozen (O: 25 for pancreas, 3 for fundus; 0 for the
+    /// random baseline).
+    pub warmup_epochs: usize,
+    /// Items per batch.
+    pub batch_size: usize,
+    /// Optimiser settings.
+    pub adam: AdamConfig,
+    /// A frozen encoder's BatchNorm runs in inference mode (O, Keras `trainable=False`);
+    /// `false` keeps updating its statistics (S).
+    pub freeze_bn: bool,
+    /// A fresh Adam over all weights after the warm-up (O); `false` keeps one optimiser (S).
+    pub fresh_optimizer: bool,
+    /// At most this many batches per epoch (all when `None`).
+    pub steps_per_epoch: Option<usize>,
+    /// Seed of initialisation, batch order, dropout and augmentation.
+    pub seed: u64,
+    /// Where to save the final model (safetensors), if anywhere.
+    #[serde(default)]
+    pub save: Option<PathBuf>,
+}
+
+/// Settings of [`finetune_segmentation`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SegmentationConfig {
+    /// The network.
+    pub unet: UNet3dConfig,
+    /// Epochs, warm-up, batch and optimiser (O: 400 epochs, 25 warm-up, batch 2, Adam 1e-3
+    /// clipped per tensor to norm 1 and value 1).
+    pub schedule: Schedule,
+    /// The Dice loss (O's batch-global one, or S's per-sample one).
+    pub dice: DiceVariant,
+}
+
+impl SegmentationConfig {
+    /// O's settings (`configs/finetune/*_3d.json`) for a pretrained encoder.
+    pub fn paper() -> Self {
+        SegmentationConfig {
+            unet: UNet3dConfig::default(),
+            schedule: Schedule {
+                epochs: 400,
+                warmup_epochs: 25,
+                batch_size: 2,
+                adam: AdamConfig::with_lr(1e-3).clipped(),
+                freeze_bn: true,
+                fresh_optimizer: true,
+                steps_per_epoch: None,
+                seed: 0,
+                save: None,
+            },
+            dice: DiceVariant::Batch,
+        }
+    }
+}
+
+/// Per-epoch training losses and the wall time.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FitLog {
+    /// Mean training loss of each epoch.
+    pub losses: Vec<f64>,
+    /// Seconds spent training.
+    pub train_seconds: f64,
+    /// Seconds spent evaluating.
+    pub eval_seconds: f64,
+}
+
+/// What [`finetune_segmentation`] measured on the test items with the final-epoch model.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SegmentationResult {
+    /// Hard Dice per class (background, pancreas, tumour), over all test voxels pooled.
+    pub dice: Vec<f64>,
+    /// Their mean (what the paper's Fig. 3 plots).
+    pub dice_mean: f64,
+    /// Soft Dice per class.
+    pub soft_dice: Vec<f64>,
+    /// What was loaded from the checkpoint (`None` for the baseline).
+    pub load: Option<LoadReport>,
+    /// Training log.
+    pub log: FitLog,
+}
+
+fn load_encoder(store: &ParamStore, init: &EncoderInit) -> Result<Option<LoadReport>> {
+    match init {
+        EncoderInit::Random => Ok(None),
+        EncoderInit::Checkpoint(path) => {
+            let r = store.load(
+                path,
+                &LoadOptions {
+                    prefix: Some("encoder.".into()),
+                    ..Default::default()
+                },
+            )?;
+            if r.loaded.is_empty() || !r.mismatched.is_empty() || !r.missing.is_empty() {
+                return Err(Error::file(
+                    path,
+                    format!(
+                        "the checkpoint's encoder does not fit this model: {} loaded, {} missing, {} with other shapes (first: {:?})",
+                        r.loaded.len(),
+                        r.missing.len(),
+                        r.mismatched.len(),
+                        r.mismatched.first().or(None)
+                    ),
+                ));
+            }
+            Ok(Some(r))
+        }
+    }
+}
+
+/// Runs the schedule: `loss(batch ids, epoch seed, frozen)` gives a batch's loss.
+fn fit(
+    store: &ParamStore,
+    sched: &Schedule,
+    train_ids: &[usize],
+    mut loss: impl FnMut(&[usize], u64, bool) -> Result<Tensor>,
+    on_epoch: &mut dyn FnMut(usize, f64),
+) -> Result<FitLog> {
+    if train_ids.is_empty() {
+        return Err(Error::arg(
+            "train",
+            "finetuning needs at least one labelled item",
+        ));
+    }
+    let start = Instant::now();
+    let warmup = sched.warmup_epochs.min(sched.epochs);
+    // O: the warm-up optimiser sees only what is not the encoder, and a fresh one takes over
+    // everything afterwards. S: one optimiser over everything throughout (the frozen encoder
+    // simply has no gradients while frozen).
+    let all = || Adam::new(store.trainable(""), sched.adam);
+    let mut opt = if warmup > 0 && sched.fresh_optimizer {
+        let rest = store
+            .trainable("")
+            .into_iter()
+            .filter(|(n, _)| !n.starts_with("encoder."))
+            .collect();
+        Adam::new(rest, sched.adam)?
+    } else {
+        all()?
+    };
+    let mut log = FitLog::default();
+    for epoch in 0..sched.epochs {
+        let frozen = epoch < warmup;
+        if epoch == warmup && warmup > 0 && sched.fresh_optimizer {
+            opt = all()?;
+        }
+        let mut plan = batches(
+            train_ids,
+            sched.batch_size,
+            Some(mix(sched.seed, epoch as u64)),
+        );
+        if let Some(n) = sched.steps_per_epoch {
+            plan.truncate(n.max(1));
+        }
+        let mut sum = 0.0;
+        for (step, ids) in plan.iter().enumerate() {
+            let l = loss(ids, mix(sched.seed, (epoch * 10_000 + step) as u64), frozen)?;
+            sum += opt.backward_step(&l).map_err(|e| match e {
+                Error::NonFinite { what, value, .. } => Error::NonFinite {
+                    what,
+                    value,
+                    at: format!("finetuning epoch {}, step {}", epoch + 1, step + 1),
+                },
+                e => e,
+            })?;
+        }
+        let mean = sum / plan.len().max(1) as f64;
+        log.losses.push(mean);
+        on_epoch(epoch + 1, mean);
+    }
+    log.train_seconds = start.elapsed().as_secs_f64();
+    if let Some(path) = &sched.save {
+        store.save(
+            path,
+            &serde_json::json!({"finetuned": true, "epochs": sched.epochs, "seed": sched.seed}),
+        )?;
+    }
+    Ok(log)
+}
+
+fn seg_batch(
+    src: &dyn SegSource,
+    ids: &[usize],
+    classes: usize,
+    dev: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let items: Vec<(Grid, Vec<u8>)> = ids.iter().map(|&i| src.get(i)).collect::<Result<_>>()?;
+    let grids: Vec<Grid> = items.iter().map(|(g, _)| g.clone()).collect();
+    let x = stack(&grids, false, dev)?;
+    let [d, h, w] = grids[0].dims;
+    let mut labels = Vec::with_capacity(ids.len() * d * h * w);
+    for (i, (g, l)) in items.iter().enumerate() {
+        if l.len() != g.plane() {
+            return Err(Error::shape(
+                "labels",
+                format!(
+                    "item {} has {} labels for {} voxels",
+                    ids[i],
+                    l.len(),
+                    g.plane()
+                ),
+            ));
+        }
+        labels.extend_from_slice(l);
+    }
+    let labels = Tensor::from_vec(labels, (ids.len(), d, h, w), dev)?;
+    Ok((x, one_hot(&labels, classes, DType::F32)?))
+}
+
+/// Finetunes a UNet3D on `train_ids` of `src` and evaluates the final-epoch model on
+/// `test_ids`. `on_epoch(epoch, loss)` sees every epoch.
+pub fn finetune_segmentation(
+    init: &EncoderInit,
+    cfg: &SegmentationConfig,
+    src: &dyn SegSource,
+    (train_ids, test_ids): (&[usize], &[usize]),
+    dev: &Device,
+    on_epoch: &mut dyn FnMut(usize, f64),
+) -> Result<SegmentationResult> {
+    let unet = UNet3dConfig {
+        seed: cfg.schedule.seed,
+        ..cfg.unet
+    };
+    let store = ParamStore::new(cfg.schedule.seed);
+    let net = UNet3d::new(&unet, store.builder(DType::F32, dev))?;
+    let load = load_encoder(&store, init)?;
+    let freeze_bn = cfg.schedule.freeze_bn;
+    let mut log = fit(
+        &store,
+        &cfg.schedule,
+        train_ids,
+        |ids, _seed, frozen| {
+            let (x, y) = seg_batch(src, ids, unet.classes, dev)?;
+            let logits = if frozen {
+                let enc = net.encoder.forward_t(&x, !freeze_bn)?;
+                let enc = Encoded {
+                    features: enc.features.detach(),
+                    skips: enc.skips.iter().map(Tensor::detach).collect(),
+                };
+                net.decoder.forward_t(&enc, true)?
+            } else {
+                net.forward_t(&x, true)?
+            };
+            dice_loss(&candle_nn::ops::softmax(&logits, 1)?, &y, cfg.dice)
+        },
+        on_epoch,
+    )?;
+    let start = Instant::now();
+    let mut confusion = Confusion::new(unet.classes);
+    let mut soft = SoftDice::new(unet.classes);
+    for &i in test_ids {
+        let (x, y) = seg_batch(src, &[i], unet.classes, dev)?;
+        let p = candle_nn::ops::softmax(&net.forward_t(&x, false)?, 1)?;
+        let pred: Vec<i64> = p
+            .argmax(1)?
+            .flatten_all()?
+            .to_dtype(DType::I64)?
+            .to_vec1()?;
+        let truth: Vec<i64> = y
+            .argmax(1)?
+            .flatten_all()?
+            .to_dtype(DType::I64)?
+            .to_vec1()?;
+        confusion.add(&truth, &pred)?;
+        for c in 0..unet.classes {
+            let (pc, yc) = (p.narrow(1, c, 1)?, y.narrow(1, c, 1)?);
+            let s = |t: &Tensor| -> Result<f64> {
+                Ok(t.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+            };
+            soft.add(c, s(&(&pc * &yc)?)?, s(&yc)?, s(&pc)?);
+        }
+    }
+    log.eval_seconds = start.elapsed().as_secs_f64();
+    let dice = confusion.dice();
+    Ok(SegmentationResult {
+        dice_mean: super::metrics::mean(&dice),
+        dice,
+        soft_dice: soft.dice(),
+        load,
+        log,
+    })
+}
+
+/// How grades become targets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GradeEncoding {
+    /// O: grade g sets the first g+1 of 5 bits; binary cross-entropy on 5 sigmoids; the grade
+    /// is the number of outputs above 0.5, minus one.
+    #[default]
+    Cumulative,
+    /// Plain 5-way softmax cross-entropy, argmax decoding (S).
+    Softmax,
+}
+
+/// Settings of [`finetune_classification`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClassificationConfig {
+    /// The backbone.
+    pub densenet: DenseNetConfig,
+    /// The pooling after it (O's finetuning: average).
+    pub pool: GlobalPool,
+    /// The head (O: Dense 1024 → BN → dropout 0.5 → Dense 5).
+    pub head: MlpHeadConfig,
+    /// Grades (5).
+    pub classes: usize,
+    /// The target encoding.
+    pub encoding: GradeEncoding,
+    /// O's training augmentation: zoom 0.85–1.15 and horizontal/vertical flips.
+    pub augment: bool,
+    /// Epochs, warm-up, batch and optimiser (O: 20 epochs, 3 warm-up, batch 32, Adam 5e-5).
+    pub schedule: Schedule,
+}
+
+impl ClassificationConfig {
+    /// O's fundus settings for a pretrained DenseNet-121.
+    pub fn paper() -> Self {
+        ClassificationConfig {
+            densenet: DenseNetConfig::densenet121(),
+            pool: GlobalPool::Avg,
+            head: MlpHeadConfig::classifier(),
+            classes: 5,
+            encoding: GradeEncoding::Cumulative,
+            augment: true,
+            schedule: Schedule {
+                epochs: 20,
+                warmup_epochs: 3,
+                batch_size: 32,
+                adam: AdamConfig::with_lr(5e-5),
+                freeze_bn: true,
+                fresh_optimizer: true,
+                steps_per_epoch: None,
+                seed: 0,
+                save: None,
+            },
+        }
+    }
+}
+
+/// What [`finetune_classification`] measured on the test items with the final-epoch model.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClassificationResult {
+    /// Quadratic weighted kappa over grades `0..classes`.
+    pub qwk: f64,
+    /// Share of correctly graded images.
+    pub accuracy: f64,
+    /// Confusion matrix (undecodable predictions are left out, as scikit-learn does).
+    pub confusion: Confusion,
+    /// What was loaded from the checkpoint.
+    pub load: Option<LoadReport>,
+    /// Training log.
+    pub log: FitLog,
+}
+
+fn augment(g: &Grid, rng: &mut StdRng) -> Grid {
+    let f = rng.random_range(0.85..1.15);
+    let mut out = crop_or_pad(&zoom(g, [1.0, f, f]), g.dims, rng);
+    if rng.random_bool(0.5) {
+        out = out.flip(2);
+    }
+    if rng.random_bool(0.5) {
+        out = out.flip(1);
+    }
+    out
+}
+
+/// Finetunes a DenseNet grader on `train_ids` of `src` and evaluates it on `test_ids`.
+pub fn finetune_classification(
+    init: &EncoderInit,
+    cfg: &ClassificationConfig,
+    src: &dyn GradeSource,
+    (train_ids, test_ids): (&[usize], &[usize]),
+    dev: &Device,
+    on_epoch: &mut dyn FnMut(usize, f64),
+) -> Result<ClassificationResult> {
+    let store = ParamStore::new(cfg.schedule.seed);
+    let vb = store.builder(DType::F32, dev);
+    let net = DenseNet::new(&cfg.densenet, vb.pp("encoder"))?;
+    let head_cfg = MlpHeadConfig {
+        seed: cfg.schedule.seed,
+        ..cfg.head.clone()
+    };
+    let head = MlpHead::new(
+        cfg.densenet.feature_channels(),
+        cfg.classes,
+        &head_cfg,
+        vb.pp("head"),
+    )?;
+    let load = load_encoder(&store, init)?;
+    let k = cfg.classes;
+    let batch = |ids: &[usize], seed: Option<u64>| -> Result<(Tensor, Vec<u8>)> {
+        let mut grids = Vec::with_capacity(ids.len());
+        let mut grades = Vec::with_capacity(ids.len());
+        for (j, &i) in ids.iter().enumerate() {
+            let (g, y) = src.get(i)?;
+            if y as usize >= k {
+                return Err(Error::arg(
+                    "grade",
+                    format!("item {i} has grade {y}, expected 0..{k}"),
+                ));
+            }
+            grids.push(match seed {
+                Some(s) if cfg.augment => augment(&g, &mut StdRng::seed_from_u64(mix(s, j as u64))),
+                _ => g,
+            });
+            grades.push(y);
+        }
+        Ok((stack(&grids, true, dev)?, grades))
+    };
+    let freeze_bn = cfg.schedule.freeze_bn;
+    let mut log = fit(
+        &store,
+        &cfg.schedule,
+        train_ids,
+        |ids, seed, frozen| {
+            let (x, grades) = batch(ids, Some(seed))?;
+            let feats = if frozen {
+                net.embed(&x, cfg.pool, !freeze_bn)?.detach()
+            } else {
+                net.embed(&x, cfg.pool, true)?
+            };
+            let logits = head.forward_t(&feats, true)?;
+            match cfg.encoding {
+                GradeEncoding::Cumulative => {
+                    let bits: Vec<f32> = grades
+                        .iter()
+                        .flat_map(|&g| (0..k).map(move |b| if b <= g as usize { 1.0 } else { 0.0 }))
+                        .collect();
+                    binary_cross_entropy(&logits, &Tensor::from_vec(bits, (ids.len(), k), dev)?)
+                }
+                GradeEncoding::Softmax => cross_entropy(
+                    &logits,
+                    &Tensor::from_vec(
+                        grades.iter().map(|&g| g as u32).collect::<Vec<_>>(),
+                        ids.len(),
+                        dev,
+                    )?,
+                ),
+            }
+        },
+        on_epoch,
+    )?;
+    let start = Instant::now();
+    let mut confusion = Confusion::new(k);
+    for ids in test_ids.chunks(cfg.schedule.batch_size.max(1)) {
+        let (x, grades) = batch(ids, None)?;
+        let logits = head.forward_t(&net.embed(&x, cfg.pool, false)?, false)?;
+        let pred: Vec<i64> = match cfg.encoding {
+            GradeEncoding::Cumulative => {
+                let above = candle_nn::ops::sigmoid(&logits)?
+                    .gt(0.5)?
+                    .to_dtype(DType::F32)?
+                    .sum(D::Minus1)?;
+                (above - 1.0)?.to_dtype(DType::I64)?.to_vec1()?
+            }
+            GradeEncoding::Softmax => logits.argmax(D::Minus1)?.to_dtype(DType::I64)?.to_vec1()?,
+        };
+        confusion.add(&grades.iter().map(|&g| g as i64).collect::<Vec<_>>(), &pred)?;
+    }
+    log.eval_seconds = start.elapsed().as_secs_f64();
+    Ok(ClassificationResult {
+        qwk: confusion.quadratic_kappa(),
+        accuracy: confusion.accuracy(),
+        confusion,
+        load,
+        log,
+    })
+}

@@ -1,0 +1,367 @@
+//! The pretraining loop: Adam over a pretext model, batches sampled in a background thread
+//! while the model trains, a validation split, per-epoch JSONL logs, and checkpoints of the
+//! best (lowest validation loss) and the last epoch.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use candle_core::Device;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+use super::optim::{Adam, AdamConfig};
+use crate::error::FileContext;
+use crate::nn::ParamStore;
+use crate::pretext::{Batch, PretextModel, Sampler, Source};
+use crate::{Error, Result};
+
+/// Settings of [`pretrain`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PretrainConfig {
+    /// Passes over the training split.
+    pub epochs: usize,
+    /// Items per batch (O's per-task sizes when `None`).
+    pub batch_size: Option<usize>,
+    /// Optimiser settings (O: Adam, lr 1e-4 in 3D and 1e-5 in 2D, no clipping).
+    pub adam: AdamConfig,
+    /// The last share of the items is the validation split (O's `train_val_split = 0.9`).
+    pub val_fraction: f64,
+    /// At most this many training batches per epoch (all when `None`).
+    pub steps_per_epoch: Option<usize>,
+    /// Seed of batch order and sampling.
+    pub seed: u64,
+}
+
+impl Default for PretrainConfig {
+    fn default() -> Self {
+        PretrainConfig {
+            epochs: 1000,
+            batch_size: None,
+            adam: AdamConfig::with_lr(1e-4),
+            val_fraction: 0.1,
+            steps_per_epoch: None,
+            seed: 0,
+        }
+    }
+}
+
+/// One epoch's numbers.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochLog {
+    /// The epoch, from 1.
+    pub epoch: usize,
+    /// Mean training loss.
+    pub loss: f64,
+    /// Mean training accuracy.
+    pub accuracy: f64,
+    /// Mean validation loss (`NaN` without a validation split).
+    pub val_loss: f64,
+    /// Mean validation accuracy.
+    pub val_accuracy: f64,
+    /// Wall time of the epoch, seconds.
+    pub seconds: f64,
+}
+
+/// What [`pretrain`] did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PretrainReport {
+    /// Every epoch.
+    pub epochs: Vec<EpochLog>,
+    /// The epoch with the lowest validation loss (the last when there is no validation).
+    pub best_epoch: usize,
+    /// The checkpoint of that epoch.
+    pub best_checkpoint: Option<PathBuf>,
+    /// The checkpoint of the last epoch.
+    pub last_checkpoint: Option<PathBuf>,
+}
+
+/// Where [`pretrain`] writes: `dir/log.jsonl`, `dir/best.safetensors`, `dir/last.safetensors`.
+#[derive(Clone, Debug)]
+pub struct RunFiles {
+    /// The folder.
+    pub dir: PathBuf,
+    /// Written into every checkpoint's manifest (task, architecture, input size, ...).
+    pub manifest: serde_json::Value,
+}
+
+/// The split of `n` items: the first `1 - val_fraction` train, the rest validate (at least one
+/// of each when `n >= 2` and `val_fraction > 0`).
+pub fn train_val_split(n: usize, val_fraction: f64) -> (Vec<usize>, Vec<usize>) {
+    let mut n_val = (n as f64 * val_fraction).round() as usize;
+    if val_fraction > 0.0 && n >= 2 {
+        n_val = n_val.clamp(1, n - 1);
+    }
+    let n_train = n - n_val.min(n);
+    ((0..n_train).collect(), (n_train..n).collect())
+}
+
+pub(crate) fn batches(ids: &[usize], size: usize, seed: Option<u64>) -> Vec<Vec<usize>> {
+    let mut ids = ids.to_vec();
+    if let Some(s) = seed {
+        ids.shuffle(&mut StdRng::seed_from_u64(s));
+    }
+    // Batch statistics need two items: a lone last item joins the batch before it.
+    let mut out: Vec<Vec<usize>> = ids.chunks(size.max(1)).map(<[usize]>::to_vec).collect();
+    if out.len() > 1 && out.last().is_some_and(|b| b.len() < 2) {
+        let last = out.pop().expect("checked");
+        out.last_mut().expect("checked").extend(last);
+    }
+    out
+}
+
+pub(crate) fn mix(a: u64, b: u64) -> u64 {
+    (a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .rotate_left(17)
+        .wrapping_mul(0xBF58_476D_1CE4_E5B9)
+}
+
+/// A pretext model with its parameters, sampler and device: what [`Pretrainer::run`] trains.
+pub struct Pretrainer {
+    /// The model (backbone under `encoder.`, head under `head.`).
+    pub model: PretextModel,
+    /// Its parameters.
+    pub store: ParamStore,
+    /// The task's sampler.
+    pub sampler: Sampler,
+    /// Where the model runs.
+    pub device: Device,
+}
+
+impl Pretrainer {
+    /// A fresh model of `task` for items of `channels` × `dims`, initialised from `seed`.
+    pub fn new(
+        task: &crate::pretext::TaskConfig,
+        backbone: &crate::pretext::model::BackboneConfig,
+        head: &crate::nn::MlpHeadConfig,
+        (channels, dims): (usize, [usize; 3]),
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
+        let sampler = Sampler::new(task, channels, dims)?;
+        let store = ParamStore::new(seed);
+        let model = PretextModel::new(
+            &sampler,
+            backbone,
+            head,
+            store.builder(candle_core::DType::F32, device),
+        )?;
+        Ok(Pretrainer {
+            model,
+            store,
+            sampler,
+            device: device.clone(),
+        })
+    }
+
+    /// Pretrains on `data`. `on_epoch` sees every finished epoch (with the total, for progress
+    /// displays); `files` receives logs and checkpoints.
+    pub fn run(
+        &self,
+        data: &dyn Source,
+        cfg: &PretrainConfig,
+        files: Option<&RunFiles>,
+        on_epoch: &mut dyn FnMut(&EpochLog, usize),
+    ) -> Result<PretrainReport> {
+        pretrain(self, data, cfg, files, on_epoch)
+    }
+}
+
+fn pretrain(
+    p: &Pretrainer,
+    data: &dyn Source,
+    cfg: &PretrainConfig,
+    files: Option<&RunFiles>,
+    on_epoch: &mut dyn FnMut(&EpochLog, usize),
+) -> Result<PretrainReport> {
+    let Pretrainer {
+        model,
+        store,
+        sampler,
+        device: dev,
+    } = p;
+    let planar = sampler.planar();
+    let bs = cfg
+        .batch_size
+        .unwrap_or_else(|| sampler.task().batch_size(planar));
+    let (train_ids, val_ids) = train_val_split(data.len(), cfg.val_fraction);
+    if train_ids.len() < 2 && bs > 1 {
+        return Err(Error::arg(
+            "data",
+            format!(
+                "pretraining needs at least 2 training items, got {}",
+                train_ids.len()
+            ),
+        ));
+    }
+    let mut opt = Adam::new(store.trainable(""), cfg.adam)?;
+    let mut log = match files {
+        Some(f) => {
+            std::fs::create_dir_all(&f.dir).with_file(&f.dir)?;
+            let p = f.dir.join("log.jsonl");
+            Some((std::fs::File::create(&p).with_file(&p)?, p))
+        }
+        None => None,
+    };
+    let mut report = PretrainReport {
+        epochs: Vec::new(),
+        best_epoch: 0,
+        best_checkpoint: None,
+        last_checkpoint: None,
+    };
+    let mut best = f64::INFINITY;
+    for epoch in 1..=cfg.epochs {
+        let start = Instant::now();
+        let mut plan = batches(&train_ids, bs, Some(mix(cfg.seed, epoch as u64)));
+        if let Some(n) = cfg.steps_per_epoch {
+            plan.truncate(n.max(1));
+        }
+        let (loss, acc) = run_epoch(
+            model,
+            sampler,
+            data,
+            &plan,
+            mix(cfg.seed, 1000 + epoch as u64),
+            dev,
+            Some(&mut opt),
+            epoch,
+        )?;
+        let (val_loss, val_acc) = if val_ids.is_empty() {
+            (f64::NAN, f64::NAN)
+        } else {
+            run_epoch(
+                model,
+                sampler,
+                data,
+                &batches(&val_ids, bs, None),
+                mix(cfg.seed, 7),
+                dev,
+                None,
+                epoch,
+            )?
+        };
+        let entry = EpochLog {
+            epoch,
+            loss,
+            accuracy: acc,
+            val_loss,
+            val_accuracy: val_acc,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        if let Some((file, path)) = log.as_mut() {
+            writeln!(
+                file,
+                "{}",
+                serde_json::to_string(&entry).map_err(Error::msg)?
+            )
+            .with_file(&*path)?;
+            file.flush().with_file(&*path)?;
+        }
+        let score = if val_loss.is_nan() { loss } else { val_loss };
+        if let Some(f) = files {
+            let manifest = with_epoch(&f.manifest, &entry);
+            if score < best {
+                let p = f.dir.join("best.safetensors");
+                store.save(&p, &manifest)?;
+                report.best_checkpoint = Some(p);
+            }
+            let p = f.dir.join("last.safetensors");
+            store.save(&p, &manifest)?;
+            report.last_checkpoint = Some(p);
+        }
+        if score < best {
+            best = score;
+            report.best_epoch = epoch;
+        }
+        on_epoch(&entry, cfg.epochs);
+        report.epochs.push(entry);
+    }
+    Ok(report)
+}
+
+fn with_epoch(manifest: &serde_json::Value, e: &EpochLog) -> serde_json::Value {
+    let mut m = manifest.clone();
+    if let Some(o) = m.as_object_mut() {
+        o.insert("epoch".into(), e.epoch.into());
+        o.insert("val_loss".into(), serde_json::json!(e.val_loss));
+        o.insert("loss".into(), serde_json::json!(e.loss));
+    }
+    m
+}
+
+/// Runs the batches of one epoch (training when `opt` is given); batches are sampled in a
+/// background thread one step ahead of the model. Returns the mean loss and accuracy.
+#[allow(clippy::too_many_arguments)]
+fn run_epoch(
+    model: &PretextModel,
+    sampler: &Sampler,
+    data: &dyn Source,
+    plan: &[Vec<usize>],
+    seed: u64,
+    dev: &Device,
+    mut opt: Option<&mut Adam>,
+    epoch: usize,
+) -> Result<(f64, f64)> {
+    let train = opt.is_some();
+    let (mut loss_sum, mut acc_sum, mut n) = (0.0, 0.0, 0usize);
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = mpsc::sync_channel::<Result<Batch>>(1);
+        scope.spawn(move || {
+            for (i, ids) in plan.iter().enumerate() {
+                if tx
+                    .send(sampler.batch(data, ids, mix(seed, i as u64), train))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        for (step, batch) in rx.iter().enumerate() {
+            let batch = batch?;
+            let out = model.step(&batch, dev, train)?;
+            let (loss, acc) = match opt.as_deref_mut() {
+                Some(o) => (
+                    o.backward_step(&out.loss)
+                        .map_err(|e| at_step(e, epoch, step))?,
+                    out.accuracy,
+                ),
+                None => (
+                    out.loss
+                        .to_dtype(candle_core::DType::F64)?
+                        .to_scalar::<f64>()?,
+                    out.accuracy,
+                ),
+            };
+            loss_sum += loss * batch.items as f64;
+            acc_sum += acc * batch.items as f64;
+            n += batch.items;
+        }
+        Ok(())
+    })?;
+    Ok((loss_sum / n.max(1) as f64, acc_sum / n.max(1) as f64))
+}
+
+fn at_step(e: Error, epoch: usize, step: usize) -> Error {
+    match e {
+        Error::NonFinite { what, value, .. } => Error::NonFinite {
+            what,
+            value,
+            at: format!("epoch {epoch}, step {}", step + 1),
+        },
+        other => other,
+    }
+}
+
+/// Reads a pretraining log written by [`pretrain`].
+pub fn read_log(path: &Path) -> Result<Vec<EpochLog>> {
+    let text = std::fs::read_to_string(path).with_file(path)?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| Error::file(path, format!("line {}: {e}", i + 1)))
+        })
+        .collect()
+}

@@ -1,0 +1,198 @@
+//! The paper's 3D UNet: parameter count, a whole-model forward and backward against PyTorch in
+//! f64 (ties in the pooling included), the encoder on pretext patch sizes, and encoder transfer.
+
+mod common;
+use candle_core::{DType, Device, Tensor};
+use common::torch::{Fixture, assert_close};
+use pretext::nn::{Encoder3d, LoadOptions, ParamStore, UNet3d, UNet3dConfig};
+use pretext::train::loss::{DiceVariant, dice_loss, one_hot};
+
+#[test]
+fn unet3d_with_16_filters_has_the_papers_5647891_parameters() {
+    let store = ParamStore::new(0);
+    UNet3d::new(
+        &UNet3dConfig::default(),
+        store.builder(DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    assert_eq!(store.trainable_count(""), 5_647_891);
+    let encoder_only = ParamStore::new(0);
+    Encoder3d::new(
+        &UNet3dConfig::default(),
+        encoder_only.builder(DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    assert_eq!(
+        encoder_only.trainable_count(""),
+        store.trainable_count("encoder.")
+    );
+}
+
+fn tiny() -> UNet3dConfig {
+    UNet3dConfig {
+        filters: 2,
+        depth: 2,
+        dropout: 0.0,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn tiny_unet3d_forward_and_backward_equal_pytorch_in_f64() {
+    let f = Fixture::load("unet3d_tiny_f64");
+    let store = ParamStore::new(0);
+    let net = UNet3d::new(&tiny(), store.builder(DType::F64, &Device::Cpu)).unwrap();
+    for name in f.keys_with("init.") {
+        let var = store
+            .get(&name)
+            .unwrap_or_else(|| panic!("the model has no {name}"));
+        var.set(&f.get(&format!("init.{name}"))).unwrap();
+    }
+    assert_eq!(
+        f.keys_with("init.").len(),
+        store.all().len(),
+        "same tensors on both sides"
+    );
+
+    let logits = net.forward_t(&f.get("x"), true).unwrap();
+    let probs = candle_nn::ops::softmax(&logits, 1).unwrap();
+    assert_close(&probs, &f.get("probs"), 1e-8, "probabilities");
+    let target = one_hot(&f.get("labels"), 3, DType::F64).unwrap();
+    let loss = dice_loss(&probs, &target, DiceVariant::Batch).unwrap();
+    assert_close(&loss.reshape(1).unwrap(), &f.get("loss"), 1e-10, "loss");
+
+    let grads = loss.backward().unwrap();
+    let mut checked = 0;
+    for (name, var) in store.trainable("") {
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        assert_close(
+            g,
+            &f.get(&format!("grad.{name}")),
+            1e-8,
+            &format!("gradient of {name}"),
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, f.keys_with("grad.").len());
+    for name in f
+        .keys_with("param.")
+        .iter()
+        .filter(|n| n.contains("running"))
+    {
+        let v = store.get(name).unwrap();
+        assert_close(v.as_tensor(), &f.get(&format!("param.{name}")), 1e-10, name);
+    }
+}
+
+#[test]
+fn encoder_runs_on_jigsaw_and_cpc_patch_sizes() {
+    let store = ParamStore::new(0);
+    let enc = Encoder3d::new(
+        &UNet3dConfig::default(),
+        store.builder(DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    for size in [39, 32] {
+        let x = Tensor::zeros((1, 1, size, size, size), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(
+            enc.embed(&x, false).unwrap().dims(),
+            [1, 256],
+            "patch {size}"
+        );
+    }
+    let small = Tensor::zeros((1, 1, 16, 16, 16), DType::F32, &Device::Cpu).unwrap();
+    let e = enc.embed(&small, false).unwrap_err().to_string();
+    assert!(e.contains("at least 32"), "{e}");
+}
+
+#[test]
+fn a_pretext_encoder_checkpoint_transfers_into_the_segmentation_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pretext.safetensors");
+    let cfg = tiny();
+    let pre = ParamStore::new(1);
+    Encoder3d::new(&cfg, pre.builder(DType::F32, &Device::Cpu).pp("encoder")).unwrap();
+    pretext::nn::linear(16, 10, pre.builder(DType::F32, &Device::Cpu).pp("head")).unwrap();
+    pre.save(&path, &serde_json::json!({"task": "rotation"}))
+        .unwrap();
+
+    let seg = ParamStore::new(2);
+    UNet3d::new(&cfg, seg.builder(DType::F32, &Device::Cpu)).unwrap();
+    let report = seg
+        .load(
+            &path,
+            &LoadOptions {
+                prefix: Some("encoder.".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(report.loaded.len(), pre.all().len() - 2);
+    for (name, var) in pre
+        .all()
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("encoder."))
+    {
+        assert_close(
+            seg.get(&name).unwrap().as_tensor(),
+            var.as_tensor(),
+            0.0,
+            &name,
+        );
+    }
+    let everything = seg.load(&path, &LoadOptions::default()).unwrap();
+    assert_eq!(
+        everything.unexpected,
+        vec!["head.bias".to_string(), "head.weight".to_string()]
+    );
+    assert!(
+        everything.missing.iter().all(|n| n.starts_with("decoder."))
+            && !everything.missing.is_empty()
+    );
+    assert_eq!(ParamStore::manifest(&path).unwrap()["task"], "rotation");
+}
+
+#[test]
+fn loading_reports_shape_mismatches_and_rejects_corrupt_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wide.safetensors");
+    let wide = ParamStore::new(0);
+    Encoder3d::new(
+        &UNet3dConfig {
+            filters: 4,
+            ..tiny()
+        },
+        wide.builder(DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    wide.save(&path, &serde_json::json!({})).unwrap();
+    let narrow = ParamStore::new(0);
+    Encoder3d::new(&tiny(), narrow.builder(DType::F32, &Device::Cpu)).unwrap();
+    let r = narrow.load(&path, &LoadOptions::default()).unwrap();
+    assert!(r.loaded.is_empty() && !r.mismatched.is_empty(), "{r:?}");
+    let (name, ours, theirs) = &r.mismatched[0];
+    assert!(name.ends_with("weight") || name.ends_with("bias") || name.contains("running"));
+    assert_ne!(ours, theirs);
+
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let e = narrow
+        .load(&path, &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("wide.safetensors") && e.contains("safetensors"),
+        "{e}"
+    );
+    let e = narrow
+        .load(
+            dir.path().join("missing.safetensors"),
+            &LoadOptions::default(),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing.safetensors"), "{e}");
+}
