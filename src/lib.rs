@@ -11,6 +11,7 @@
 pub mod bench;
 pub mod data;
 pub mod error;
+pub mod experiment;
 pub mod io;
 pub mod nn;
 pub mod ops;

@@ -89,11 +89,11 @@ impl Confusion {
             .map(|j| self.counts.iter().map(|r| r[j]).sum::<u64>() as f64)
             .collect();
         let (mut observed, mut expected) = (0.0, 0.0);
-        for i in 0..k {
-            for j in 0..k {
+        for (i, (row, &ri)) in self.counts.iter().zip(&rows).enumerate() {
+            for (j, (&count, &cj)) in row.iter().zip(&cols).enumerate() {
                 let w = ((i as f64 - j as f64) / (k as f64 - 1.0)).powi(2);
-                observed += w * self.counts[i][j] as f64;
-                expected += w * rows[i] * cols[j] / n;
+                observed += w * count as f64;
+                expected += w * ri * cj / n;
             }
         }
         if expected == 0.0 {

@@ -1,0 +1,10 @@
+//! Experiments: the cells of data-efficiency sweeps and their shards, the append-only results
+//! store (resume after a kill, merge shards, CSV export), and the figures.
+
+pub mod cells;
+pub mod plot;
+pub mod results;
+
+pub use cells::{Cell, Shard, cells};
+pub use plot::{CurvePlot, PaperFigure};
+pub use results::{ResultRow, ResultsFile, config_hash, merge};
