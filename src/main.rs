@@ -51,6 +51,18 @@ enum Command {
     },
     /// Measure speed: single ops, whole UNet3D training steps, or the data preprocessing.
     Bench(BenchArgs),
+    /// Merge sweep result files (e.g. the shards of a job array) into one, without duplicates.
+    Merge {
+        /// The result files (JSONL).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// The merged file.
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Also write the merged rows as CSV here.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -194,6 +206,10 @@ struct HostArgs {
     /// Where tensors and models go: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Run only shard I of N of a sweep's cells (e.g. one job of a Slurm array); see
+    /// `pretext merge`.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<String>,
 }
 
 impl HostArgs {
@@ -206,6 +222,12 @@ impl HostArgs {
             seed: self.seed,
             device: Some(device),
             stdlib_dir: None,
+            shard: self
+                .shard
+                .as_deref()
+                .map(pretext::experiment::Shard::parse)
+                .transpose()
+                .map_err(|e| e.to_string())?,
         }))
     }
 }
@@ -258,6 +280,10 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Data { command } => data_command(command),
+        Command::Merge { inputs, out, csv } => merge(&inputs, &out, csv.as_deref()).map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(SCRIPT_ERROR)
+        }),
         Command::Bench(args) => bench(&args).map_err(|e| {
             eprintln!("error: {e}");
             ExitCode::from(SCRIPT_ERROR)
@@ -299,6 +325,26 @@ fn bench(a: &BenchArgs) -> pretext::Result<()> {
     } else {
         print!("{}", bench::table(&rows));
     }
+    Ok(())
+}
+
+fn merge(
+    inputs: &[PathBuf],
+    out: &std::path::Path,
+    csv: Option<&std::path::Path>,
+) -> pretext::Result<()> {
+    use pretext::experiment::results;
+    let rows = pretext::experiment::merge(inputs)?;
+    results::write_jsonl(out, &rows)?;
+    if let Some(c) = csv {
+        results::write_csv(c, &rows)?;
+    }
+    println!(
+        "{} rows from {} files -> {}",
+        rows.len(),
+        inputs.len(),
+        out.display()
+    );
     Ok(())
 }
 

@@ -14,6 +14,7 @@ struct ProgressInner {
     label: String,
     total: u64,
     done: u64,
+    msg: String,
     last_line: Instant,
     started: Instant,
 }
@@ -38,6 +39,7 @@ impl Progress {
             label: label.to_string(),
             total,
             done: 0,
+            msg: String::new(),
             last_line: Instant::now(),
             started: Instant::now(),
         })))
@@ -50,23 +52,25 @@ impl Progress {
         if let Some(b) = &p.bar {
             b.inc(n);
         } else if p.last_line.elapsed() >= Duration::from_secs(2) || p.done >= p.total {
+            let sep = if p.msg.is_empty() { "" } else { " " };
             eprintln!(
-                "{}: {}/{} ({:.1}s)",
+                "{}: {}/{} ({:.1}s){sep}{}",
                 p.label,
                 p.done,
                 p.total,
-                p.started.elapsed().as_secs_f64()
+                p.started.elapsed().as_secs_f64(),
+                p.msg
             );
             p.last_line = Instant::now();
         }
     }
 
-    /// Shows a message beside the bar (or on its own line without a terminal).
+    /// Shows a message beside the bar (without a terminal: on the next progress line).
     pub fn message(&self, msg: &str) {
-        let p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
         match &p.bar {
             Some(b) => b.set_message(msg.to_string()),
-            None => eprintln!("{}: {msg}", p.label),
+            None => p.msg = msg.to_string(),
         }
     }
 

@@ -9,8 +9,12 @@ pub mod api;
 pub mod convert;
 pub mod data;
 mod diagnostics;
+pub mod experiment;
 pub mod host;
 mod imaging;
+pub mod model;
+pub mod opts;
+pub mod pretext;
 pub mod repl;
 mod resolver;
 pub mod tensor;
@@ -36,6 +40,8 @@ pub struct HostState {
     device: RwLock<Device>,
     /// Set by Ctrl-C; the running statement stops at its next operation.
     pub interrupt: Arc<AtomicBool>,
+    /// This job's share of sweep cells (`--shard i/n`).
+    pub shard: crate::experiment::Shard,
 }
 
 impl HostState {
@@ -63,6 +69,8 @@ pub struct HostConfig {
     pub device: Option<Device>,
     /// A folder that replaces the embedded stdlib (else `$PRETEXT_STDLIB`, else embedded).
     pub stdlib_dir: Option<PathBuf>,
+    /// This job's shard of sweep cells (`--shard i/n`; all cells by default).
+    pub shard: Option<crate::experiment::Shard>,
 }
 
 /// A configured Rhai engine with pretext's domains and their documentation.
@@ -80,6 +88,7 @@ impl Host {
             seed: cfg.seed,
             device: RwLock::new(cfg.device.unwrap_or(Device::Cpu)),
             interrupt: Arc::new(AtomicBool::new(false)),
+            shard: cfg.shard.unwrap_or(crate::experiment::Shard::ALL),
         });
         let mut engine = Engine::new();
         engine.set_strict_variables(true);
@@ -206,6 +215,9 @@ fn domains(state: &Arc<HostState>) -> Vec<Domain> {
         imaging::volume_domain(),
         imaging::image_domain(),
         data::domain(),
+        model::domain(state),
+        pretext::domain(state),
+        experiment::domain(state),
         host::domain(state),
     ]
 }

@@ -12,12 +12,19 @@ type SharedModule = Shared<Module>;
 pub const STDLIB_ENV: &str = "PRETEXT_STDLIB";
 
 /// The stdlib modules compiled into the binary: (name, source).
-pub const STDLIB: &[(&str, &str)] = &[("util", include_str!("../../stdlib/util.rhai"))];
+pub const STDLIB: &[(&str, &str)] = &[
+    ("util", include_str!("../../stdlib/util.rhai")),
+    ("profiles", include_str!("../../stdlib/profiles.rhai")),
+    ("sweep", include_str!("../../stdlib/sweep.rhai")),
+    ("figures", include_str!("../../stdlib/figures.rhai")),
+];
 
 /// Resolves imports and caches evaluated modules by origin.
 pub struct Resolver {
     stdlib_dir: Option<PathBuf>,
     cache: Mutex<HashMap<String, SharedModule>>,
+    /// Modules being evaluated, to report import cycles instead of recursing.
+    loading: Mutex<Vec<String>>,
 }
 
 impl Resolver {
@@ -26,6 +33,7 @@ impl Resolver {
         Resolver {
             stdlib_dir,
             cache: Mutex::new(HashMap::new()),
+            loading: Mutex::new(Vec::new()),
         }
     }
 
@@ -94,11 +102,30 @@ impl ModuleResolver for Resolver {
         let in_module = |e: Box<EvalAltResult>| -> Box<EvalAltResult> {
             EvalAltResult::ErrorInModule(origin.clone(), e, pos).into()
         };
-        let mut ast = engine.compile(&text).map_err(|e| in_module(e.into()))?;
-        ast.set_source(origin.as_str());
-        let module: SharedModule = Module::eval_ast_as_new(Scope::new(), &ast, engine)
-            .map_err(in_module)?
-            .into();
+        {
+            let mut loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+            if loading.contains(&origin) {
+                let chain = loading.join(" -> ");
+                return Err(EvalAltResult::ErrorRuntime(
+                    format!("import cycle: {chain} -> {origin}").into(),
+                    pos,
+                )
+                .into());
+            }
+            loading.push(origin.clone());
+        }
+        let evaluated = engine
+            .compile(&text)
+            .map_err(|e| in_module(e.into()))
+            .and_then(|mut ast| {
+                ast.set_source(origin.as_str());
+                Module::eval_ast_as_new(Scope::new(), &ast, engine).map_err(in_module)
+            });
+        self.loading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|o| o != &origin);
+        let module: SharedModule = evaluated?.into();
         if let Ok(mut c) = self.cache.lock() {
             c.insert(origin, module.clone());
         }

@@ -6,3 +6,4 @@ pub mod loss;
 pub mod metrics;
 pub mod optim;
 pub mod pretrain;
+pub mod sources;

@@ -1,0 +1,243 @@
+//! The `experiment` domain: sweep cells and shards, the results store, CSV export and figures.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rhai::{Array, Dynamic, INT, Map};
+
+use super::HostState;
+use super::api::Domain;
+use super::convert::{RResult, ScriptResult, rt_err};
+use crate::experiment::plot::{CurvePlot, PaperFigure, data_efficiency, pretext_curves};
+use crate::experiment::results::{ResultRow, cell_key, write_csv};
+use crate::experiment::{ResultsFile, cells, config_hash};
+use crate::train::pretrain::{EpochLog, read_log};
+
+/// An open results file.
+#[derive(Clone)]
+pub struct Results(Arc<Mutex<ResultsFile>>);
+
+fn to_json(v: &Dynamic) -> RResult<serde_json::Value> {
+    rhai::serde::from_dynamic(v)
+}
+
+fn from_json<T: serde::Serialize>(v: &T) -> RResult<Dynamic> {
+    rhai::serde::to_dynamic(v)
+}
+
+fn rows_of(v: &Dynamic) -> RResult<Vec<ResultRow>> {
+    if let Some(r) = v.clone().try_cast::<Results>() {
+        return Ok(r
+            .0
+            .lock()
+            .map_err(|_| rt_err("results: poisoned"))?
+            .rows()
+            .to_vec());
+    }
+    let arr = v
+        .clone()
+        .into_array()
+        .map_err(|t| rt_err(format!("expected Results or an array of rows, got {t}")))?;
+    arr.iter()
+        .enumerate()
+        .map(|(i, r)| row(r).map_err(|e| rt_err(format!("row {i}: {e}"))))
+        .collect()
+}
+
+fn row(v: &Dynamic) -> RResult<ResultRow> {
+    let mut m = v
+        .clone()
+        .try_cast::<Map>()
+        .ok_or_else(|| rt_err(format!("a result row is a map, got {}", v.type_name())))?;
+    if !m.contains_key("version") {
+        m.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+    }
+    rhai::serde::from_dynamic(&Dynamic::from_map(m))
+}
+
+fn cell_of(m: &Map) -> RResult<(String, f64, u64)> {
+    let get = |k: &str| {
+        m.get(k)
+            .ok_or_else(|| rt_err(format!("cell: missing key `{k}`")))
+    };
+    let task = get("task")?.to_string();
+    let fraction = super::convert::number(get("fraction")?, "fraction")?;
+    let seed = get("seed")?
+        .as_int()
+        .map_err(|_| rt_err("cell: seed must be an integer"))?;
+    Ok((task, fraction, seed.max(0) as u64))
+}
+
+/// Builds the `experiment` domain.
+pub fn domain(state: &Arc<HostState>) -> Domain {
+    let mut d = Domain::new(
+        "experiment",
+        "Sweeps: cells and shards (--shard i/n), the append-only results file (resume after a kill), \
+         CSV export, merging, and the figures (PNG + SVG).",
+    );
+    d.custom_type::<Results>("Results");
+    d.func(
+        "results",
+        "results(path: String) -> Results",
+        "Opens (or creates) a JSONL results file; an interrupted last line is dropped.",
+        |p: &str| Ok(Results(Arc::new(Mutex::new(ResultsFile::open(p).rt()?)))),
+    );
+    d.func(
+        "has",
+        "res.has(cell: Map, config_hash: String) -> bool",
+        "Whether the cell #{task, fraction, seed} with this configuration is already in the file.",
+        |r: &mut Results, c: Map, h: &str| {
+            let (task, fraction, seed) = cell_of(&c)?;
+            Ok(r.0
+                .lock()
+                .map_err(|_| rt_err("results: poisoned"))?
+                .has(&cell_key(&task, fraction, seed, h)))
+        },
+    );
+    d.func(
+        "append",
+        "res.append(row: Map)",
+        "Appends a row #{task, fraction, n_train, seed, metrics, timings, config_hash, extra} and syncs it.",
+        |r: &mut Results, m: Map| {
+            let row = row(&Dynamic::from_map(m))?;
+            r.0.lock().map_err(|_| rt_err("results: poisoned"))?.append(row).rt()
+        },
+    );
+    d.func(
+        "rows",
+        "res.rows() -> Array",
+        "Every row, as maps.",
+        |r: &mut Results| {
+            let rows =
+                r.0.lock()
+                    .map_err(|_| rt_err("results: poisoned"))?
+                    .rows()
+                    .to_vec();
+            rows.iter().map(from_json).collect::<RResult<Array>>()
+        },
+    );
+    d.func(
+        "len",
+        "res.len() -> INT",
+        "The number of rows.",
+        |r: &mut Results| {
+            Ok(r.0
+                .lock()
+                .map_err(|_| rt_err("results: poisoned"))?
+                .rows()
+                .len() as INT)
+        },
+    );
+    d.func(
+        "config_hash",
+        "config_hash(config: Any) -> String",
+        "A stable 16-hex-digit hash of a configuration (key order does not matter).",
+        |v: Dynamic| Ok(config_hash(&to_json(&v)?)),
+    );
+    let s = state.clone();
+    d.func(
+        "sweep_cells",
+        "sweep_cells(tasks: Array, fractions: Array, seeds: Array) -> Array",
+        "The cells #{task, fraction, seed} of this job's shard, grouped by seed and task.",
+        move |t: Array, f: Array, sd: Array| {
+            let tasks: Vec<String> = t.iter().map(|v| v.to_string()).collect();
+            let fractions = super::convert::floats(&f, "fractions")?;
+            let seeds = super::convert::ints(&sd, "seeds")?
+                .into_iter()
+                .map(|v| v.max(0) as u64)
+                .collect::<Vec<_>>();
+            cells(&tasks, &fractions, &seeds, s.shard)
+                .iter()
+                .map(from_json)
+                .collect::<RResult<Array>>()
+        },
+    );
+    let s = state.clone();
+    d.func(
+        "shard",
+        "shard() -> String",
+        "This job's shard, \"i/n\" (\"0/1\" without --shard).",
+        move || Ok(format!("{}/{}", s.shard.index, s.shard.count)),
+    );
+    let s = state.clone();
+    d.func(
+        "shard_suffix",
+        "shard_suffix() -> String",
+        "\"\" without --shard, else \".shard-I-of-N\" (for per-shard result files).",
+        move || {
+            Ok(if s.shard.count > 1 {
+                format!(".shard-{}-of-{}", s.shard.index, s.shard.count)
+            } else {
+                String::new()
+            })
+        },
+    );
+    d.func(
+        "write_results_csv",
+        "write_results_csv(rows: Array|Results, path: String)",
+        "Writes rows as CSV: task, fraction, n_train, seed, scalar metrics, timings, config_hash.",
+        |rows: Dynamic, p: &str| write_csv(Path::new(p), &rows_of(&rows)?).rt(),
+    );
+    d.func(
+        "merge_results",
+        "merge_results(paths: Array, out: String) -> INT",
+        "Merges result files (shards) into one, without duplicate cells; returns the row count.",
+        |paths: Array, out: &str| {
+            let paths: Vec<PathBuf> = paths.iter().map(|p| PathBuf::from(p.to_string())).collect();
+            let rows = crate::experiment::merge(&paths).rt()?;
+            crate::experiment::results::write_jsonl(Path::new(out), &rows).rt()?;
+            Ok(rows.len() as INT)
+        },
+    );
+    plots(&mut d);
+    d
+}
+
+fn plots(d: &mut Domain) {
+    d.func(
+        "plot_curves",
+        "plot_curves(rows: Array|Results, opts: Map) -> Array",
+        "The data-efficiency figure: opts metric, out (path without extension), title, y_label, paper \"fig3\"|\"fig4\"; returns the PNG and SVG paths.",
+        |rows: Dynamic, o: Map| {
+            let opts = super::opts::Opts::new("plot_curves", &o, &["metric", "out", "title", "y_label", "paper", "width", "height"])?;
+            let paper = match opts.string("paper", "")?.as_str() {
+                "" => None,
+                "fig3" => Some(PaperFigure::Fig3),
+                "fig4" => Some(PaperFigure::Fig4),
+                other => return Err(rt_err(format!("plot_curves: paper must be \"fig3\" or \"fig4\", got \"{other}\""))),
+            };
+            let metric = opts.string("metric", "dice_mean")?;
+            let cfg = CurvePlot {
+                title: opts.string("title", &metric)?,
+                y_label: opts.string("y_label", &metric)?,
+                metric,
+                paper,
+                size: (opts.count("width", 960)? as u32, opts.count("height", 640)? as u32),
+            };
+            let out = opts.required_string("out")?;
+            let files = data_efficiency(&rows_of(&rows)?, &cfg, Path::new(&out)).rt()?;
+            Ok(files.iter().map(|p| Dynamic::from(p.display().to_string())).collect::<Array>())
+        },
+    );
+    d.func(
+        "plot_pretext",
+        "plot_pretext(logs: Map, opts: Map) -> Array",
+        "Pretext loss and accuracy per epoch for #{name: log} (logs from pretrain() or read_pretrain_log); opts out, title.",
+        |logs: Map, o: Map| {
+            let opts = super::opts::Opts::new("plot_pretext", &o, &["out", "title"])?;
+            let series: Vec<(String, Vec<EpochLog>)> = logs
+                .iter()
+                .map(|(k, v)| Ok((k.to_string(), rhai::serde::from_dynamic::<Vec<EpochLog>>(v)?)))
+                .collect::<RResult<_>>()?;
+            let out = opts.required_string("out")?;
+            let files = pretext_curves(&series, &opts.string("title", "Pretext training")?, Path::new(&out)).rt()?;
+            Ok(files.iter().map(|p| Dynamic::from(p.display().to_string())).collect::<Array>())
+        },
+    );
+    d.func(
+        "read_pretrain_log",
+        "read_pretrain_log(path: String) -> Array",
+        "The per-epoch rows #{epoch, loss, accuracy, val_loss, val_accuracy, seconds} of a pretraining log.",
+        |p: &str| from_json(&read_log(Path::new(p)).rt()?).and_then(|d| d.into_array().map_err(rt_err)),
+    );
+}
