@@ -163,3 +163,94 @@ fn conv3d_rejects_mismatched_channels_with_both_shapes_named() {
         .to_string();
     assert!(e.contains("does not fit"), "{e}");
 }
+
+/// Deterministic values in [-scale, scale).
+fn uniform(shape: &[usize], scale: f64, seed: u64) -> Tensor {
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n)
+        .map(|_| (rng.random::<f64>() * 2.0 - 1.0) * scale)
+        .collect();
+    Tensor::from_vec(v, shape, &candle_core::Device::Cpu).unwrap()
+}
+
+/// y, dx and dw of conv3d with loss sum(y·g), computed in `dtype` (f64 takes the generic
+/// im2col + GEMM path; f32 takes the direct kernels where the CPU and geometry allow).
+fn conv3d_grads(
+    x: &Tensor,
+    w: &Tensor,
+    g: &Tensor,
+    spec: ConvSpec,
+    dtype: DType,
+) -> (Tensor, Tensor, Tensor) {
+    let x = candle_core::Var::from_tensor(&x.to_dtype(dtype).unwrap()).unwrap();
+    let w = candle_core::Var::from_tensor(&w.to_dtype(dtype).unwrap()).unwrap();
+    let y = ops::conv3d(x.as_tensor(), w.as_tensor(), spec).unwrap();
+    let grads = (&y * g.to_dtype(dtype).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    (
+        y,
+        grads.get(x.as_tensor()).unwrap().clone(),
+        grads.get(w.as_tensor()).unwrap().clone(),
+    )
+}
+
+/// Checks the f32 convolution and both gradients against the f64 ones on random data.
+fn check_f32_against_f64(x_dims: [usize; 5], o: usize, kernel: [usize; 3], padding: [usize; 3]) {
+    let [n, c, d, h, wd] = x_dims;
+    let spec = ConvSpec {
+        padding,
+        stride: [1; 3],
+    };
+    let x = uniform(&x_dims, 1.0, 1);
+    let w = uniform(&[o, c, kernel[0], kernel[1], kernel[2]], 0.3, 2);
+    let out: Vec<usize> = (0..3)
+        .map(|i| [d, h, wd][i] + 2 * padding[i] + 1 - kernel[i])
+        .collect();
+    let g = uniform(&[n, o, out[0], out[1], out[2]], 1.0, 3);
+    let (y64, dx64, dw64) = conv3d_grads(&x, &w, &g, spec, DType::F64);
+    let (y32, dx32, dw32) = conv3d_grads(&x, &w, &g, spec, DType::F32);
+    let what = format!("x {x_dims:?} -> {o} channels, kernel {kernel:?}, padding {padding:?}");
+    assert_close(&y32, &y64, 1e-5, &format!("{what}: y"));
+    assert_close(&dx32, &dx64, 1e-5, &format!("{what}: dx"));
+    assert_close(&dw32, &dw64, 1e-5, &format!("{what}: dw"));
+}
+
+#[test]
+fn f32_same_convolutions_match_f64_on_odd_sizes_and_channel_counts() {
+    // Channel counts that leave partial register tiles, volumes that end mid-vector, rows
+    // shorter than a vector, and a first layer with one input channel.
+    check_f32_against_f64([2, 5, 9, 10, 11], 6, [3; 3], [1; 3]);
+    check_f32_against_f64([2, 1, 12, 12, 12], 16, [3; 3], [1; 3]);
+    check_f32_against_f64([3, 3, 4, 20, 6], 5, [3; 3], [1; 3]);
+    check_f32_against_f64([1, 16, 16, 16, 16], 16, [3; 3], [1; 3]);
+    // Other odd kernels with "same" padding.
+    check_f32_against_f64([2, 4, 7, 9, 10], 3, [5, 3, 3], [2, 1, 1]);
+    check_f32_against_f64([2, 2, 6, 8, 12], 4, [1, 3, 5], [0, 1, 2]);
+}
+
+#[test]
+fn f32_same_convolution_gives_identical_results_with_one_and_two_threads() {
+    let (x, w) = (
+        uniform(&[2, 6, 10, 12, 14], 1.0, 4),
+        uniform(&[8, 6, 3, 3, 3], 0.3, 5),
+    );
+    let g = uniform(&[2, 8, 10, 12, 14], 1.0, 6);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| conv3d_grads(&x, &w, &g, ConvSpec::uniform(1, 1), DType::F32))
+    };
+    let (y1, dx1, dw1) = run(1);
+    let (y2, dx2, dw2) = run(2);
+    assert_close(&y2, &y1, 0.0, "y");
+    assert_close(&dx2, &dx1, 0.0, "dx");
+    assert_close(&dw2, &dw1, 0.0, "dw");
+}

@@ -184,6 +184,9 @@ fn tiles(g: &Geom) -> Vec<(usize, usize, usize)> {
 
 /// `y [n, o, D, H, W] = conv(x [n, c, d, h, w], w [o, c, kd, kh, kw])`, without bias.
 pub fn forward<T: Real>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
+    if let Some(y) = T::direct_conv(x, w, g) {
+        return y;
+    }
     let (k, p) = (g.k(), g.out_len());
     let mut y = vec![T::zero(); g.n * g.o * p];
     let yp = SendPtr(y.as_mut_ptr());
@@ -244,6 +247,9 @@ pub fn forward<T: Real>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
 
 /// `dL/dw [o, c, kd, kh, kw]` from the input `x` and the output gradient `dy`.
 pub fn weight_grad<T: Real>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
+    if let Some(dw) = T::direct_conv_weight_grad(x, dy, g) {
+        return dw;
+    }
     let (k, p) = (g.k(), g.out_len());
     let sum = |mut a: Vec<T>, b: Vec<T>| {
         a.iter_mut().zip(b).for_each(|(u, v)| *u += v);

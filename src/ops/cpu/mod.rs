@@ -4,9 +4,13 @@
 //! call these kernels and wrap the results.
 
 pub mod conv;
+#[cfg(target_arch = "x86_64")]
+mod direct;
 pub mod norm;
 pub mod pool;
 pub mod resample;
+
+use conv::Geom;
 
 /// An element type the kernels work on: `f32` (training) and `f64` (reference comparisons).
 pub trait Real:
@@ -16,6 +20,17 @@ pub trait Real:
     fn to64(self) -> f64;
     /// The nearest value to `v`.
     fn of(v: f64) -> Self;
+
+    /// The forward convolution `g` by a kernel specialised for this type and CPU, when one
+    /// fits (f32 "same" convolutions with AVX-512); `None` leaves it to im2col + GEMM.
+    fn direct_conv(_x: &[Self], _w: &[Self], _g: &Geom) -> Option<Vec<Self>> {
+        None
+    }
+
+    /// The weight gradient of `g`, as [`Real::direct_conv`].
+    fn direct_conv_weight_grad(_x: &[Self], _dy: &[Self], _g: &Geom) -> Option<Vec<Self>> {
+        None
+    }
 }
 
 impl Real for f32 {
@@ -24,6 +39,24 @@ impl Real for f32 {
     }
     fn of(v: f64) -> Self {
         v as f32
+    }
+
+    fn direct_conv(x: &[f32], w: &[f32], g: &Geom) -> Option<Vec<f32>> {
+        #[cfg(target_arch = "x86_64")]
+        if direct::supports(g) {
+            return Some(direct::forward(x, w, g));
+        }
+        let _ = (x, w, g);
+        None
+    }
+
+    fn direct_conv_weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Option<Vec<f32>> {
+        #[cfg(target_arch = "x86_64")]
+        if direct::supports_weight_grad(g) {
+            return Some(direct::weight_grad(x, dy, g));
+        }
+        let _ = (x, dy, g);
+        None
     }
 }
 
