@@ -246,3 +246,43 @@ pub fn table(rows: &[Row]) -> String {
     }
     s
 }
+
+/// `pretext bench pretext`: the samplers at O's batch sizes on `size³` volumes held in memory
+/// (`fwd_ms` is the time to build one batch; no model runs). Compare with
+/// `scripts/bench_pretext_ref.py`.
+pub fn pretext(size: usize, t: Timing) -> Result<Vec<Row>> {
+    use crate::pretext::{Grid, Sampler, Task, TaskConfig};
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let vols: Vec<Grid> = (0..8)
+        .map(|_| {
+            Grid::new(
+                (0..size * size * size)
+                    .map(|_| rng.random::<f32>())
+                    .collect(),
+                1,
+                [size; 3],
+            )
+        })
+        .collect::<Result<_>>()?;
+    let mut rows = Vec::new();
+    for task in Task::ALL {
+        let s = Sampler::new(&TaskConfig::new(task), 1, [size; 3])?;
+        let bs = task.batch_size(false);
+        let ids: Vec<usize> = (0..bs).map(|i| i % vols.len()).collect();
+        let mut seed = 0;
+        let ms = median_ms(t, || {
+            seed += 1;
+            s.batch(&vols, &ids, seed, true).map(|_| ())
+        })?;
+        rows.push(Row {
+            op: format!("sample_{}", task.name()),
+            shape: format!("{bs}x1x{size}^3"),
+            fwd_ms: ms,
+            fwd_bwd_ms: f64::NAN,
+            gflops: None,
+            peak_rss_mib: peak_rss_mib(),
+        });
+    }
+    Ok(rows)
+}

@@ -150,6 +150,9 @@ enum BenchKind {
     Ops,
     /// UNet3D training steps (forward, Dice loss, backward, Adam).
     Models,
+    /// The pretext samplers at O's batch sizes on in-memory volumes (--sizes, default 128 for
+    /// this kind): milliseconds per batch; compare with scripts/bench_pretext_ref.py.
+    Pretext,
     /// The pancreas preprocessing (min-max, bounding box, crop, resize, min-max) of one CT;
     /// compare with scripts/bench_preprocess_ref.py on the same file.
     Preprocess,
@@ -316,6 +319,12 @@ fn bench(a: &BenchArgs) -> pretext::Result<()> {
             .map(|&s| bench::forward_only(s, a.batch, &cfg, &dev))
             .collect::<pretext::Result<_>>()?,
         BenchKind::Models => bench::models(&a.sizes, a.batch, &cfg, t, &dev)?,
+        BenchKind::Pretext => a
+            .sizes
+            .iter()
+            .map(|&s| bench::pretext(s, t))
+            .collect::<pretext::Result<Vec<_>>>()?
+            .concat(),
         BenchKind::Preprocess => return bench_preprocess(a),
     };
     if a.json {

@@ -24,6 +24,7 @@ fn head() -> MlpHeadConfig {
         hidden: vec![32],
         dropout: 0.0,
         seed: 0,
+        momentum: 0.1,
     }
 }
 

@@ -19,6 +19,13 @@ pub struct MlpHeadConfig {
     pub dropout: f64,
     /// Seed of the dropout masks.
     pub seed: u64,
+    /// BatchNorm momentum (weight of a new batch; Keras' 0.99 is 0.01 here).
+    #[serde(default = "keras_momentum")]
+    pub momentum: f64,
+}
+
+fn keras_momentum() -> f64 {
+    BatchNormConfig::KERAS.momentum
 }
 
 impl MlpHeadConfig {
@@ -28,6 +35,7 @@ impl MlpHeadConfig {
             hidden: vec![2048, 1024],
             dropout: 0.5,
             seed: 0,
+            momentum: keras_momentum(),
         }
     }
 
@@ -37,6 +45,7 @@ impl MlpHeadConfig {
             hidden: vec![1024],
             dropout: 0.5,
             seed: 0,
+            momentum: keras_momentum(),
         }
     }
 }
@@ -56,7 +65,14 @@ impl MlpHead {
         for (i, &w) in cfg.hidden.iter().enumerate() {
             hidden.push((
                 linear(d, w, vb.pp(format!("fc{i}")))?,
-                batch_norm(w, BatchNormConfig::KERAS, vb.pp(format!("bn{i}")))?,
+                batch_norm(
+                    w,
+                    BatchNormConfig {
+                        momentum: cfg.momentum,
+                        ..BatchNormConfig::KERAS
+                    },
+                    vb.pp(format!("bn{i}")),
+                )?,
                 Dropout::new(cfg.dropout, cfg.seed.wrapping_add(i as u64))?,
             ));
             d = w;

@@ -295,7 +295,7 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
     d
 }
 
-const PRETRAIN_KEYS: [&str; 15] = [
+const PRETRAIN_KEYS: [&str; 16] = [
     "epochs",
     "batch",
     "lr",
@@ -307,6 +307,7 @@ const PRETRAIN_KEYS: [&str; 15] = [
     "densenet",
     "head",
     "head_dropout",
+    "head_momentum",
     "task",
     "config_hash",
     "label",
@@ -410,6 +411,7 @@ fn pretrain(state: &HostState, task: &str, data: &Dynamic, ids: &Array, m: &Map)
         hidden: hidden(&o, "head", vec![2048, 1024])?,
         dropout: o.float("head_dropout", 0.5)?,
         seed,
+        momentum: o.float("head_momentum", 0.01)?,
     };
     let backbone = match backbone(&o, planar, GlobalPool::Max)? {
         BackboneConfig::Unet(u) => BackboneConfig::Unet(crate::nn::UNet3dConfig { seed, ..u }),
@@ -464,7 +466,7 @@ fn pretrain(state: &HostState, task: &str, data: &Dynamic, ids: &Array, m: &Map)
     Ok(r)
 }
 
-const FINETUNE_KEYS: [&str; 21] = [
+const FINETUNE_KEYS: [&str; 22] = [
     "init",
     "train",
     "test",
@@ -484,6 +486,7 @@ const FINETUNE_KEYS: [&str; 21] = [
     "densenet",
     "head",
     "head_dropout",
+    "head_momentum",
     "encoding",
     "augment",
 ];
@@ -624,6 +627,7 @@ fn grading(state: &HostState, data: &FundusSet, m: &Map) -> RResult<Map> {
             hidden: hidden(&o, "head", paper.head.hidden.clone())?,
             dropout: o.float("head_dropout", 0.5)?,
             seed: 0,
+            momentum: o.float("head_momentum", 0.01)?,
         },
         classes: 5,
         encoding: match o.string("encoding", "cumulative")?.as_str() {
