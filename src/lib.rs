@@ -15,6 +15,7 @@ pub mod experiment;
 pub mod io;
 pub mod nn;
 pub mod ops;
+pub mod parity;
 pub mod pretext;
 pub mod progress;
 pub mod script;

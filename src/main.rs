@@ -153,6 +153,9 @@ enum BenchKind {
     /// The pretext samplers at O's batch sizes on in-memory volumes (--sizes, default 128 for
     /// this kind): milliseconds per batch; compare with scripts/bench_pretext_ref.py.
     Pretext,
+    /// Every op and model on --device against the CPU kernels (on the CPU: against the composed
+    /// implementation other devices use); exits 1 if any differs beyond its tolerance.
+    Parity,
     /// The pancreas preprocessing (min-max, bounding box, crop, resize, min-max) of one CT;
     /// compare with scripts/bench_preprocess_ref.py on the same file.
     Preprocess,
@@ -326,6 +329,7 @@ fn bench(a: &BenchArgs) -> pretext::Result<()> {
             .collect::<pretext::Result<Vec<_>>>()?
             .concat(),
         BenchKind::Preprocess => return bench_preprocess(a),
+        BenchKind::Parity => return bench_parity(&dev, a.json),
     };
     if a.json {
         for r in &rows {
@@ -333,6 +337,23 @@ fn bench(a: &BenchArgs) -> pretext::Result<()> {
         }
     } else {
         print!("{}", bench::table(&rows));
+    }
+    Ok(())
+}
+
+fn bench_parity(dev: &candle_core::Device, json: bool) -> pretext::Result<()> {
+    let checks = pretext::parity::parity(dev)?;
+    for c in &checks {
+        if json {
+            println!("{}", serde_json::to_string(c).unwrap_or_default());
+        } else {
+            let verdict = if c.ok { "ok" } else { "FAILED" };
+            println!("{:<34} rel err {:>10.3e}  (tol {:.0e})  {verdict}", c.name, c.rel_err, c.tol);
+        }
+    }
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if failed > 0 {
+        return Err(pretext::Error::msg(format!("{failed} of {} parity checks failed", checks.len())));
     }
     Ok(())
 }

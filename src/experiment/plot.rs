@@ -342,12 +342,14 @@ fn draw_pretext<DB: DrawingBackend>(
             .configure_mesh()
             .x_desc("epoch")
             .y_desc(what)
+            .x_labels((epochs as usize).min(10))
             .x_label_formatter(&|v| format!("{v:.0}"))
             .label_style(("sans-serif", 13))
             .draw()
             .map_err(|x| e(&x))?;
         for (task, log) in logs {
-            let c = colour(task);
+            // Series are named like "rotation seed 0": the colour is the task's.
+            let c = colour(task.split_whitespace().next().unwrap_or(task));
             chart
                 .draw_series(LineSeries::new(
                     log.iter().map(|l| (l.epoch as f64, value(l, false))),

@@ -1,0 +1,163 @@
+//! Device parity: every op and model computed on a device against the CPU kernels, outputs and
+//! gradients (`pretext bench parity --device cuda`). On the CPU itself the candidate is the
+//! composed implementation that other devices use, so the check also runs without a GPU.
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::nn::{DenseNet, DenseNetConfig, GlobalPool, MlpHeadConfig, ParamStore, UNet3d, UNet3dConfig};
+use crate::ops::{self, ConvSpec, PoolSpec};
+use crate::pretext::model::BackboneConfig;
+use crate::pretext::{Grid, Task, TaskConfig};
+use crate::train::loss::{DiceVariant, dice_loss, one_hot};
+use crate::train::pretrain::Pretrainer;
+use crate::Result;
+
+/// One comparison.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Check {
+    /// What was compared.
+    pub name: String,
+    /// `max |a - b| / max |b|` over every output and gradient.
+    pub rel_err: f64,
+    /// The tolerance.
+    pub tol: f64,
+    /// Whether `rel_err <= tol`.
+    pub ok: bool,
+}
+
+fn randn(shape: &[usize], seed: u64) -> Result<Tensor> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
+    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+}
+
+fn rel_err(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let a = a.to_device(&Device::Cpu)?.to_dtype(DType::F64)?.flatten_all()?;
+    let b = b.to_device(&Device::Cpu)?.to_dtype(DType::F64)?.flatten_all()?;
+    if a.dims() != b.dims() {
+        return Ok(f64::INFINITY);
+    }
+    let diff = (&a - &b)?.abs()?.max(0)?.to_scalar::<f64>()?;
+    let scale = b.abs()?.max(0)?.to_scalar::<f64>()?.max(1e-30);
+    Ok(diff / scale)
+}
+
+/// A computation on a device: from inputs (on that device) to outputs and gradients.
+type Case = Box<dyn Fn(&Device) -> Result<Vec<Tensor>>>;
+
+/// `op(inputs)` and the gradients of `sum(op · g)` with respect to every input.
+fn op_case(shapes: Vec<Vec<usize>>, op: impl Fn(&[Tensor]) -> Result<Tensor> + 'static) -> Case {
+    Box::new(move |dev| {
+        let vars: Vec<Var> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Ok(Var::from_tensor(&randn(s, 10 + i as u64)?.to_device(dev)?)?))
+            .collect::<Result<_>>()?;
+        let xs: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let y = op(&xs)?;
+        let g = randn(y.dims(), 99)?.to_device(dev)?;
+        let grads = (&y * &g)?.sum_all()?.backward()?;
+        let mut out = vec![y];
+        for v in &vars {
+            out.push(grads.get(v.as_tensor()).cloned().unwrap_or(v.zeros_like()?));
+        }
+        Ok(out)
+    })
+}
+
+/// The loss and every parameter gradient of a model built by `build` from a store on `dev`.
+fn model_case(build: impl Fn(&ParamStore, &Device) -> Result<Tensor> + 'static) -> Case {
+    Box::new(move |dev| {
+        let store = ParamStore::new(3);
+        let loss = build(&store, dev)?;
+        let grads = loss.backward()?;
+        let mut out = vec![loss];
+        for (_, v) in store.trainable("") {
+            out.push(grads.get(v.as_tensor()).cloned().unwrap_or(v.zeros_like()?));
+        }
+        Ok(out)
+    })
+}
+
+fn ties(shape: &[usize], seed: u64) -> Result<Tensor> {
+    Ok(randn(shape, seed)?.relu()?)
+}
+
+fn cases() -> Vec<(&'static str, f64, Case)> {
+    let c = |p, s| ConvSpec::uniform(p, s);
+    vec![
+        ("conv3d k3", 1e-4, op_case(vec![vec![2, 4, 6, 7, 5], vec![3, 4, 3, 3, 3]], move |x| ops::conv3d(&x[0], &x[1], c(1, 1)))),
+        ("conv3d k3 stride 2", 1e-4, op_case(vec![vec![1, 3, 7, 6, 9], vec![2, 3, 3, 3, 3]], move |x| ops::conv3d(&x[0], &x[1], c(1, 2)))),
+        ("conv3d k1", 1e-4, op_case(vec![vec![2, 5, 4, 3, 5], vec![3, 5, 1, 1, 1]], move |x| ops::conv3d(&x[0], &x[1], c(0, 1)))),
+        ("conv2d k7 stride 2", 1e-4, op_case(vec![vec![1, 3, 11, 13], vec![4, 3, 7, 7]], |x| ops::conv2d(&x[0], &x[1], [3, 3], [2, 2]))),
+        ("conv_transpose3d k2 stride 2", 1e-4, op_case(vec![vec![2, 4, 3, 4, 5], vec![4, 3, 2, 2, 2]], move |x| ops::conv_transpose3d(&x[0], &x[1], c(0, 2)))),
+        ("max_pool3d (ties)", 1e-5, op_case(vec![vec![2, 3, 6, 5, 7]], |x| ops::max_pool3d(&x[0].relu()?, PoolSpec::cube(2)))),
+        ("avg_pool3d", 1e-5, op_case(vec![vec![2, 3, 5, 6, 7]], |x| ops::avg_pool3d(&x[0], PoolSpec::cube(2)))),
+        ("max_pool2d k3 stride 2 pad 1", 1e-5, op_case(vec![vec![2, 3, 9, 8]], |x| ops::max_pool2d(&x[0].relu()?, [3, 3], [2, 2], [1, 1]))),
+        ("upsample_nearest3d", 1e-5, op_case(vec![vec![2, 3, 3, 4, 2]], |x| ops::upsample_nearest3d(&x[0], 2))),
+        ("global_max_pool", 1e-5, op_case(vec![vec![2, 4, 3, 4, 5]], |x| ops::global_max_pool(&x[0].relu()?))),
+        ("batch_norm (train)", 1e-4, op_case(vec![vec![2, 4, 3, 5, 4], vec![4], vec![4]], |x| Ok(ops::batch_norm_train(&x[0], &x[1], &x[2], 1e-3)?.0))),
+        ("unet3d forward + backward", 1e-3, model_case(|store, dev| {
+            let cfg = UNet3dConfig { filters: 2, depth: 2, dropout: 0.0, ..Default::default() };
+            let net = UNet3d::new(&cfg, store.builder(DType::F32, dev))?;
+            let x = ties(&[2, 1, 8, 8, 8], 1)?.to_device(dev)?;
+            let labels = (ties(&[2, 8, 8, 8], 2)? * 1.5)?.clamp(0.0, 2.0)?.floor()?.to_dtype(DType::U32)?.to_device(dev)?;
+            let p = candle_nn::ops::softmax(&net.forward_t(&x, true)?, 1)?;
+            dice_loss(&p, &one_hot(&labels, 3, DType::F32)?, DiceVariant::Batch)
+        })),
+        // In f64: the stem's max pooling follows a ReLU, and in f32 a value within rounding of
+        // zero on one side and exactly zero on the other moves a window's first maximum.
+        ("densenet forward + backward (f64)", 1e-8, model_case(|store, dev| {
+            let cfg = DenseNetConfig { in_channels: 3, growth: 4, blocks: vec![2, 2], init_features: 8, bn_size: 2 };
+            let net = DenseNet::new(&cfg, store.builder(DType::F64, dev))?;
+            let x = randn(&[2, 3, 32, 32], 3)?.to_dtype(DType::F64)?.to_device(dev)?;
+            Ok(net.embed(&x, GlobalPool::Avg, true)?.sqr()?.mean_all()?)
+        })),
+    ]
+}
+
+fn task_case(task: Task) -> Case {
+    Box::new(move |dev| {
+        let backbone = BackboneConfig::Unet(UNet3dConfig { filters: 2, depth: 2, dropout: 0.0, ..Default::default() });
+        let head = MlpHeadConfig { hidden: vec![8], dropout: 0.0, seed: 0, momentum: 0.1 };
+        let size = if task == Task::Rotation || task == Task::Exemplar { 16 } else { 33 };
+        let p = Pretrainer::new(&TaskConfig::new(task), &backbone, &head, (1, [size; 3]), 1, dev)?;
+        let data: Vec<Grid> = (0..4)
+            .map(|i| Grid::new(randn(&[size * size * size], 50 + i)?.to_vec1::<f32>()?, 1, [size; 3]))
+            .collect::<Result<_>>()?;
+        let batch = p.sampler.batch(&data, &[0, 1, 2, 3], 5, true)?;
+        let out = p.model.step(&batch, dev, true)?;
+        let grads = out.loss.backward()?;
+        let mut v = vec![out.loss.clone()];
+        for (_, var) in p.store.trainable("") {
+            v.push(grads.get(var.as_tensor()).cloned().unwrap_or(var.zeros_like()?));
+        }
+        Ok(v)
+    })
+}
+
+/// Runs every check on `dev` against the CPU kernels.
+pub fn parity(dev: &Device) -> Result<Vec<Check>> {
+    let mut all: Vec<(String, f64, Case)> = cases().into_iter().map(|(n, t, c)| (n.to_string(), t, c)).collect();
+    for t in Task::ALL {
+        all.push((format!("pretext {} step", t.name()), 1e-3, task_case(t)));
+    }
+    let mut out = Vec::new();
+    for (name, tol, case) in all {
+        let reference = case(&Device::Cpu)?;
+        let candidate = if dev.is_cpu() { ops::with_composed(|| case(dev))? } else { case(dev)? };
+        let mut err: f64 = 0.0;
+        for (a, b) in candidate.iter().zip(&reference) {
+            err = err.max(rel_err(a, b)?);
+        }
+        if candidate.len() != reference.len() {
+            err = f64::INFINITY;
+        }
+        out.push(Check { name, rel_err: err, tol, ok: err <= tol });
+    }
+    Ok(out)
+}
