@@ -78,3 +78,151 @@ fn batch_norm_rejects_mismatched_parameters() {
         .to_string();
     assert!(e.contains("3 channels") && e.contains("[4]"), "{e}");
 }
+
+/// Deterministic values in [lo, hi).
+fn uniform(shape: &[usize], lo: f64, hi: f64, seed: u64) -> candle_core::Tensor {
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n)
+        .map(|_| lo + rng.random::<f64>() * (hi - lo))
+        .collect();
+    candle_core::Tensor::from_vec(v, shape, &candle_core::Device::Cpu).unwrap()
+}
+
+/// y, the statistics and the gradients of x, bias, gamma, beta for loss sum(y·g), where
+/// `fused` computes y (and the statistics) from (x, bias, gamma, beta).
+fn fused_case(
+    dtype: DType,
+    fused: impl Fn(
+        &candle_core::Tensor,
+        &candle_core::Tensor,
+        &candle_core::Tensor,
+        &candle_core::Tensor,
+    ) -> (candle_core::Tensor, ops::BatchStats),
+) -> Vec<candle_core::Tensor> {
+    // Half of the pre-activations are negative, so the ReLU makes many tied zeros.
+    let x = candle_core::Var::from_tensor(
+        &uniform(&[3, 5, 4, 7, 6], -2.0, 2.0, 1)
+            .to_dtype(dtype)
+            .unwrap(),
+    )
+    .unwrap();
+    let var = |t: candle_core::Tensor| {
+        candle_core::Var::from_tensor(&t.to_dtype(dtype).unwrap()).unwrap()
+    };
+    let b = var(uniform(&[5], -0.5, 0.5, 2));
+    let gamma = var(uniform(&[5], 0.5, 1.5, 3));
+    let beta = var(uniform(&[5], -1.0, 1.0, 4));
+    let g = uniform(&[3, 5, 4, 7, 6], -1.0, 1.0, 5)
+        .to_dtype(dtype)
+        .unwrap();
+    let (y, st) = fused(
+        x.as_tensor(),
+        b.as_tensor(),
+        gamma.as_tensor(),
+        beta.as_tensor(),
+    );
+    let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+    let mut out = vec![y, st.mean, st.var];
+    for v in [&x, &b, &gamma, &beta] {
+        out.push(grads.get(v.as_tensor()).unwrap().clone());
+    }
+    out
+}
+
+#[test]
+fn fused_bias_relu_batch_norm_equals_the_separate_ops() {
+    const NAMES: [&str; 7] = ["y", "mean", "var", "dx", "dbias", "dgamma", "dbeta"];
+    // Reference: bias add, ReLU and the composed batch norm (PyTorch-checked above), in f64.
+    let reference = ops::with_composed(|| {
+        fused_case(DType::F64, |x, b, g, beta| {
+            let shape = [1, 5, 1, 1, 1];
+            let t = x
+                .broadcast_add(&b.reshape(&shape).unwrap())
+                .unwrap()
+                .relu()
+                .unwrap();
+            ops::batch_norm_train(&t, g, beta, 1e-3).unwrap()
+        })
+    });
+    let fused = |x: &_, b: &_, g: &_, beta: &_| {
+        ops::bias_relu_batch_norm_train(x, b, g, beta, 1e-3).unwrap()
+    };
+    for dtype in [DType::F64, DType::F32] {
+        for composed in [false, true] {
+            let got = if composed {
+                ops::with_composed(|| fused_case(dtype, fused))
+            } else {
+                fused_case(dtype, fused)
+            };
+            let tol = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
+            for ((a, r), name) in got.iter().zip(&reference).zip(NAMES) {
+                assert_close(
+                    a,
+                    r,
+                    tol,
+                    &format!(
+                        "{dtype:?} {} {name}",
+                        if composed { "composed" } else { "kernel" }
+                    ),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_batch_norm_gives_identical_results_with_one_and_two_threads() {
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            fused_case(DType::F32, |x, b, g, beta| {
+                ops::bias_relu_batch_norm_train(x, b, g, beta, 1e-3).unwrap()
+            })
+        })
+    };
+    for (a, b) in run(1).iter().zip(&run(2)) {
+        assert_close(a, b, 0.0, "1 vs 2 threads");
+    }
+}
+
+#[test]
+fn bias_add_and_its_gradient_equal_broadcasting() {
+    for composed in [false, true] {
+        let run = || {
+            let x = candle_core::Var::from_tensor(&uniform(&[2, 3, 5, 4], -1.0, 1.0, 6)).unwrap();
+            let b = candle_core::Var::from_tensor(&uniform(&[3], -1.0, 1.0, 7)).unwrap();
+            let g = uniform(&[2, 3, 5, 4], -1.0, 1.0, 8);
+            let y = ops::bias_add(x.as_tensor(), b.as_tensor()).unwrap();
+            let want = x
+                .as_tensor()
+                .broadcast_add(&b.as_tensor().reshape((1, 3, 1, 1)).unwrap())
+                .unwrap();
+            assert_close(&y, &want, 1e-15, "y");
+            let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            assert_close(grads.get(x.as_tensor()).unwrap(), &g, 0.0, "dx");
+            let db = g
+                .sum_keepdim(0)
+                .unwrap()
+                .sum_keepdim(2)
+                .unwrap()
+                .sum_keepdim(3)
+                .unwrap();
+            assert_close(
+                grads.get(b.as_tensor()).unwrap(),
+                &db.flatten_all().unwrap(),
+                1e-14,
+                "dbias",
+            );
+        };
+        if composed {
+            ops::with_composed(run);
+        } else {
+            run();
+        }
+    }
+}

@@ -53,17 +53,11 @@ impl ConvConfig {
     }
 }
 
-fn bias_shape(rank: usize, channels: usize) -> Vec<usize> {
-    (0..rank)
-        .map(|i| if i == 1 { channels } else { 1 })
-        .collect()
-}
-
 fn add_bias(y: Tensor, bias: &Option<Tensor>) -> Result<Tensor> {
-    Ok(match bias {
-        Some(b) => y.broadcast_add(&b.reshape(bias_shape(y.rank(), b.dims()[0]))?)?,
-        None => y,
-    })
+    match bias {
+        Some(b) => ops::bias_add(&y, b),
+        None => Ok(y),
+    }
 }
 
 /// A 3D convolution `[N, C, D, H, W] → [N, O, D', H', W']`.
@@ -100,9 +94,19 @@ impl Conv3d {
         &self.weight
     }
 
+    /// The bias `[O]`, if the layer has one.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
     /// Applies the convolution.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        add_bias(ops::conv3d(x, &self.weight, self.spec)?, &self.bias)
+        add_bias(self.forward_without_bias(x)?, &self.bias)
+    }
+
+    /// The convolution without its bias (for a caller that fuses the bias into the next op).
+    pub fn forward_without_bias(&self, x: &Tensor) -> Result<Tensor> {
+        ops::conv3d(x, &self.weight, self.spec)
     }
 }
 

@@ -69,14 +69,37 @@ impl BatchNorm {
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         if train {
             let (y, st) = ops::batch_norm_train(x, &self.weight, &self.bias, self.cfg.eps)?;
-            let m = self.cfg.momentum;
-            let unbiased = st.count as f64 / (st.count as f64 - 1.0);
-            let mean = ((self.running_mean.as_tensor() * (1.0 - m))? + (st.mean * m)?)?;
-            let var = ((self.running_var.as_tensor() * (1.0 - m))? + (st.var * (m * unbiased))?)?;
-            self.running_mean.set(&mean.detach())?;
-            self.running_var.set(&var.detach())?;
+            self.update_running(st)?;
             return Ok(y);
         }
+        self.eval(x)
+    }
+
+    /// `forward_t(relu(x + bias))` with `bias [C]` per channel (a convolution's bias), fused
+    /// into one kernel in training mode.
+    pub fn forward_bias_relu_t(&self, x: &Tensor, bias: &Tensor, train: bool) -> Result<Tensor> {
+        if train {
+            let (y, st) =
+                ops::bias_relu_batch_norm_train(x, bias, &self.weight, &self.bias, self.cfg.eps)?;
+            self.update_running(st)?;
+            return Ok(y);
+        }
+        self.eval(&ops::bias_add(x, bias)?.relu()?)
+    }
+
+    /// Moves the running averages towards the batch statistics `st`.
+    fn update_running(&self, st: ops::BatchStats) -> Result<()> {
+        let m = self.cfg.momentum;
+        let unbiased = st.count as f64 / (st.count as f64 - 1.0);
+        let mean = ((self.running_mean.as_tensor() * (1.0 - m))? + (st.mean * m)?)?;
+        let var = ((self.running_var.as_tensor() * (1.0 - m))? + (st.var * (m * unbiased))?)?;
+        self.running_mean.set(&mean.detach())?;
+        self.running_var.set(&var.detach())?;
+        Ok(())
+    }
+
+    /// Inference mode: the running averages.
+    fn eval(&self, x: &Tensor) -> Result<Tensor> {
         let shape: Vec<usize> = (0..x.rank())
             .map(|i| if i == 1 { x.dims()[1] } else { 1 })
             .collect();

@@ -112,9 +112,17 @@ impl ConvBlock {
 
     /// Applies the block (`train` selects batch statistics and dropout).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = self.bn1.forward_t(&self.conv1.forward(x)?.relu()?, train)?;
+        let x = conv_relu_bn(&self.conv1, &self.bn1, x, train)?;
         let x = self.drop.forward_t(&x, train)?;
-        self.bn2.forward_t(&self.conv2.forward(&x)?.relu()?, train)
+        conv_relu_bn(&self.conv2, &self.bn2, &x, train)
+    }
+}
+
+/// `bn(relu(conv(x)))`, with the convolution's bias, the ReLU and the normalisation fused.
+fn conv_relu_bn(conv: &Conv3d, bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
+    match conv.bias() {
+        Some(b) => bn.forward_bias_relu_t(&conv.forward_without_bias(x)?, b, train),
+        None => bn.forward_t(&conv.forward(x)?.relu()?, train),
     }
 }
 

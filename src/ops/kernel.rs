@@ -51,6 +51,7 @@ pub(crate) trait Kernel: Send + Sync + Sized + 'static {
 /// Runs `kernel` on `inputs` (made contiguous first) as a custom op; differentiable when the
 /// kernel defines [`Kernel::backward`].
 pub(crate) fn apply<K: Kernel>(kernel: K, inputs: &[&Tensor]) -> candle_core::Result<Tensor> {
+    super::cpu::configure_allocator();
     let xs: Vec<Tensor> = inputs
         .iter()
         .map(|t| t.contiguous())

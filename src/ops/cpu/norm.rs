@@ -1,9 +1,14 @@
-//! Batch normalisation in training mode over `[n, c, s]` (`s` = all spatial positions).
-//! Statistics are accumulated in f64; channels run in parallel.
+//! Batch normalisation in training mode over `[n, c, s]` (`s` = all spatial positions),
+//! optionally fused with what precedes it in a UNet block: a per-channel bias and a ReLU,
+//! `t = max(x + bias, 0)`, normalised as `(t - mean) / sqrt(var + eps) · gamma + beta`.
+//!
+//! One task per channel computes its statistics and writes its rows (the rows of one channel
+//! usually fit in L2, so the passes after the first are cheap). Sums run in blocks of 16
+//! lanes of the element type, each block added to an f64 total.
 
 use rayon::prelude::*;
 
-use super::Real;
+use super::{Real, SendPtr};
 
 /// Per-channel batch statistics: mean and biased variance.
 #[derive(Clone, Debug, Default)]
@@ -26,9 +31,8 @@ pub struct Dims {
 }
 
 impl Dims {
-    fn rows<'a, T>(&self, x: &'a [T], ch: usize) -> impl Iterator<Item = &'a [T]> + use<'a, T> {
-        let Dims { n, c, s } = *self;
-        (0..n).map(move |b| &x[(b * c + ch) * s..(b * c + ch + 1) * s])
+    fn row(&self, b: usize, ch: usize) -> std::ops::Range<usize> {
+        (b * self.c + ch) * self.s..(b * self.c + ch + 1) * self.s
     }
 
     fn count(&self) -> f64 {
@@ -36,89 +40,239 @@ impl Dims {
     }
 }
 
-/// Mean and biased variance per channel (two passes).
-pub fn stats<T: Real>(x: &[T], d: Dims) -> Stats {
+/// The input transformation fused in front of the normalisation.
+#[derive(Clone, Copy, Debug)]
+pub enum Pre<'a, T> {
+    /// Normalise `x` itself.
+    Identity,
+    /// Normalise `max(x + bias[c], 0)`.
+    BiasRelu(&'a [T]),
+}
+
+impl<T: Real> Pre<'_, T> {
+    /// The per-channel map `x ↦ t` of channel `ch`.
+    fn map(&self, ch: usize) -> impl Fn(T) -> T + Copy + use<T> {
+        let (relu, b) = match *self {
+            Pre::Identity => (false, T::zero()),
+            Pre::BiasRelu(bias) => (true, bias[ch]),
+        };
+        move |v: T| {
+            if relu {
+                let u = v + b;
+                if u > T::zero() { u } else { T::zero() }
+            } else {
+                v
+            }
+        }
+    }
+}
+
+const LANES: usize = 16;
+const BLOCK: usize = 1024;
+
+/// `Σ f(x)` over `xs`, summed in lanes of `T` per block of [`BLOCK`] values, in f64 across
+/// blocks.
+fn sum_of<T: Real>(xs: &[T], f: impl Fn(T) -> T) -> f64 {
+    let mut total = 0.0;
+    for blk in xs.chunks(BLOCK) {
+        let mut acc = [T::zero(); LANES];
+        let mut it = blk.chunks_exact(LANES);
+        for ch in &mut it {
+            for (a, &v) in acc.iter_mut().zip(ch) {
+                *a += f(v);
+            }
+        }
+        total += acc.iter().map(|v| v.to64()).sum::<f64>();
+        total += it.remainder().iter().map(|&v| f(v).to64()).sum::<f64>();
+    }
+    total
+}
+
+/// `(Σ f(x, y), Σ g(x, y))` over two slices of one length, as [`sum_of`].
+fn sum2_of<T: Real>(xs: &[T], ys: &[T], f: impl Fn(T, T) -> (T, T)) -> (f64, f64) {
+    let (mut t0, mut t1) = (0.0, 0.0);
+    for (bx, by) in xs.chunks(BLOCK).zip(ys.chunks(BLOCK)) {
+        let mut a0 = [T::zero(); LANES];
+        let mut a1 = [T::zero(); LANES];
+        let mut ix = bx.chunks_exact(LANES);
+        let mut iy = by.chunks_exact(LANES);
+        for (cx, cy) in (&mut ix).zip(&mut iy) {
+            for l in 0..LANES {
+                let (u, v) = f(cx[l], cy[l]);
+                a0[l] += u;
+                a1[l] += v;
+            }
+        }
+        t0 += a0.iter().map(|v| v.to64()).sum::<f64>();
+        t1 += a1.iter().map(|v| v.to64()).sum::<f64>();
+        for (&x, &y) in ix.remainder().iter().zip(iy.remainder()) {
+            let (u, v) = f(x, y);
+            t0 += u.to64();
+            t1 += v.to64();
+        }
+    }
+    (t0, t1)
+}
+
+/// Mean and biased variance of channel `ch` of `t = pre(x)` (two passes).
+fn channel_stats<T: Real>(x: &[T], pre: Pre<'_, T>, ch: usize, d: Dims) -> (f64, f64) {
+    let f = pre.map(ch);
+    let sum: f64 = (0..d.n).map(|b| sum_of(&x[d.row(b, ch)], f)).sum();
+    let mean = sum / d.count();
+    let m = T::of(mean);
+    let sq: f64 = (0..d.n)
+        .map(|b| {
+            sum_of(&x[d.row(b, ch)], |v| {
+                let c = f(v) - m;
+                c * c
+            })
+        })
+        .sum();
+    // The correction makes the variance exact although the mean was rounded to T.
+    let shift = mean - m.to64();
+    (mean, (sq / d.count() - shift * shift).max(0.0))
+}
+
+/// Mean and biased variance per channel of `pre(x)`.
+pub fn stats<T: Real>(x: &[T], pre: Pre<'_, T>, d: Dims) -> Stats {
     let (mean, var) = (0..d.c)
         .into_par_iter()
-        .map(|ch| {
-            let mean = d.rows(x, ch).flatten().map(|v| v.to64()).sum::<f64>() / d.count();
-            let var = d
-                .rows(x, ch)
-                .flatten()
-                .map(|v| (v.to64() - mean).powi(2))
-                .sum::<f64>()
-                / d.count();
-            (mean, var)
-        })
+        .map(|ch| channel_stats(x, pre, ch, d))
         .unzip();
     Stats { mean, var }
 }
 
-/// `y = (x - mean) / sqrt(var + eps) · gamma + beta` with the statistics `st`.
-pub fn normalize<T: Real>(
+/// `y = (pre(x) - mean) / sqrt(var + eps) · gamma + beta` with the batch statistics, which it
+/// also returns.
+pub fn forward<T: Real>(
     x: &[T],
+    pre: Pre<'_, T>,
     gamma: &[T],
     beta: &[T],
+    eps: f64,
+    d: Dims,
+) -> (Vec<T>, Stats) {
+    let mut y: Vec<T> = Vec::with_capacity(x.len());
+    let yp = SendPtr(y.as_mut_ptr());
+    let (mean, var) = (0..d.c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mean, var) = channel_stats(x, pre, ch, d);
+            let k = gamma[ch].to64() / (var + eps).sqrt();
+            let (scale, shift) = (T::of(k), T::of(beta[ch].to64() - mean * k));
+            let f = pre.map(ch);
+            for b in 0..d.n {
+                let r = d.row(b, ch);
+                // SAFETY: row r of y belongs to channel ch alone and lies inside y's capacity.
+                let yr = unsafe { std::slice::from_raw_parts_mut(yp.get().add(r.start), d.s) };
+                for (o, &v) in yr.iter_mut().zip(&x[r]) {
+                    *o = f(v) * scale + shift;
+                }
+            }
+            (mean, var)
+        })
+        .unzip();
+    // SAFETY: the channel tasks wrote every row of every sample.
+    unsafe { y.set_len(x.len()) };
+    (y, Stats { mean, var })
+}
+
+/// The gradients of [`forward`]: `dx` (like `x`), `dbias` (empty without a bias), `dgamma`
+/// and `dbeta`, from the statistics the forward pass used.
+pub fn backward<T: Real>(
+    x: &[T],
+    pre: Pre<'_, T>,
+    gamma: &[T],
+    dy: &[T],
     st: &Stats,
     eps: f64,
     d: Dims,
-) -> Vec<T> {
+) -> (Vec<T>, Vec<T>, Vec<T>, Vec<T>) {
+    let mut dx: Vec<T> = Vec::with_capacity(x.len());
+    let dxp = SendPtr(dx.as_mut_ptr());
+    let m = d.count();
+    let per: Vec<(f64, f64, f64)> = (0..d.c)
+        .into_par_iter()
+        .map(|ch| {
+            let f = pre.map(ch);
+            let mean = st.mean[ch];
+            let inv = 1.0 / (st.var[ch] + eps).sqrt();
+            let (mut sg, mut sgt) = (0.0, 0.0);
+            for b in 0..d.n {
+                let r = d.row(b, ch);
+                let (a, c) = sum2_of(&x[r.clone()], &dy[r], |v, g| (g, g * f(v)));
+                sg += a;
+                sgt += c;
+            }
+            let dbeta = sg;
+            let dgamma = inv * (sgt - mean * sg);
+            // dt = k·(g - dbeta/m - that·dgamma/m) with that = (t - mean)·inv, as g·a + t·b + c0.
+            let k = gamma[ch].to64() * inv;
+            let slope = dgamma / m * inv;
+            let (a, bt) = (T::of(k), T::of(-k * slope));
+            let c0 = T::of(k * (slope * mean - dbeta / m));
+            let mut dbias = 0.0;
+            for b in 0..d.n {
+                let r = d.row(b, ch);
+                // SAFETY: row r of dx belongs to channel ch alone and lies inside dx's capacity.
+                let out = unsafe { std::slice::from_raw_parts_mut(dxp.get().add(r.start), d.s) };
+                let (xr, gr) = (&x[r.clone()], &dy[r]);
+                match pre {
+                    Pre::Identity => {
+                        for ((o, &v), &g) in out.iter_mut().zip(xr).zip(gr) {
+                            *o = g * a + v * bt + c0;
+                        }
+                    }
+                    Pre::BiasRelu(bias) => {
+                        let bc = bias[ch];
+                        for ((o, &v), &g) in out.iter_mut().zip(xr).zip(gr) {
+                            let u = v + bc;
+                            *o = if u > T::zero() {
+                                g * a + u * bt + c0
+                            } else {
+                                T::zero()
+                            };
+                        }
+                        dbias += sum_of(out, |v| v);
+                    }
+                }
+            }
+            (dbias, dgamma, dbeta)
+        })
+        .collect();
+    // SAFETY: the channel tasks wrote every row of every sample.
+    unsafe { dx.set_len(x.len()) };
+    let dbias = match pre {
+        Pre::Identity => Vec::new(),
+        Pre::BiasRelu(_) => per.iter().map(|p| T::of(p.0)).collect(),
+    };
+    (
+        dx,
+        dbias,
+        per.iter().map(|p| T::of(p.1)).collect(),
+        per.iter().map(|p| T::of(p.2)).collect(),
+    )
+}
+
+/// Per-channel sums of `x [n, c, s]` (the gradient of a bias).
+pub fn channel_sums<T: Real>(x: &[T], d: Dims) -> Vec<T> {
+    (0..d.c)
+        .into_par_iter()
+        .map(|ch| T::of((0..d.n).map(|b| sum_of(&x[d.row(b, ch)], |v| v)).sum()))
+        .collect()
+}
+
+/// `y = x + bias[c]` over `[n, c, s]`.
+pub fn add_bias<T: Real>(x: &[T], bias: &[T], d: Dims) -> Vec<T> {
     let mut y = vec![T::zero(); x.len()];
-    y.par_chunks_mut(d.s)
-        .zip(x.par_chunks(d.s))
+    y.par_chunks_mut(d.s.max(1))
+        .zip(x.par_chunks(d.s.max(1)))
         .enumerate()
         .for_each(|(row, (yr, xr))| {
-            let ch = row % d.c;
-            let k = gamma[ch].to64() / (st.var[ch] + eps).sqrt();
-            let (scale, shift) = (T::of(k), T::of(beta[ch].to64() - st.mean[ch] * k));
+            let b = bias[row % d.c];
             for (o, &v) in yr.iter_mut().zip(xr) {
-                *o = v * scale + shift;
+                *o = v + b;
             }
         });
     y
-}
-
-/// Gradients of the training-mode normalisation: `dx` (like `x`), `dgamma` and `dbeta`.
-pub fn backward<T: Real>(
-    x: &[T],
-    gamma: &[T],
-    dy: &[T],
-    eps: f64,
-    d: Dims,
-) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let st = stats(x, d);
-    let inv: Vec<f64> = st.var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-    let (dgamma, dbeta): (Vec<f64>, Vec<f64>) = (0..d.c)
-        .into_par_iter()
-        .map(|ch| {
-            let (mut dg, mut db) = (0.0, 0.0);
-            for (xr, gr) in d.rows(x, ch).zip(d.rows(dy, ch)) {
-                for (&xv, &gv) in xr.iter().zip(gr) {
-                    db += gv.to64();
-                    dg += gv.to64() * (xv.to64() - st.mean[ch]);
-                }
-            }
-            (dg * inv[ch], db)
-        })
-        .unzip();
-    let mut dx = vec![T::zero(); x.len()];
-    dx.par_chunks_mut(d.s).enumerate().for_each(|(row, dxr)| {
-        let ch = row % d.c;
-        // dx = k·(g - dbeta/m - xhat·dgamma/m) with xhat = (x - mean)·inv, as g·a + x·b + c0.
-        let k = gamma[ch].to64() * inv[ch];
-        let slope = dgamma[ch] / d.count() * inv[ch];
-        let a = T::of(k);
-        let b = T::of(-k * slope);
-        let c0 = T::of(k * (slope * st.mean[ch] - dbeta[ch] / d.count()));
-        let xr = &x[row * d.s..(row + 1) * d.s];
-        let gr = &dy[row * d.s..(row + 1) * d.s];
-        for ((o, &xv), &gv) in dxr.iter_mut().zip(xr).zip(gr) {
-            *o = gv * a + xv * b + c0;
-        }
-    });
-    (
-        dx,
-        dgamma.into_iter().map(T::of).collect(),
-        dbeta.into_iter().map(T::of).collect(),
-    )
 }
