@@ -348,12 +348,18 @@ fn bench_parity(dev: &candle_core::Device, json: bool) -> pretext::Result<()> {
             println!("{}", serde_json::to_string(c).unwrap_or_default());
         } else {
             let verdict = if c.ok { "ok" } else { "FAILED" };
-            println!("{:<34} rel err {:>10.3e}  (tol {:.0e})  {verdict}", c.name, c.rel_err, c.tol);
+            println!(
+                "{:<34} rel err {:>10.3e}  (tol {:.0e})  {verdict}  worst: {}",
+                c.name, c.rel_err, c.tol, c.worst
+            );
         }
     }
     let failed = checks.iter().filter(|c| !c.ok).count();
     if failed > 0 {
-        return Err(pretext::Error::msg(format!("{failed} of {} parity checks failed", checks.len())));
+        return Err(pretext::Error::msg(format!(
+            "{failed} of {} parity checks failed",
+            checks.len()
+        )));
     }
     Ok(())
 }

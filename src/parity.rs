@@ -7,25 +7,29 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::nn::{DenseNet, DenseNetConfig, GlobalPool, MlpHeadConfig, ParamStore, UNet3d, UNet3dConfig};
+use crate::Result;
+use crate::nn::{
+    DenseNet, DenseNetConfig, GlobalPool, MlpHeadConfig, ParamStore, UNet3d, UNet3dConfig,
+};
 use crate::ops::{self, ConvSpec, PoolSpec};
 use crate::pretext::model::BackboneConfig;
-use crate::pretext::{Grid, Task, TaskConfig};
+use crate::pretext::{Grid, PretextModel, Sampler, Task, TaskConfig};
 use crate::train::loss::{DiceVariant, dice_loss, one_hot};
-use crate::train::pretrain::Pretrainer;
-use crate::Result;
 
 /// One comparison.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Check {
     /// What was compared.
     pub name: String,
-    /// `max |a - b| / max |b|` over every output and gradient.
+    /// The largest `max |a - b| / max |b|` over every output and gradient (for a gradient,
+    /// `max |b|` is at least a thousandth of the case's largest gradient).
     pub rel_err: f64,
     /// The tolerance.
     pub tol: f64,
     /// Whether `rel_err <= tol`.
     pub ok: bool,
+    /// The output or gradient with the largest error.
+    pub worst: String,
 }
 
 fn randn(shape: &[usize], seed: u64) -> Result<Tensor> {
@@ -35,19 +39,27 @@ fn randn(shape: &[usize], seed: u64) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
 }
 
-fn rel_err(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let a = a.to_device(&Device::Cpu)?.to_dtype(DType::F64)?.flatten_all()?;
-    let b = b.to_device(&Device::Cpu)?.to_dtype(DType::F64)?.flatten_all()?;
+fn max_abs(t: &Tensor) -> Result<f64> {
+    Ok(t.to_device(&Device::Cpu)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .abs()?
+        .max(0)?
+        .to_scalar::<f64>()?)
+}
+
+/// `max |a - b| / max(max |b|, floor)`.
+fn rel_err(a: &Tensor, b: &Tensor, floor: f64) -> Result<f64> {
     if a.dims() != b.dims() {
         return Ok(f64::INFINITY);
     }
-    let diff = (&a - &b)?.abs()?.max(0)?.to_scalar::<f64>()?;
-    let scale = b.abs()?.max(0)?.to_scalar::<f64>()?.max(1e-30);
-    Ok(diff / scale)
+    let diff =
+        max_abs(&(a.to_device(&Device::Cpu)?.to_dtype(DType::F64)? - b.to_dtype(DType::F64)?)?)?;
+    Ok(diff / max_abs(b)?.max(floor).max(1e-30))
 }
 
 /// A computation on a device: from inputs (on that device) to outputs and gradients.
-type Case = Box<dyn Fn(&Device) -> Result<Vec<Tensor>>>;
+type Case = Box<dyn Fn(&Device) -> Result<Vec<(String, Tensor)>>>;
 
 /// `op(inputs)` and the gradients of `sum(op · g)` with respect to every input.
 fn op_case(shapes: Vec<Vec<usize>>, op: impl Fn(&[Tensor]) -> Result<Tensor> + 'static) -> Case {
@@ -61,9 +73,12 @@ fn op_case(shapes: Vec<Vec<usize>>, op: impl Fn(&[Tensor]) -> Result<Tensor> + '
         let y = op(&xs)?;
         let g = randn(y.dims(), 99)?.to_device(dev)?;
         let grads = (&y * &g)?.sum_all()?.backward()?;
-        let mut out = vec![y];
-        for v in &vars {
-            out.push(grads.get(v.as_tensor()).cloned().unwrap_or(v.zeros_like()?));
+        let mut out = vec![("output".to_string(), y)];
+        for (i, v) in vars.iter().enumerate() {
+            out.push((
+                format!("gradient of input {i}"),
+                grads.get(v.as_tensor()).cloned().unwrap_or(v.zeros_like()?),
+            ));
         }
         Ok(out)
     })
@@ -75,9 +90,12 @@ fn model_case(build: impl Fn(&ParamStore, &Device) -> Result<Tensor> + 'static) 
         let store = ParamStore::new(3);
         let loss = build(&store, dev)?;
         let grads = loss.backward()?;
-        let mut out = vec![loss];
-        for (_, v) in store.trainable("") {
-            out.push(grads.get(v.as_tensor()).cloned().unwrap_or(v.zeros_like()?));
+        let mut out = vec![("loss".to_string(), loss)];
+        for (n, v) in store.trainable("") {
+            out.push((
+                format!("gradient of {n}"),
+                grads.get(v.as_tensor()).cloned().unwrap_or(v.zeros_like()?),
+            ));
         }
         Ok(out)
     })
@@ -90,51 +108,173 @@ fn ties(shape: &[usize], seed: u64) -> Result<Tensor> {
 fn cases() -> Vec<(&'static str, f64, Case)> {
     let c = |p, s| ConvSpec::uniform(p, s);
     vec![
-        ("conv3d k3", 1e-4, op_case(vec![vec![2, 4, 6, 7, 5], vec![3, 4, 3, 3, 3]], move |x| ops::conv3d(&x[0], &x[1], c(1, 1)))),
-        ("conv3d k3 stride 2", 1e-4, op_case(vec![vec![1, 3, 7, 6, 9], vec![2, 3, 3, 3, 3]], move |x| ops::conv3d(&x[0], &x[1], c(1, 2)))),
-        ("conv3d k1", 1e-4, op_case(vec![vec![2, 5, 4, 3, 5], vec![3, 5, 1, 1, 1]], move |x| ops::conv3d(&x[0], &x[1], c(0, 1)))),
-        ("conv2d k7 stride 2", 1e-4, op_case(vec![vec![1, 3, 11, 13], vec![4, 3, 7, 7]], |x| ops::conv2d(&x[0], &x[1], [3, 3], [2, 2]))),
-        ("conv_transpose3d k2 stride 2", 1e-4, op_case(vec![vec![2, 4, 3, 4, 5], vec![4, 3, 2, 2, 2]], move |x| ops::conv_transpose3d(&x[0], &x[1], c(0, 2)))),
-        ("max_pool3d (ties)", 1e-5, op_case(vec![vec![2, 3, 6, 5, 7]], |x| ops::max_pool3d(&x[0].relu()?, PoolSpec::cube(2)))),
-        ("avg_pool3d", 1e-5, op_case(vec![vec![2, 3, 5, 6, 7]], |x| ops::avg_pool3d(&x[0], PoolSpec::cube(2)))),
-        ("max_pool2d k3 stride 2 pad 1", 1e-5, op_case(vec![vec![2, 3, 9, 8]], |x| ops::max_pool2d(&x[0].relu()?, [3, 3], [2, 2], [1, 1]))),
-        ("upsample_nearest3d", 1e-5, op_case(vec![vec![2, 3, 3, 4, 2]], |x| ops::upsample_nearest3d(&x[0], 2))),
-        ("global_max_pool", 1e-5, op_case(vec![vec![2, 4, 3, 4, 5]], |x| ops::global_max_pool(&x[0].relu()?))),
-        ("batch_norm (train)", 1e-4, op_case(vec![vec![2, 4, 3, 5, 4], vec![4], vec![4]], |x| Ok(ops::batch_norm_train(&x[0], &x[1], &x[2], 1e-3)?.0))),
-        ("unet3d forward + backward", 1e-3, model_case(|store, dev| {
-            let cfg = UNet3dConfig { filters: 2, depth: 2, dropout: 0.0, ..Default::default() };
-            let net = UNet3d::new(&cfg, store.builder(DType::F32, dev))?;
-            let x = ties(&[2, 1, 8, 8, 8], 1)?.to_device(dev)?;
-            let labels = (ties(&[2, 8, 8, 8], 2)? * 1.5)?.clamp(0.0, 2.0)?.floor()?.to_dtype(DType::U32)?.to_device(dev)?;
-            let p = candle_nn::ops::softmax(&net.forward_t(&x, true)?, 1)?;
-            dice_loss(&p, &one_hot(&labels, 3, DType::F32)?, DiceVariant::Batch)
-        })),
+        (
+            "conv3d k3",
+            1e-4,
+            op_case(vec![vec![2, 4, 6, 7, 5], vec![3, 4, 3, 3, 3]], move |x| {
+                ops::conv3d(&x[0], &x[1], c(1, 1))
+            }),
+        ),
+        (
+            "conv3d k3 stride 2",
+            1e-4,
+            op_case(vec![vec![1, 3, 7, 6, 9], vec![2, 3, 3, 3, 3]], move |x| {
+                ops::conv3d(&x[0], &x[1], c(1, 2))
+            }),
+        ),
+        (
+            "conv3d k1",
+            1e-4,
+            op_case(vec![vec![2, 5, 4, 3, 5], vec![3, 5, 1, 1, 1]], move |x| {
+                ops::conv3d(&x[0], &x[1], c(0, 1))
+            }),
+        ),
+        (
+            "conv2d k7 stride 2",
+            1e-4,
+            op_case(vec![vec![1, 3, 11, 13], vec![4, 3, 7, 7]], |x| {
+                ops::conv2d(&x[0], &x[1], [3, 3], [2, 2])
+            }),
+        ),
+        (
+            "conv_transpose3d k2 stride 2",
+            1e-4,
+            op_case(vec![vec![2, 4, 3, 4, 5], vec![4, 3, 2, 2, 2]], move |x| {
+                ops::conv_transpose3d(&x[0], &x[1], c(0, 2))
+            }),
+        ),
+        (
+            "max_pool3d (ties)",
+            1e-5,
+            op_case(vec![vec![2, 3, 6, 5, 7]], |x| {
+                ops::max_pool3d(&x[0].relu()?, PoolSpec::cube(2))
+            }),
+        ),
+        (
+            "avg_pool3d",
+            1e-5,
+            op_case(vec![vec![2, 3, 5, 6, 7]], |x| {
+                ops::avg_pool3d(&x[0], PoolSpec::cube(2))
+            }),
+        ),
+        (
+            "max_pool2d k3 stride 2 pad 1",
+            1e-5,
+            op_case(vec![vec![2, 3, 9, 8]], |x| {
+                ops::max_pool2d(&x[0].relu()?, [3, 3], [2, 2], [1, 1])
+            }),
+        ),
+        (
+            "upsample_nearest3d",
+            1e-5,
+            op_case(vec![vec![2, 3, 3, 4, 2]], |x| {
+                ops::upsample_nearest3d(&x[0], 2)
+            }),
+        ),
+        (
+            "global_max_pool",
+            1e-5,
+            op_case(vec![vec![2, 4, 3, 4, 5]], |x| {
+                ops::global_max_pool(&x[0].relu()?)
+            }),
+        ),
+        (
+            "batch_norm (train)",
+            1e-4,
+            op_case(vec![vec![2, 4, 3, 5, 4], vec![4], vec![4]], |x| {
+                Ok(ops::batch_norm_train(&x[0], &x[1], &x[2], 1e-3)?.0)
+            }),
+        ),
+        (
+            "unet3d forward + backward",
+            1e-3,
+            model_case(|store, dev| {
+                let cfg = UNet3dConfig {
+                    filters: 2,
+                    depth: 2,
+                    dropout: 0.0,
+                    ..Default::default()
+                };
+                let net = UNet3d::new(&cfg, store.builder(DType::F32, dev))?;
+                let x = ties(&[2, 1, 8, 8, 8], 1)?.to_device(dev)?;
+                let labels = (ties(&[2, 8, 8, 8], 2)? * 1.5)?
+                    .clamp(0.0, 2.0)?
+                    .floor()?
+                    .to_dtype(DType::U32)?
+                    .to_device(dev)?;
+                let p = candle_nn::ops::softmax(&net.forward_t(&x, true)?, 1)?;
+                dice_loss(&p, &one_hot(&labels, 3, DType::F32)?, DiceVariant::Batch)
+            }),
+        ),
         // In f64: the stem's max pooling follows a ReLU, and in f32 a value within rounding of
         // zero on one side and exactly zero on the other moves a window's first maximum.
-        ("densenet forward + backward (f64)", 1e-8, model_case(|store, dev| {
-            let cfg = DenseNetConfig { in_channels: 3, growth: 4, blocks: vec![2, 2], init_features: 8, bn_size: 2 };
-            let net = DenseNet::new(&cfg, store.builder(DType::F64, dev))?;
-            let x = randn(&[2, 3, 32, 32], 3)?.to_dtype(DType::F64)?.to_device(dev)?;
-            Ok(net.embed(&x, GlobalPool::Avg, true)?.sqr()?.mean_all()?)
-        })),
+        (
+            "densenet forward + backward (f64)",
+            1e-8,
+            model_case(|store, dev| {
+                let cfg = DenseNetConfig {
+                    in_channels: 3,
+                    growth: 4,
+                    blocks: vec![2, 2],
+                    init_features: 8,
+                    bn_size: 2,
+                };
+                let net = DenseNet::new(&cfg, store.builder(DType::F64, dev))?;
+                let x = randn(&[2, 3, 32, 32], 3)?
+                    .to_dtype(DType::F64)?
+                    .to_device(dev)?;
+                Ok(net.embed(&x, GlobalPool::Avg, true)?.sqr()?.mean_all()?)
+            }),
+        ),
     ]
 }
 
+/// One step of a pretext task's model, in f64: in f32, whole-model gradients of two correct
+/// implementations differ by up to about 1e-2 (sums in another order, near-ties in pooling).
 fn task_case(task: Task) -> Case {
     Box::new(move |dev| {
-        let backbone = BackboneConfig::Unet(UNet3dConfig { filters: 2, depth: 2, dropout: 0.0, ..Default::default() });
-        let head = MlpHeadConfig { hidden: vec![8], dropout: 0.0, seed: 0, momentum: 0.1 };
-        let size = if task == Task::Rotation || task == Task::Exemplar { 16 } else { 33 };
-        let p = Pretrainer::new(&TaskConfig::new(task), &backbone, &head, (1, [size; 3]), 1, dev)?;
+        let backbone = BackboneConfig::Unet(UNet3dConfig {
+            filters: 2,
+            depth: 2,
+            dropout: 0.0,
+            ..Default::default()
+        });
+        let head = MlpHeadConfig {
+            hidden: vec![8],
+            dropout: 0.0,
+            seed: 0,
+            momentum: 0.1,
+        };
+        let size = if task == Task::Rotation || task == Task::Exemplar {
+            16
+        } else {
+            33
+        };
+        let sampler = Sampler::new(&TaskConfig::new(task), 1, [size; 3])?;
+        let store = ParamStore::new(1);
+        let model = PretextModel::new(&sampler, &backbone, &head, store.builder(DType::F64, dev))?;
         let data: Vec<Grid> = (0..4)
-            .map(|i| Grid::new(randn(&[size * size * size], 50 + i)?.to_vec1::<f32>()?, 1, [size; 3]))
+            .map(|i| {
+                Grid::new(
+                    randn(&[size * size * size], 50 + i)?.to_vec1::<f32>()?,
+                    1,
+                    [size; 3],
+                )
+            })
             .collect::<Result<_>>()?;
-        let batch = p.sampler.batch(&data, &[0, 1, 2, 3], 5, true)?;
-        let out = p.model.step(&batch, dev, true)?;
+        let mut batch = sampler.batch(&data, &[0, 1, 2, 3], 5, true)?;
+        batch.x = batch.x.to_dtype(DType::F64)?;
+        let out = model.step(&batch, dev, true)?;
         let grads = out.loss.backward()?;
-        let mut v = vec![out.loss.clone()];
-        for (_, var) in p.store.trainable("") {
-            v.push(grads.get(var.as_tensor()).cloned().unwrap_or(var.zeros_like()?));
+        let mut v = vec![("loss".to_string(), out.loss.clone())];
+        for (n, var) in store.trainable("") {
+            v.push((
+                format!("gradient of {n}"),
+                grads
+                    .get(var.as_tensor())
+                    .cloned()
+                    .unwrap_or(var.zeros_like()?),
+            ));
         }
         Ok(v)
     })
@@ -142,22 +282,58 @@ fn task_case(task: Task) -> Case {
 
 /// Runs every check on `dev` against the CPU kernels.
 pub fn parity(dev: &Device) -> Result<Vec<Check>> {
-    let mut all: Vec<(String, f64, Case)> = cases().into_iter().map(|(n, t, c)| (n.to_string(), t, c)).collect();
+    let mut all: Vec<(String, f64, Case)> = cases()
+        .into_iter()
+        .map(|(n, t, c)| (n.to_string(), t, c))
+        .collect();
     for t in Task::ALL {
-        all.push((format!("pretext {} step", t.name()), 1e-3, task_case(t)));
+        all.push((
+            format!("pretext {} step (f64)", t.name()),
+            1e-8,
+            task_case(t),
+        ));
     }
     let mut out = Vec::new();
     for (name, tol, case) in all {
         let reference = case(&Device::Cpu)?;
-        let candidate = if dev.is_cpu() { ops::with_composed(|| case(dev))? } else { case(dev)? };
-        let mut err: f64 = 0.0;
-        for (a, b) in candidate.iter().zip(&reference) {
-            err = err.max(rel_err(a, b)?);
+        let candidate = if dev.is_cpu() {
+            ops::with_composed(|| case(dev))?
+        } else {
+            case(dev)?
+        };
+        let mut err: f64 = if candidate.len() == reference.len() {
+            0.0
+        } else {
+            f64::INFINITY
+        };
+        let mut worst = String::new();
+        // A gradient far smaller than the case's largest (a bias feeding a BatchNorm is a sum
+        // that nearly cancels) is measured against a thousandth of the largest.
+        let mut largest: f64 = 0.0;
+        for (what, b) in &reference {
+            if what.starts_with("gradient") {
+                largest = largest.max(max_abs(b)?);
+            }
         }
-        if candidate.len() != reference.len() {
-            err = f64::INFINITY;
+        for ((what, a), (_, b)) in candidate.iter().zip(&reference) {
+            let floor = if what.starts_with("gradient") {
+                1e-3 * largest
+            } else {
+                0.0
+            };
+            let e = rel_err(a, b, floor)?;
+            if e > err || worst.is_empty() {
+                err = err.max(e);
+                worst = what.clone();
+            }
         }
-        out.push(Check { name, rel_err: err, tol, ok: err <= tol });
+        out.push(Check {
+            name,
+            rel_err: err,
+            tol,
+            ok: err <= tol,
+            worst,
+        });
     }
     Ok(out)
 }

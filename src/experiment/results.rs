@@ -50,15 +50,10 @@ pub fn cell_key(task: &str, fraction: f64, seed: u64, config_hash: &str) -> Stri
     format!("{task}|{fraction:.6}|{seed}|{config_hash}")
 }
 
-/// A stable 16-hex-digit hash (FNV-1a, 64 bit) of a configuration's canonical JSON.
+/// A stable 16-hex-digit hash of a configuration's canonical JSON (sorted keys; the same
+/// digest as the data cache's keys).
 pub fn config_hash(config: &serde_json::Value) -> String {
-    let text = canonical(config).to_string();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    crate::data::key(&canonical(config).to_string())
 }
 
 /// The value with every object's keys sorted.

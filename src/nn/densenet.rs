@@ -95,9 +95,9 @@ impl DenseLayer {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let h = self
             .conv1
-            .forward(&self.norm1.forward_t(x, train)?.relu()?)?;
+            .forward(&ops::relu(&self.norm1.forward_t(x, train)?)?)?;
         self.conv2
-            .forward(&self.norm2.forward_t(&h, train)?.relu()?)
+            .forward(&ops::relu(&self.norm2.forward_t(&h, train)?)?)
     }
 }
 
@@ -228,15 +228,12 @@ impl DenseNet {
                 ),
             ));
         }
-        let h = self
-            .norm0
-            .forward_t(&self.conv0.forward(x)?, train)?
-            .relu()?;
+        let h = ops::relu(&self.norm0.forward_t(&self.conv0.forward(x)?, train)?)?;
         let mut h = ops::max_pool2d(&h, [3, 3], [2, 2], [1, 1])?;
         for (i, block) in self.blocks.iter().enumerate() {
             h = block.forward_t(&h, train)?;
             if let Some(t) = self.transitions.get(i) {
-                let y = t.conv.forward(&t.norm.forward_t(&h, train)?.relu()?)?;
+                let y = t.conv.forward(&ops::relu(&t.norm.forward_t(&h, train)?)?)?;
                 h = if y.dims()[2] >= 2 && y.dims()[3] >= 2 {
                     ops::avg_pool2d(&y, [2, 2], [2, 2], [0, 0])?
                 } else {
@@ -244,7 +241,7 @@ impl DenseNet {
                 };
             }
         }
-        Ok(self.norm5.forward_t(&h, train)?.relu()?)
+        ops::relu(&self.norm5.forward_t(&h, train)?)
     }
 
     /// A feature vector `[N, C]` per image.

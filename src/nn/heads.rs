@@ -87,7 +87,10 @@ impl MlpHead {
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut h = x.clone();
         for (fc, bn, drop) in &self.hidden {
-            h = drop.forward_t(&bn.forward_t(&fc.forward(&h)?.relu()?, train)?, train)?;
+            h = drop.forward_t(
+                &bn.forward_t(&crate::ops::relu(&fc.forward(&h)?)?, train)?,
+                train,
+            )?;
         }
         Ok(self.out.forward(&h)?)
     }

@@ -84,7 +84,7 @@ impl BatchNorm {
             self.update_running(st)?;
             return Ok(y);
         }
-        self.eval(&ops::bias_add(x, bias)?.relu()?)
+        self.eval(&ops::relu(&ops::bias_add(x, bias)?)?)
     }
 
     /// Moves the running averages towards the batch statistics `st`.

@@ -34,7 +34,7 @@ struct Inner {
 /// What [`ParamStore::load`] did, tensor by tensor.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LoadReport {
-    /// Tensors copied from the file.
+    /// Tensors copied from the file (every list is sorted by name).
     pub loaded: Vec<String>,
     /// Tensors of the store (within the selection) the file lacks; they keep their values.
     pub missing: Vec<String>,
@@ -156,6 +156,9 @@ impl ParamStore {
             var.set(&t.to_dtype(var.dtype())?)?;
             report.loaded.push(name);
         }
+        report.loaded.sort();
+        report.unexpected.sort();
+        report.mismatched.sort();
         report.missing = vars
             .keys()
             .filter(|k| selected(k) && !seen.contains(k))

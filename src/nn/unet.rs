@@ -122,7 +122,7 @@ impl ConvBlock {
 fn conv_relu_bn(conv: &Conv3d, bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
     match conv.bias() {
         Some(b) => bn.forward_bias_relu_t(&conv.forward_without_bias(x)?, b, train),
-        None => bn.forward_t(&conv.forward(x)?.relu()?, train),
+        None => bn.forward_t(&ops::relu(&conv.forward(x)?)?, train),
     }
 }
 

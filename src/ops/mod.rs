@@ -7,6 +7,7 @@
 //! transposed-convolution loops), and max pooling sends gradients to the first maximum of a
 //! window, as PyTorch does.
 
+pub mod activation;
 pub mod conv;
 pub mod cpu;
 #[cfg(feature = "cuda")]
@@ -17,6 +18,7 @@ pub mod norm;
 pub mod pool;
 pub mod resample;
 
+pub use activation::relu;
 pub use conv::{ConvSpec, conv2d, conv3d};
 pub use norm::{BatchStats, batch_norm_train, bias_add, bias_relu_batch_norm_train};
 pub use pool::{

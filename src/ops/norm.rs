@@ -155,10 +155,11 @@ fn channel_view(t: &Tensor, d: Dims) -> candle_core::Result<Tensor> {
 
 /// `relu(x + bias)` per channel from candle ops, in `x`'s shape.
 fn bias_relu_composed(x: &Tensor, bias: &Tensor, d: Dims) -> candle_core::Result<Tensor> {
-    x.reshape((d.n, d.c, d.s))?
-        .broadcast_add(&channel_view(bias, d)?)?
-        .relu()?
-        .reshape(x.shape())
+    let u = x
+        .reshape((d.n, d.c, d.s))?
+        .broadcast_add(&channel_view(bias, d)?)?;
+    // PyTorch's ReLU gradient (none at exactly zero), like the CPU kernel.
+    u.mul(&u.gt(0.0)?.to_dtype(u.dtype())?)?.reshape(x.shape())
 }
 
 /// The same normalisation from candle ops (other devices and dtypes).

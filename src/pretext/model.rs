@@ -263,7 +263,7 @@ impl PretextModel {
             let rolled = Tensor::cat(&[p.narrow(0, 1, b - 1)?, p.narrow(0, 0, 1)?], 0)?;
             dist(&a, &rolled)?
         };
-        let loss = ((&d_ap - &d_an)? + o.margin)?.relu()?.mean_all()?;
+        let loss = crate::ops::relu(&((&d_ap - &d_an)? + o.margin)?)?.mean_all()?;
         let acc = d_ap
             .lt(&d_an)?
             .to_dtype(DType::F64)?

@@ -156,6 +156,15 @@ pub fn parse_device(name: &str) -> crate::Result<Device> {
              (build one with scripts/build-cuda.sh), or no NVIDIA driver/GPU was found",
         ));
     }
-    Device::new_cuda(ordinal)
-        .map_err(|e| crate::Error::arg("device", format!("cannot open cuda:{ordinal}: {e}")))
+    Device::new_cuda(ordinal).map_err(|e| {
+        // candle's message may carry a backtrace; its first line says what failed.
+        let what = e.to_string();
+        let first = what.lines().next().unwrap_or("").trim();
+        crate::Error::arg(
+            "device",
+            format!(
+                "cannot open cuda:{ordinal} ({first}); is an NVIDIA GPU with its driver present?"
+            ),
+        )
+    })
 }

@@ -377,7 +377,7 @@ fn elementwise(d: &mut Domain) {
         "relu",
         "t.relu() -> Tensor",
         "Element-wise max(x, 0).",
-        |t: Tensor| t.relu().rt(),
+        |t: Tensor| crate::ops::relu(&t).rt(),
     );
     d.func(
         "sigmoid",
