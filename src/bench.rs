@@ -254,15 +254,13 @@ pub fn pretext(size: usize, t: Timing) -> Result<Vec<Row>> {
     use crate::pretext::{Grid, Sampler, Task, TaskConfig};
     use rand::{RngExt, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let vols: Vec<Grid> = (0..8)
+    // Shared, as an in-memory dataset would hold them (no copy per batch).
+    let vols: Vec<std::sync::Arc<Grid>> = (0..8)
         .map(|_| {
-            Grid::new(
-                (0..size * size * size)
-                    .map(|_| rng.random::<f32>())
-                    .collect(),
-                1,
-                [size; 3],
-            )
+            let v = (0..size * size * size)
+                .map(|_| rng.random::<f32>())
+                .collect();
+            Grid::new(v, 1, [size; 3]).map(std::sync::Arc::new)
         })
         .collect::<Result<_>>()?;
     let mut rows = Vec::new();

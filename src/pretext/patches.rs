@@ -55,32 +55,45 @@ impl PatchGrid {
         }
     }
 
+    /// Patch number `index` (axis 0 outermost) of `g`, at a random offset when `train`, else
+    /// at the centre offset.
+    pub fn patch(&self, g: &Grid, index: usize, train: bool, rng: &mut impl Rng) -> Grid {
+        g.crop(self.origin(g.is_2d(), index, train, rng), self.patch)
+    }
+
+    /// Where patch number `index` starts: its cell plus a random offset when `train`, else
+    /// the centre offset (images keep depth 0).
+    pub fn origin(
+        &self,
+        planar: bool,
+        index: usize,
+        train: bool,
+        rng: &mut impl Rng,
+    ) -> [isize; 3] {
+        let n = self.per_side;
+        let cell = if planar {
+            [0, index / n, index % n]
+        } else {
+            [index / (n * n), (index / n) % n, index % n]
+        };
+        std::array::from_fn(|a| {
+            if planar && a == 0 {
+                return 0;
+            }
+            let off = if train {
+                rng.random_range(0..=self.jitter)
+            } else {
+                self.jitter / 2
+            };
+            (cell[a] * self.cell[a] + off) as isize
+        })
+    }
+
     /// Every patch of `g` in order (axis 0 outermost), each at a random offset when `train`,
     /// else at the centre offset `jitter / 2`.
     pub fn patches(&self, g: &Grid, train: bool, rng: &mut impl Rng) -> Vec<Grid> {
-        let planar = g.is_2d();
-        let n = self.per_side;
-        let depth_cells = if planar { 1 } else { n };
-        let mut out = Vec::with_capacity(self.count(planar));
-        for i in 0..depth_cells {
-            for j in 0..n {
-                for k in 0..n {
-                    let cell = [i, j, k];
-                    let origin: [isize; 3] = std::array::from_fn(|a| {
-                        if planar && a == 0 {
-                            return 0;
-                        }
-                        let off = if train {
-                            rng.random_range(0..=self.jitter)
-                        } else {
-                            self.jitter / 2
-                        };
-                        (cell[a] * self.cell[a] + off) as isize
-                    });
-                    out.push(g.crop(origin, self.patch));
-                }
-            }
-        }
-        out
+        (0..self.count(g.is_2d()))
+            .map(|i| self.patch(g, i, train, rng))
+            .collect()
     }
 }

@@ -2,13 +2,15 @@
 //! Items are built in parallel (rayon), each from its own generator seeded by `(seed, item)`,
 //! so a batch is the same at any thread count.
 
+use std::sync::Arc;
+
 use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{RngExt, SeedableRng};
 use rayon::prelude::*;
 
-use super::grid::{Grid, stack};
+use super::grid::{Grid, assemble, stack};
 use super::patches::PatchGrid;
 use super::permutations::PermutationSet;
 use super::{CpcOptions, ExemplarOptions, Negatives, Task, TaskConfig, exemplar, rotation};
@@ -23,21 +25,38 @@ pub trait Source: Send + Sync {
         self.len() == 0
     }
     /// Item `i` as a grid (volumes: 1 channel; images: depth 1).
-    fn get(&self, i: usize) -> Result<Grid>;
+    fn get(&self, i: usize) -> Result<Arc<Grid>>;
 }
 
+fn outside(i: usize, n: usize) -> Error {
+    Error::arg("item", format!("index {i} is outside 0..{n}"))
+}
+
+impl Source for Vec<Arc<Grid>> {
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn get(&self, i: usize) -> Result<Arc<Grid>> {
+        self.as_slice()
+            .get(i)
+            .cloned()
+            .ok_or_else(|| outside(i, self.as_slice().len()))
+    }
+}
+
+/// Grids held by value: each `get` copies one (hold `Arc<Grid>`s to avoid that).
 impl Source for Vec<Grid> {
     fn len(&self) -> usize {
         self.as_slice().len()
     }
 
-    fn get(&self, i: usize) -> Result<Grid> {
-        self.as_slice().get(i).cloned().ok_or_else(|| {
-            Error::arg(
-                "item",
-                format!("index {i} is outside 0..{}", self.as_slice().len()),
-            )
-        })
+    fn get(&self, i: usize) -> Result<Arc<Grid>> {
+        self.as_slice()
+            .get(i)
+            .cloned()
+            .map(Arc::new)
+            .ok_or_else(|| outside(i, self.as_slice().len()))
     }
 }
 
@@ -198,7 +217,7 @@ impl Sampler {
         Ok(())
     }
 
-    fn load(&self, src: &dyn Source, ids: &[usize]) -> Result<Vec<Grid>> {
+    fn load(&self, src: &dyn Source, ids: &[usize]) -> Result<Vec<Arc<Grid>>> {
         if ids.is_empty() {
             return Err(Error::arg("batch", "a batch needs at least one item"));
         }
@@ -214,6 +233,8 @@ impl Sampler {
     /// One batch from the items `ids` of `src`; `train` selects random (rather than centred)
     /// crops where the task distinguishes them; `seed` fixes every random choice.
     pub fn batch(&self, src: &dyn Source, ids: &[usize], seed: u64, train: bool) -> Result<Batch> {
+        // Batches are large and short-lived: keep freed memory in the process.
+        crate::ops::cpu::configure_allocator();
         let grids = self.load(src, ids)?;
         match self.cfg.task {
             Task::Rotation => self.rotation(&grids, seed),
@@ -224,86 +245,122 @@ impl Sampler {
         }
     }
 
-    fn rotation(&self, grids: &[Grid], seed: u64) -> Result<Batch> {
+    fn rotation(&self, grids: &[Arc<Grid>], seed: u64) -> Result<Batch> {
         let classes = self.classes();
         let planar = self.planar();
-        let out: Vec<(Grid, u32)> = grids
-            .par_iter()
-            .enumerate()
-            .map(|(k, g)| {
-                let r = item_rng(seed, k).random_range(0..classes);
-                let v = if planar {
-                    rotation::rotate_2d(g, r)?
-                } else {
-                    rotation::rotate_3d(g, r)?
-                };
-                Ok((v, r as u32))
-            })
-            .collect::<Result<_>>()?;
-        let (xs, ys): (Vec<Grid>, Vec<u32>) = out.into_iter().unzip();
+        let labels: Vec<usize> = (0..grids.len())
+            .map(|k| item_rng(seed, k).random_range(0..classes))
+            .collect();
+        let orient = |r: usize| {
+            if planar {
+                rotation::orientation_2d(r)
+            } else {
+                rotation::orientation_3d(r)
+            }
+        };
+        // Each rotated item is written straight into the batch (cubic/square, so same shape).
+        let x = assemble(grids.len(), self.channels, self.dims, planar, |k, dst| {
+            grids[k].orient_into(orient(labels[k])?, dst);
+            Ok(())
+        })?;
         Ok(Batch {
-            x: stack(&xs, planar, &Device::Cpu)?,
-            y: Some(u32s(ys, &[grids.len()])?),
+            x,
+            y: Some(u32s(
+                labels.iter().map(|&r| r as u32).collect(),
+                &[grids.len()],
+            )?),
             context: None,
             targets: None,
             items: grids.len(),
         })
     }
 
-    fn jigsaw(&self, grids: &[Grid], seed: u64, train: bool) -> Result<Batch> {
+    fn jigsaw(&self, grids: &[Arc<Grid>], seed: u64, train: bool) -> Result<Batch> {
         let (grid, perms) = (
             self.grid.expect("jigsaw grid"),
             self.perms.as_ref().expect("jigsaw permutations"),
         );
-        let out: Vec<(Vec<Grid>, u32)> = grids
-            .par_iter()
-            .enumerate()
-            .map(|(k, g)| {
+        let planar = self.planar();
+        let tiles = grid.count(planar);
+        // Per item: the permutation and every patch's origin, drawn in patch order.
+        let plans: Vec<(usize, Vec<[isize; 3]>)> = (0..grids.len())
+            .map(|k| {
                 let mut rng = item_rng(seed, k);
                 let label = rng.random_range(0..perms.len());
-                let patches = grid.patches(g, train, &mut rng);
-                let slots = perms.perms()[label]
-                    .iter()
-                    .map(|&p| patches[p].clone())
-                    .collect();
-                (slots, label as u32)
+                (
+                    label,
+                    (0..tiles)
+                        .map(|i| grid.origin(planar, i, train, &mut rng))
+                        .collect(),
+                )
             })
             .collect();
-        let ys = out.iter().map(|(_, y)| *y).collect();
-        let xs: Vec<Grid> = out.into_iter().flat_map(|(p, _)| p).collect();
+        // Slot t of item k holds patch perm[t], cropped straight into the batch.
+        let x = assemble(
+            grids.len() * tiles,
+            self.channels,
+            grid.patch,
+            planar,
+            |slot, dst| {
+                let (k, t) = (slot / tiles, slot % tiles);
+                let (label, origins) = &plans[k];
+                let p = perms.perms()[*label][t];
+                let g = &grids[k];
+                g.crop_within_into(origins[p], grid.patch, g.dims.map(|d| 0..d as isize), dst);
+                Ok(())
+            },
+        )?;
         Ok(Batch {
-            x: stack(&xs, self.planar(), &Device::Cpu)?,
-            y: Some(u32s(ys, &[grids.len()])?),
+            x,
+            y: Some(u32s(
+                plans.iter().map(|(l, _)| *l as u32).collect(),
+                &[grids.len()],
+            )?),
             context: None,
             targets: None,
             items: grids.len(),
         })
     }
 
-    fn rpl(&self, grids: &[Grid], seed: u64) -> Result<Batch> {
+    fn rpl(&self, grids: &[Arc<Grid>], seed: u64) -> Result<Batch> {
         let grid = self.grid.expect("rpl grid");
-        let count = grid.count(self.planar());
+        let planar = self.planar();
+        let count = grid.count(planar);
         let centre = count / 2;
-        let out: Vec<([Grid; 2], u32)> = grids
-            .par_iter()
-            .enumerate()
-            .map(|(k, g)| {
+        // Per item: the class, then the centre's and the query's origins. O draws random
+        // offsets for training and validation alike.
+        let plans: Vec<(u32, [[isize; 3]; 2])> = (0..grids.len())
+            .map(|k| {
                 let mut rng = item_rng(seed, k);
                 let class = rng.random_range(0..count - 1);
                 let query = if class < centre { class } else { class + 1 };
-                // O draws random offsets for training and validation alike.
-                let patches = grid.patches(g, true, &mut rng);
-                (
-                    [patches[centre].clone(), patches[query].clone()],
-                    class as u32,
-                )
+                let c = grid.origin(planar, centre, true, &mut rng);
+                let q = grid.origin(planar, query, true, &mut rng);
+                (class as u32, [c, q])
             })
             .collect();
-        let ys = out.iter().map(|(_, y)| *y).collect();
-        let xs: Vec<Grid> = out.into_iter().flat_map(|(p, _)| p).collect();
+        let x = assemble(
+            grids.len() * 2,
+            self.channels,
+            grid.patch,
+            planar,
+            |slot, dst| {
+                let g = &grids[slot / 2];
+                g.crop_within_into(
+                    plans[slot / 2].1[slot % 2],
+                    grid.patch,
+                    g.dims.map(|d| 0..d as isize),
+                    dst,
+                );
+                Ok(())
+            },
+        )?;
         Ok(Batch {
-            x: stack(&xs, self.planar(), &Device::Cpu)?,
-            y: Some(u32s(ys, &[grids.len()])?),
+            x,
+            y: Some(u32s(
+                plans.iter().map(|(c, _)| *c).collect(),
+                &[grids.len()],
+            )?),
             context: None,
             targets: None,
             items: grids.len(),
@@ -314,7 +371,7 @@ impl Sampler {
         &self,
         src: &dyn Source,
         ids: &[usize],
-        grids: &[Grid],
+        grids: &[Arc<Grid>],
         seed: u64,
     ) -> Result<Batch> {
         let opts: &ExemplarOptions = &self.cfg.exemplar;
@@ -331,8 +388,7 @@ impl Sampler {
                 }
             })
             .collect();
-        let mut xs = anchors;
-        xs.extend(grids.iter().cloned());
+        let mut negatives = Vec::new();
         if opts.negatives == Negatives::Dataset {
             if src.len() < 2 {
                 return Err(Error::arg(
@@ -349,8 +405,17 @@ impl Sampler {
                     if j >= i { j + 1 } else { j }
                 })
                 .collect();
-            xs.extend(self.load(src, &negs)?.into_iter().map(|g| g.min_max()));
+            negatives = self
+                .load(src, &negs)?
+                .par_iter()
+                .map(|g| g.min_max())
+                .collect();
         }
+        let xs: Vec<&Grid> = anchors
+            .iter()
+            .chain(grids.iter().map(|g| &**g))
+            .chain(negatives.iter())
+            .collect();
         Ok(Batch {
             x: stack(&xs, planar, &Device::Cpu)?,
             y: None,
@@ -422,18 +487,23 @@ impl Sampler {
     /// The patches of one item (axis 0 outermost), augmented as O does.
     fn cpc_patches(&self, g: &Grid, geo: &CpcGeometry, rng: &mut StdRng) -> Vec<Grid> {
         let planar = self.planar();
-        let g = if planar {
-            g.clone()
+        // 3D: a random crop of the whole volume, zero-padded back (121³ in 128³: 3 before, 4
+        // after). Patches read that padded volume through `shift` and `valid`, without making it.
+        let (shift, valid): ([isize; 3], [std::ops::Range<isize>; 3]) = if planar {
+            ([0; 3], g.dims.map(|d| 0..d as isize))
         } else {
-            // Random crop of the whole volume, zero-padded back (121³ in 128³: 3 before, 4 after).
-            let origin =
+            let origin: [isize; 3] =
                 std::array::from_fn(|a| rng.random_range(0..=(g.dims[a] - geo.outer[a])) as isize);
-            let before = std::array::from_fn(|a| ((g.dims[a] - geo.outer[a]) / 2) as isize);
-            g.crop(origin, geo.outer).place(g.dims, before)
+            let before: [isize; 3] =
+                std::array::from_fn(|a| ((g.dims[a] - geo.outer[a]) / 2) as isize);
+            (
+                std::array::from_fn(|a| origin[a] - before[a]),
+                std::array::from_fn(|a| origin[a]..origin[a] + geo.outer[a] as isize),
+            )
         };
         let n = geo.per_side;
         let depth = if planar { 1 } else { n };
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(depth * n * n);
         for i in 0..depth {
             for j in 0..n {
                 for k in 0..n {
@@ -442,10 +512,10 @@ impl Sampler {
                         if planar && a == 0 {
                             0
                         } else {
-                            (cell[a] * geo.step[a]) as isize
+                            (cell[a] * geo.step[a]) as isize + shift[a]
                         }
                     });
-                    let mut p = g.crop(origin, geo.patch);
+                    let mut p = g.crop_within(origin, geo.patch, valid.clone());
                     if !planar && rng.random_bool(0.5) {
                         p = p.flip(0);
                     }
@@ -460,7 +530,7 @@ impl Sampler {
         out
     }
 
-    fn cpc(&self, grids: &[Grid], seed: u64) -> Result<Batch> {
+    fn cpc(&self, grids: &[Arc<Grid>], seed: u64) -> Result<Batch> {
         let geo = self.cpc_geometry()?;
         let planar = self.planar();
         let per_item = self.views();

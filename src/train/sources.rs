@@ -1,6 +1,8 @@
 //! The prepared datasets as the samplers and finetuning loops see them: pancreas volumes and
 //! fundus photographs as [`Grid`]s, with labels or grades, and subsets of them.
 
+use std::sync::Arc;
+
 use candle_core::DType;
 
 use super::finetune::{GradeSource, SegSource};
@@ -13,8 +15,8 @@ impl Source for PancreasSet {
         PancreasSet::len(self)
     }
 
-    fn get(&self, i: usize) -> Result<Grid> {
-        Grid::from_volume(&self.image(i)?)
+    fn get(&self, i: usize) -> Result<Arc<Grid>> {
+        Ok(Arc::new(Grid::from_volume(&self.image(i)?)?))
     }
 }
 
@@ -23,8 +25,8 @@ impl Source for FundusSet {
         FundusSet::len(self)
     }
 
-    fn get(&self, i: usize) -> Result<Grid> {
-        Grid::from_image(&self.image(i)?)
+    fn get(&self, i: usize) -> Result<Arc<Grid>> {
+        Ok(Arc::new(Grid::from_image(&self.image(i)?)?))
     }
 }
 
@@ -79,7 +81,7 @@ impl Source for Subset<'_> {
         self.ids.len()
     }
 
-    fn get(&self, i: usize) -> Result<Grid> {
+    fn get(&self, i: usize) -> Result<Arc<Grid>> {
         let id = *self.ids.get(i).ok_or_else(|| {
             Error::arg(
                 "item",
