@@ -126,6 +126,19 @@ impl Kernel for ConvForward {
         cpu::conv::forward(i[0], i[1], &self.0)
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        &self,
+        i: &[(&candle_core::CudaStorage, &candle_core::Layout)],
+    ) -> Option<candle_core::Result<(candle_core::CudaStorage, Shape)>> {
+        Some(super::cudnn::run(
+            super::cudnn::Pass::Forward,
+            &self.0,
+            i[0],
+            i[1],
+        ))
+    }
+
     fn composed(&self, i: &[&Tensor]) -> candle_core::Result<Tensor> {
         composed::forward(i[0], i[1], &self.0)
     }
@@ -167,6 +180,19 @@ impl Kernel for ConvInputGrad {
         cpu::conv::input_grad(i[0], i[1], &self.0)
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        &self,
+        i: &[(&candle_core::CudaStorage, &candle_core::Layout)],
+    ) -> Option<candle_core::Result<(candle_core::CudaStorage, Shape)>> {
+        Some(super::cudnn::run(
+            super::cudnn::Pass::InputGrad,
+            &self.0,
+            i[0],
+            i[1],
+        ))
+    }
+
     fn composed(&self, i: &[&Tensor]) -> candle_core::Result<Tensor> {
         composed::input_grad(i[0], i[1], &self.0)
     }
@@ -183,6 +209,19 @@ impl Kernel for ConvWeightGrad {
 
     fn cpu<T: Real>(&self, i: &[&[T]]) -> Vec<T> {
         cpu::conv::weight_grad(i[0], i[1], &self.0)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        &self,
+        i: &[(&candle_core::CudaStorage, &candle_core::Layout)],
+    ) -> Option<candle_core::Result<(candle_core::CudaStorage, Shape)>> {
+        Some(super::cudnn::run(
+            super::cudnn::Pass::WeightGrad,
+            &self.0,
+            i[0],
+            i[1],
+        ))
     }
 
     fn composed(&self, i: &[&Tensor]) -> candle_core::Result<Tensor> {

@@ -37,6 +37,16 @@ pub(crate) trait Kernel: Send + Sync + Sized + 'static {
     /// The same computation from candle tensor ops (used on non-CPU devices).
     fn composed(&self, inputs: &[&Tensor]) -> candle_core::Result<Tensor>;
 
+    /// A native CUDA implementation on contiguous inputs, where there is one (cuDNN for the
+    /// convolutions); `None` runs [`Kernel::composed`] on the GPU instead.
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        &self,
+        _inputs: &[(&candle_core::CudaStorage, &Layout)],
+    ) -> Option<candle_core::Result<(candle_core::CudaStorage, Shape)>> {
+        None
+    }
+
     /// Gradients with respect to the inputs; `None` when the op is not differentiable.
     fn backward(
         &self,
@@ -161,6 +171,24 @@ fn run_cpu<K: Kernel>(
     Ok((out, shape))
 }
 
+/// A kernel on CUDA inputs: its native implementation, else its composed one.
+#[cfg(feature = "cuda")]
+fn run_cuda<K: Kernel>(
+    k: &K,
+    inputs: &[(&candle_core::CudaStorage, &Layout)],
+) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+    if !composed_mode() {
+        if let Some(native) = k.cuda(inputs) {
+            return native;
+        }
+    }
+    let xs = inputs
+        .iter()
+        .map(|(s, l)| super::device::cuda_tensor(s, l))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    super::device::into_cuda(&k.composed(&xs.iter().collect::<Vec<_>>())?)
+}
+
 fn unsupported(op: &'static str) -> candle_core::Error {
     candle_core::Error::BackwardNotSupported { op }
 }
@@ -180,8 +208,7 @@ impl<K: Kernel> CustomOp1 for Op<K> {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let a = super::device::cuda_tensor(s, l)?;
-        super::device::into_cuda(&self.0.composed(&[&a])?)
+        run_cuda(&self.0, &[(s, l)])
     }
 
     fn bwd(&self, a: &Tensor, res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -216,9 +243,7 @@ impl<K: Kernel> CustomOp2 for Op<K> {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let a = super::device::cuda_tensor(s1, l1)?;
-        let b = super::device::cuda_tensor(s2, l2)?;
-        super::device::into_cuda(&self.0.composed(&[&a, &b])?)
+        run_cuda(&self.0, &[(s1, l1), (s2, l2)])
     }
 
     fn bwd(
@@ -264,10 +289,7 @@ impl<K: Kernel> CustomOp3 for Op<K> {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let a = super::device::cuda_tensor(s1, l1)?;
-        let b = super::device::cuda_tensor(s2, l2)?;
-        let c = super::device::cuda_tensor(s3, l3)?;
-        super::device::into_cuda(&self.0.composed(&[&a, &b, &c])?)
+        run_cuda(&self.0, &[(s1, l1), (s2, l2), (s3, l3)])
     }
 
     fn bwd(

@@ -3,13 +3,15 @@
 //! training-mode batch normalisation.
 //!
 //! Each op is a candle custom op with a fast CPU kernel ([`cpu`]) and a composed implementation
-//! from candle ops for other devices; backward passes use only forward-style kernels (no
-//! transposed-convolution loops), and max pooling sends gradients to the first maximum of a
-//! window, as PyTorch does.
+//! from candle ops for other devices; on CUDA the convolutions call cuDNN's own 3D convolution
+//! instead. Backward passes use only forward-style kernels (no transposed-convolution loops),
+//! and max pooling sends gradients to the first maximum of a window, as PyTorch does.
 
 pub mod activation;
 pub mod conv;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+mod cudnn;
 #[cfg(feature = "cuda")]
 mod device;
 mod kernel;

@@ -103,6 +103,20 @@ impl Kernel for ConvTranspose {
         cpu::conv::input_grad(i[0], i[1], &self.0)
     }
 
+    /// A transposed convolution is the input gradient of the convolution it undoes.
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        &self,
+        i: &[(&candle_core::CudaStorage, &candle_core::Layout)],
+    ) -> Option<candle_core::Result<(candle_core::CudaStorage, Shape)>> {
+        Some(super::cudnn::run(
+            super::cudnn::Pass::InputGrad,
+            &self.0,
+            i[0],
+            i[1],
+        ))
+    }
+
     fn composed(&self, i: &[&Tensor]) -> candle_core::Result<Tensor> {
         super::conv::composed::input_grad(i[0], i[1], &self.0)
     }

@@ -14,7 +14,7 @@ use super::{Real, SendPtr, matmul};
 const TILE_ELEMS: usize = 65_536;
 
 /// The geometry of one convolution: `x [n, c, d, h, w]`, `w [o, c, kd, kh, kw]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Geom {
     /// Batch size.
     pub n: usize,
