@@ -212,7 +212,7 @@ pub fn forward_only(size: usize, batch: usize, cfg: &UNet3dConfig, dev: &Device)
     let net = UNet3d::new(cfg, store.builder(DType::F32, dev))?;
     let x = Tensor::rand(0f32, 1.0, (batch, cfg.in_channels, size, size, size), dev)?;
     let t = median_ms(Timing { warmup: 0, reps: 1 }, || {
-        net.forward_t(&x, false)?;
+        crate::ops::no_grad(|| net.forward_t(&x, false))?;
         sync(dev)
     })?;
     Ok(Row {

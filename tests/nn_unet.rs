@@ -196,3 +196,26 @@ fn loading_reports_shape_mismatches_and_rejects_corrupt_files() {
         .to_string();
     assert!(e.contains("missing.safetensors"), "{e}");
 }
+
+#[test]
+fn inference_under_no_grad_gives_the_same_logits_and_records_no_graph() {
+    let store = ParamStore::new(3);
+    let net = UNet3d::new(&tiny(), store.builder(DType::F32, &Device::Cpu)).unwrap();
+    let x = Tensor::rand(0f32, 1.0, (1, 1, 16, 16, 16), &Device::Cpu).unwrap();
+    let tracked = net.forward_t(&x, false).unwrap();
+    assert!(
+        tracked.track_op(),
+        "an ordinary eval forward stays differentiable"
+    );
+    let free = pretext::ops::no_grad(|| net.forward_t(&x, false)).unwrap();
+    assert!(!free.track_op(), "no_grad must not record the graph");
+    let diff = (tracked - &free)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(diff, 0.0);
+}

@@ -108,6 +108,11 @@ impl BatchNorm {
             .recip()?
             .mul(&self.weight)?;
         let shift = (&self.bias - self.running_mean.as_tensor().mul(&scale)?)?;
+        let (scale, shift) = if ops::grad_disabled() {
+            (scale.detach(), shift.detach())
+        } else {
+            (scale, shift)
+        };
         Ok(x.broadcast_mul(&scale.reshape(shape.clone())?)?
             .broadcast_add(&shift.reshape(shape)?)?)
     }

@@ -12,6 +12,22 @@ use super::cpu::Real;
 
 thread_local! {
     static COMPOSED: Cell<bool> = const { Cell::new(false) };
+    static NO_GRAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` without recording this module's ops for backpropagation, on the calling thread
+/// (PyTorch's `no_grad`): inference then keeps only the activations still in use instead of
+/// the whole graph. Results are not differentiable.
+pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
+    let before = NO_GRAD.with(|c| c.replace(true));
+    let r = f();
+    NO_GRAD.with(|c| c.set(before));
+    r
+}
+
+/// Whether [`no_grad`] is in effect on this thread.
+pub(crate) fn grad_disabled() -> bool {
+    NO_GRAD.with(Cell::get)
 }
 
 /// Runs `f` with every op of this module computed by its composed implementation (candle ops,
@@ -62,9 +78,10 @@ pub(crate) trait Kernel: Send + Sync + Sized + 'static {
 /// kernel defines [`Kernel::backward`].
 pub(crate) fn apply<K: Kernel>(kernel: K, inputs: &[&Tensor]) -> candle_core::Result<Tensor> {
     super::cpu::configure_allocator();
+    let no_grad = grad_disabled();
     let xs: Vec<Tensor> = inputs
         .iter()
-        .map(|t| t.contiguous())
+        .map(|&t| if no_grad { t.detach() } else { t.clone() }.contiguous())
         .collect::<candle_core::Result<_>>()?;
     let dtype = xs[0].dtype();
     if let Some(t) = xs.iter().find(|t| t.dtype() != dtype) {

@@ -15,7 +15,8 @@ mod cudnn;
 #[cfg(feature = "cuda")]
 mod device;
 mod kernel;
-pub use kernel::with_composed;
+pub(crate) use kernel::grad_disabled;
+pub use kernel::{no_grad, with_composed};
 pub mod norm;
 pub mod pool;
 pub mod resample;

@@ -142,6 +142,18 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
         },
     );
     d.func(
+        "predict",
+        "m.predict(x: Tensor) -> Tensor",
+        "forward(x, false) without recording the graph: inference that keeps only live activations.",
+        |m: &mut Model, x: Tensor| {
+            crate::ops::no_grad(|| match &*m.net {
+                Net::Unet(u) => u.forward_t(&x, false),
+                Net::Dense(n, p) => n.embed(&x, *p, false),
+            })
+            .rt()
+        },
+    );
+    d.func(
         "encode",
         "m.encode(x: Tensor, train: bool) -> Tensor",
         "The encoder's flattened features [N, F] (what pretext heads read).",

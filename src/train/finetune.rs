@@ -341,7 +341,9 @@ pub fn finetune_segmentation(
     let mut soft = SoftDice::new(unet.classes);
     for &i in test_ids {
         let (x, y) = seg_batch(src, &[i], unet.classes, dev)?;
-        let p = candle_nn::ops::softmax(&net.forward_t(&x, false)?, 1)?;
+        let p = crate::ops::no_grad(|| -> Result<Tensor> {
+            Ok(candle_nn::ops::softmax(&net.forward_t(&x, false)?, 1)?)
+        })?;
         let pred: Vec<i64> = p
             .argmax(1)?
             .flatten_all()?
@@ -535,7 +537,8 @@ pub fn finetune_classification(
     let mut confusion = Confusion::new(k);
     for ids in test_ids.chunks(cfg.schedule.batch_size.max(1)) {
         let (x, grades) = batch(ids, None)?;
-        let logits = head.forward_t(&net.embed(&x, cfg.pool, false)?, false)?;
+        let logits =
+            crate::ops::no_grad(|| head.forward_t(&net.embed(&x, cfg.pool, false)?, false))?;
         let pred: Vec<i64> = match cfg.encoding {
             GradeEncoding::Cumulative => {
                 let above = candle_nn::ops::sigmoid(&logits)?

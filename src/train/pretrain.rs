@@ -320,7 +320,11 @@ fn run_epoch(
         });
         for (step, batch) in rx.iter().enumerate() {
             let batch = batch?;
-            let out = model.step(&batch, dev, train)?;
+            let out = if train {
+                model.step(&batch, dev, true)?
+            } else {
+                crate::ops::no_grad(|| model.step(&batch, dev, false))?
+            };
             let (loss, acc) = match opt.as_deref_mut() {
                 Some(o) => (
                     o.backward_step(&out.loss)
