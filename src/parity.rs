@@ -186,6 +186,22 @@ fn cases() -> Vec<(&'static str, f64, Case)> {
             }),
         ),
         (
+            "bias_relu_affine (inference)",
+            1e-5,
+            Box::new(|dev: &Device| {
+                let t =
+                    |s: &[usize], seed| -> Result<Tensor> { Ok(randn(s, seed)?.to_device(dev)?) };
+                let (x, b, sc, sh) = (
+                    t(&[2, 4, 3, 5, 4], 20)?,
+                    t(&[4], 21)?,
+                    t(&[4], 22)?,
+                    t(&[4], 23)?,
+                );
+                let y = ops::no_grad(|| ops::bias_relu_affine(&x, &b, &sc, &sh))?;
+                Ok(vec![("output".to_string(), y)])
+            }),
+        ),
+        (
             "unet3d forward + backward",
             1e-3,
             model_case(|store, dev| {

@@ -226,3 +226,47 @@ fn bias_add_and_its_gradient_equal_broadcasting() {
         }
     }
 }
+
+#[test]
+fn inference_bias_relu_affine_equals_the_separate_ops_on_kernel_and_composed_paths() {
+    for dtype in [DType::F32, DType::F64] {
+        let x = uniform(&[2, 3, 5, 4, 3], -1.0, 1.0, 11)
+            .to_dtype(dtype)
+            .unwrap();
+        let p = |seed| uniform(&[3], -0.5, 1.5, seed).to_dtype(dtype).unwrap();
+        let (bias, scale, shift) = (p(12), p(13), p(14));
+        let c = |t: &candle_core::Tensor| t.reshape((1, 3, 1, 1, 1)).unwrap();
+        let want = x
+            .broadcast_add(&c(&bias))
+            .unwrap()
+            .relu()
+            .unwrap()
+            .broadcast_mul(&c(&scale))
+            .unwrap()
+            .broadcast_add(&c(&shift))
+            .unwrap();
+        let kernel = ops::bias_relu_affine(&x, &bias, &scale, &shift).unwrap();
+        let composed =
+            ops::with_composed(|| ops::bias_relu_affine(&x, &bias, &scale, &shift)).unwrap();
+        for got in [kernel, composed] {
+            let err = (got - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            assert!(err < 1e-6, "{dtype:?}: max error {err}");
+        }
+    }
+    let x = uniform(&[1, 3, 2, 2, 2], 0.0, 1.0, 1);
+    let e = ops::bias_relu_affine(&x, &uniform(&[2], 0.0, 1.0, 2), &x, &x)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("3 channels"), "{e}");
+}

@@ -84,6 +84,10 @@ impl BatchNorm {
             self.update_running(st)?;
             return Ok(y);
         }
+        if ops::grad_disabled() {
+            let (scale, shift) = self.eval_affine()?;
+            return ops::bias_relu_affine(x, bias, &scale, &shift);
+        }
         self.eval(&ops::relu(&ops::bias_add(x, bias)?)?)
     }
 
@@ -103,17 +107,23 @@ impl BatchNorm {
         let shape: Vec<usize> = (0..x.rank())
             .map(|i| if i == 1 { x.dims()[1] } else { 1 })
             .collect();
+        let (scale, shift) = self.eval_affine()?;
+        Ok(x.broadcast_mul(&scale.reshape(shape.clone())?)?
+            .broadcast_add(&shift.reshape(shape)?)?)
+    }
+
+    /// Inference mode as a per-channel affine map `(scale, shift)`, each `[C]`; detached under
+    /// [`ops::no_grad`].
+    fn eval_affine(&self) -> Result<(Tensor, Tensor)> {
         let scale = (self.running_var.as_tensor() + self.cfg.eps)?
             .sqrt()?
             .recip()?
             .mul(&self.weight)?;
         let shift = (&self.bias - self.running_mean.as_tensor().mul(&scale)?)?;
-        let (scale, shift) = if ops::grad_disabled() {
+        Ok(if ops::grad_disabled() {
             (scale.detach(), shift.detach())
         } else {
             (scale, shift)
-        };
-        Ok(x.broadcast_mul(&scale.reshape(shape.clone())?)?
-            .broadcast_add(&shift.reshape(shape)?)?)
+        })
     }
 }

@@ -23,7 +23,9 @@ pub mod resample;
 
 pub use activation::relu;
 pub use conv::{ConvSpec, conv2d, conv3d};
-pub use norm::{BatchStats, batch_norm_train, bias_add, bias_relu_batch_norm_train};
+pub use norm::{
+    BatchStats, batch_norm_train, bias_add, bias_relu_affine, bias_relu_batch_norm_train,
+};
 pub use pool::{
     PoolSpec, avg_pool2d, avg_pool3d, global_avg_pool, global_max_pool, max_pool2d, max_pool3d,
 };

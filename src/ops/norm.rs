@@ -62,6 +62,27 @@ pub fn bias_add(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     )?)
 }
 
+/// Inference `relu(x + bias) · scale + shift`, all per channel `[C]`, in one pass: a UNet
+/// block's bias, ReLU and BatchNorm on its running averages (`scale = γ/√(var+ε)`,
+/// `shift = β − mean·scale`). Not differentiable; for use under [`crate::ops::no_grad`].
+pub fn bias_relu_affine(
+    x: &Tensor,
+    bias: &Tensor,
+    scale: &Tensor,
+    shift: &Tensor,
+) -> Result<Tensor> {
+    let d = dims("bias_relu_affine", x)?;
+    check_channels("bias_relu_affine", x, d, &[bias, scale, shift])?;
+    let p = Tensor::cat(&[bias, scale, shift], 0)?;
+    Ok(apply(
+        BiasReluAffine {
+            d,
+            shape: x.shape().clone(),
+        },
+        &[x, &p],
+    )?)
+}
+
 fn dims(op: &'static str, x: &Tensor) -> Result<Dims> {
     if x.rank() < 2 {
         return Err(Error::shape(
@@ -349,6 +370,36 @@ impl Kernel for NormalizeGrad {
 struct BiasAdd {
     d: Dims,
     shape: Shape,
+}
+
+/// See [`bias_relu_affine`]; inputs `(x, [bias; scale; shift])`.
+struct BiasReluAffine {
+    d: Dims,
+    shape: Shape,
+}
+
+impl Kernel for BiasReluAffine {
+    const NAME: &'static str = "bias_relu_affine";
+
+    fn out_shape(&self) -> Shape {
+        self.shape.clone()
+    }
+
+    fn cpu<T: Real>(&self, i: &[&[T]]) -> Vec<T> {
+        cpu::norm::bias_relu_affine(i[0], i[1], self.d)
+    }
+
+    fn composed(&self, i: &[&Tensor]) -> candle_core::Result<Tensor> {
+        let c = self.d.c;
+        let shape: Vec<usize> = (0..i[0].rank())
+            .map(|k| if k == 1 { c } else { 1 })
+            .collect();
+        let per_channel = |k: usize| i[1].narrow(0, k * c, c)?.reshape(shape.clone());
+        i[0].broadcast_add(&per_channel(0)?)?
+            .relu()?
+            .broadcast_mul(&per_channel(1)?)?
+            .broadcast_add(&per_channel(2)?)
+    }
 }
 
 /// The bias gradient: per-channel sums of the output gradient.

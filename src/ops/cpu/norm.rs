@@ -276,3 +276,21 @@ pub fn add_bias<T: Real>(x: &[T], bias: &[T], d: Dims) -> Vec<T> {
         });
     y
 }
+
+/// Inference-mode `y = relu(x + bias[c]) · scale[c] + shift[c]` over `[n, c, s]`, with
+/// `p = [bias; scale; shift]` (`3·c` values): a convolution's bias, ReLU and a BatchNorm on its
+/// running averages in one pass.
+pub fn bias_relu_affine<T: Real>(x: &[T], p: &[T], d: Dims) -> Vec<T> {
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(d.s.max(1))
+        .zip(x.par_chunks(d.s.max(1)))
+        .enumerate()
+        .for_each(|(row, (yr, xr))| {
+            let ch = row % d.c;
+            let (b, scale, shift) = (p[ch], p[d.c + ch], p[2 * d.c + ch]);
+            for (o, &v) in yr.iter_mut().zip(xr) {
+                *o = (v + b).max(T::zero()) * scale + shift;
+            }
+        });
+    y
+}
