@@ -60,6 +60,11 @@ fn the_pretraining_demo_runs_every_task() {
     let out = run_example("pretrain_demo.rhai", &["--set", "profile=test"], dir.path());
     for task in ["rotation", "jigsaw", "rpl", "exemplar", "cpc"] {
         assert!(out.contains(&format!("{task}: accuracy by epoch")), "{out}");
+        // pre::summary: one line per task with the kept checkpoint.
+        assert!(
+            out.contains(&format!("runs/pretrain_demo/{task}/best.safetensors")),
+            "{out}"
+        );
     }
     assert!(dir.path().join("runs/pretrain_demo/curves.png").is_file());
 }

@@ -63,3 +63,22 @@ fn an_error_inside_a_module_names_the_module_file() {
     let e = stderr(&o);
     assert!(e.contains("broken.rhai:2:"), "{e}");
 }
+
+#[test]
+fn the_pretrain_module_passes_per_task_options_through_to_pretrain() {
+    let host = Host::new(HostConfig::default());
+    let e = host
+        .eval(
+            r#"import "pretrain" as pre;
+               pre::all(0, [0], #{ tasks: ["jigsaw"], epochs: 1,
+                                   per_task: #{ jigsaw: #{ jitterr: 2 } } })"#,
+            "<test>",
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("jitterr"), "{e}");
+    let n = host
+        .eval(r#"import "pretrain" as pre; pre::tasks().len()"#, "<test>")
+        .unwrap();
+    assert_eq!(n.as_int().unwrap(), 5);
+}

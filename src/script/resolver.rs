@@ -17,6 +17,7 @@ pub const STDLIB: &[(&str, &str)] = &[
     ("profiles", include_str!("../../stdlib/profiles.rhai")),
     ("sweep", include_str!("../../stdlib/sweep.rhai")),
     ("figures", include_str!("../../stdlib/figures.rhai")),
+    ("pretrain", include_str!("../../stdlib/pretrain.rhai")),
 ];
 
 /// Resolves imports and caches evaluated modules by origin.
