@@ -248,21 +248,8 @@ fn inference_bias_relu_affine_equals_the_separate_ops_on_kernel_and_composed_pat
         let kernel = ops::bias_relu_affine(&x, &bias, &scale, &shift).unwrap();
         let composed =
             ops::with_composed(|| ops::bias_relu_affine(&x, &bias, &scale, &shift)).unwrap();
-        for got in [kernel, composed] {
-            let err = (got - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_dtype(DType::F64)
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
-            assert!(err < 1e-6, "{dtype:?}: max error {err}");
-        }
+        assert_close(&kernel, &want, 1e-7, &format!("{dtype:?} kernel"));
+        assert_close(&composed, &want, 1e-7, &format!("{dtype:?} composed"));
     }
     let x = uniform(&[1, 3, 2, 2, 2], 0.0, 1.0, 1);
     let e = ops::bias_relu_affine(&x, &uniform(&[2], 0.0, 1.0, 2), &x, &x)

@@ -104,12 +104,9 @@ impl BatchNorm {
 
     /// Inference mode: the running averages.
     fn eval(&self, x: &Tensor) -> Result<Tensor> {
-        let shape: Vec<usize> = (0..x.rank())
-            .map(|i| if i == 1 { x.dims()[1] } else { 1 })
-            .collect();
         let (scale, shift) = self.eval_affine()?;
-        Ok(x.broadcast_mul(&scale.reshape(shape.clone())?)?
-            .broadcast_add(&shift.reshape(shape)?)?)
+        Ok(x.broadcast_mul(&ops::per_channel(&scale, x.rank())?)?
+            .broadcast_add(&ops::per_channel(&shift, x.rank())?)?)
     }
 
     /// Inference mode as a per-channel affine map `(scale, shift)`, each `[C]`; detached under

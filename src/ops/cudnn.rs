@@ -1,6 +1,7 @@
 //! cuDNN's own N-d convolution (forward, backward-data, backward-filter) for the conv kernels
-//! on CUDA, as PyTorch calls it: descriptors per geometry, the algorithm chosen once per
-//! geometry by cuDNN's heuristics and cached, and one workspace per thread that only grows.
+//! on CUDA, as PyTorch calls it: the algorithm chosen once per geometry by cuDNN's heuristics
+//! and cached, one workspace per thread that only grows, and the (host-side, cheap)
+//! descriptors built per call.
 //!
 //! Math mode: strict FP32 (`CUDNN_FMA_MATH`) by default, so the GPU agrees with the CPU
 //! kernels to f32 rounding; `PRETEXT_TF32=1` allows TF32 tensor cores (PyTorch's default for
@@ -63,6 +64,22 @@ fn handle(dev: &CudaDevice) -> candle_core::Result<Arc<Cudnn>> {
 
 fn remember(key: (DeviceId, Geom, Pass, DType), choice: Choice) {
     CHOICES.with(|c| c.borrow_mut().insert(key, choice));
+}
+
+/// The cached algorithm and workspace size of `$key` for the pass `$variant`, or cuDNN's
+/// heuristic pick for `$op`, remembered for the next call.
+macro_rules! choose {
+    ($op:ident, $variant:path, $cached:expr, $key:expr) => {
+        match $cached {
+            Some(($variant(a), size)) => (a, size),
+            _ => {
+                let a = $op.pick_algorithm()?;
+                let size = $op.get_workspace_size(a)?;
+                remember($key, ($variant(a), size));
+                (a, size)
+            }
+        }
+    };
 }
 
 fn tf32_allowed() -> bool {
@@ -150,18 +167,11 @@ where
                 w: &w,
                 y: &y,
             };
-            let (algo, size) = match cached {
-                Some((Algo::Forward(a), size)) => (a, size),
-                _ => {
-                    let a = op.pick_algorithm()?;
-                    (a, op.get_workspace_size(a)?)
-                }
-            };
+            let (algo, size) = choose!(op, Algo::Forward, cached, key);
             // SAFETY: descriptors and buffers were built from the same geometry and dtype.
             with_workspace(&dev, size, |ws| unsafe {
                 op.launch(algo, ws, one_zero, &va, &vb, &mut dst)
             })?;
-            remember(key, (Algo::Forward(algo), size));
         }
         Pass::InputGrad => {
             let op = ConvBackwardData {
@@ -170,18 +180,11 @@ where
                 w: &w,
                 dy: &y,
             };
-            let (algo, size) = match cached {
-                Some((Algo::InputGrad(a), size)) => (a, size),
-                _ => {
-                    let a = op.pick_algorithm()?;
-                    (a, op.get_workspace_size(a)?)
-                }
-            };
+            let (algo, size) = choose!(op, Algo::InputGrad, cached, key);
             // SAFETY: as above; `va` is dy and `vb` the filter.
             with_workspace(&dev, size, |ws| unsafe {
                 op.launch(algo, ws, one_zero, &mut dst, &vb, &va)
             })?;
-            remember(key, (Algo::InputGrad(algo), size));
         }
         Pass::WeightGrad => {
             let op = ConvBackwardFilter {
@@ -190,18 +193,11 @@ where
                 dw: &w,
                 dy: &y,
             };
-            let (algo, size) = match cached {
-                Some((Algo::WeightGrad(a), size)) => (a, size),
-                _ => {
-                    let a = op.pick_algorithm()?;
-                    (a, op.get_workspace_size(a)?)
-                }
-            };
+            let (algo, size) = choose!(op, Algo::WeightGrad, cached, key);
             // SAFETY: as above; `va` is x and `vb` dy.
             with_workspace(&dev, size, |ws| unsafe {
                 op.launch(algo, ws, one_zero, &va, &mut dst, &vb)
             })?;
-            remember(key, (Algo::WeightGrad(algo), size));
         }
     }
     let shape: Vec<usize> = out_dims.iter().map(|&d| d as usize).collect();

@@ -17,6 +17,7 @@ mod device;
 mod kernel;
 pub(crate) use kernel::grad_disabled;
 pub use kernel::{no_grad, with_composed};
+pub(crate) use norm::per_channel;
 pub mod norm;
 pub mod pool;
 pub mod resample;

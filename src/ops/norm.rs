@@ -372,36 +372,6 @@ struct BiasAdd {
     shape: Shape,
 }
 
-/// See [`bias_relu_affine`]; inputs `(x, [bias; scale; shift])`.
-struct BiasReluAffine {
-    d: Dims,
-    shape: Shape,
-}
-
-impl Kernel for BiasReluAffine {
-    const NAME: &'static str = "bias_relu_affine";
-
-    fn out_shape(&self) -> Shape {
-        self.shape.clone()
-    }
-
-    fn cpu<T: Real>(&self, i: &[&[T]]) -> Vec<T> {
-        cpu::norm::bias_relu_affine(i[0], i[1], self.d)
-    }
-
-    fn composed(&self, i: &[&Tensor]) -> candle_core::Result<Tensor> {
-        let c = self.d.c;
-        let shape: Vec<usize> = (0..i[0].rank())
-            .map(|k| if k == 1 { c } else { 1 })
-            .collect();
-        let per_channel = |k: usize| i[1].narrow(0, k * c, c)?.reshape(shape.clone());
-        i[0].broadcast_add(&per_channel(0)?)?
-            .relu()?
-            .broadcast_mul(&per_channel(1)?)?
-            .broadcast_add(&per_channel(2)?)
-    }
-}
-
 /// The bias gradient: per-channel sums of the output gradient.
 struct ChannelSums(Dims);
 
@@ -417,10 +387,7 @@ impl Kernel for BiasAdd {
     }
 
     fn composed(&self, i: &[&Tensor]) -> candle_core::Result<Tensor> {
-        let shape: Vec<usize> = (0..i[0].rank())
-            .map(|k| if k == 1 { self.d.c } else { 1 })
-            .collect();
-        i[0].broadcast_add(&i[1].reshape(shape)?)
+        i[0].broadcast_add(&per_channel(i[1], i[0].rank())?)
     }
 
     fn backward(
@@ -456,4 +423,38 @@ impl Kernel for ChannelSums {
         let d = self.0;
         i[0].reshape((d.n, d.c, d.s))?.sum(2)?.sum(0)
     }
+}
+
+/// See [`bias_relu_affine`]; inputs `(x, [bias; scale; shift])`.
+struct BiasReluAffine {
+    d: Dims,
+    shape: Shape,
+}
+
+impl Kernel for BiasReluAffine {
+    const NAME: &'static str = "bias_relu_affine";
+
+    fn out_shape(&self) -> Shape {
+        self.shape.clone()
+    }
+
+    fn cpu<T: Real>(&self, i: &[&[T]]) -> Vec<T> {
+        cpu::norm::bias_relu_affine(i[0], i[1], self.d)
+    }
+
+    fn composed(&self, i: &[&Tensor]) -> candle_core::Result<Tensor> {
+        let c = self.d.c;
+        let param = |k: usize| per_channel(&i[1].narrow(0, k * c, c)?, i[0].rank());
+        i[0].broadcast_add(&param(0)?)?
+            .relu()?
+            .broadcast_mul(&param(1)?)?
+            .broadcast_add(&param(2)?)
+    }
+}
+
+/// A per-channel `[C]` tensor shaped `[1, C, 1, ...]` to broadcast over a rank-`rank` tensor.
+pub(crate) fn per_channel(p: &Tensor, rank: usize) -> candle_core::Result<Tensor> {
+    let c = p.elem_count();
+    let shape: Vec<usize> = (0..rank).map(|k| if k == 1 { c } else { 1 }).collect();
+    p.reshape(shape)
 }

@@ -264,14 +264,19 @@ pub fn channel_sums<T: Real>(x: &[T], d: Dims) -> Vec<T> {
 
 /// `y = x + bias[c]` over `[n, c, s]`.
 pub fn add_bias<T: Real>(x: &[T], bias: &[T], d: Dims) -> Vec<T> {
+    map_channels(x, d, |ch, v| v + bias[ch])
+}
+
+/// `y[b, ch, i] = f(ch, x[b, ch, i])` over `[n, c, s]`, a row (one sample and channel) per task.
+fn map_channels<T: Real>(x: &[T], d: Dims, f: impl Fn(usize, T) -> T + Sync) -> Vec<T> {
     let mut y = vec![T::zero(); x.len()];
     y.par_chunks_mut(d.s.max(1))
         .zip(x.par_chunks(d.s.max(1)))
         .enumerate()
         .for_each(|(row, (yr, xr))| {
-            let b = bias[row % d.c];
+            let ch = row % d.c;
             for (o, &v) in yr.iter_mut().zip(xr) {
-                *o = v + b;
+                *o = f(ch, v);
             }
         });
     y
@@ -281,16 +286,9 @@ pub fn add_bias<T: Real>(x: &[T], bias: &[T], d: Dims) -> Vec<T> {
 /// `p = [bias; scale; shift]` (`3·c` values): a convolution's bias, ReLU and a BatchNorm on its
 /// running averages in one pass.
 pub fn bias_relu_affine<T: Real>(x: &[T], p: &[T], d: Dims) -> Vec<T> {
-    let mut y = vec![T::zero(); x.len()];
-    y.par_chunks_mut(d.s.max(1))
-        .zip(x.par_chunks(d.s.max(1)))
-        .enumerate()
-        .for_each(|(row, (yr, xr))| {
-            let ch = row % d.c;
-            let (b, scale, shift) = (p[ch], p[d.c + ch], p[2 * d.c + ch]);
-            for (o, &v) in yr.iter_mut().zip(xr) {
-                *o = (v + b).max(T::zero()) * scale + shift;
-            }
-        });
-    y
+    let (bias, rest) = p.split_at(d.c);
+    let (scale, shift) = rest.split_at(d.c);
+    map_channels(x, d, |ch, v| {
+        (v + bias[ch]).max(T::zero()) * scale[ch] + shift[ch]
+    })
 }
