@@ -19,6 +19,7 @@ pub mod parity;
 pub mod pretext;
 pub mod progress;
 pub mod script;
+pub mod streams;
 pub mod train;
 
 pub use data::{Image, Volume, VoxelType};

@@ -125,7 +125,7 @@ fn rpl_pretraining_learns() {
     let data = (0..64).map(|s| volume(33, s)).collect();
     check(
         "rpl",
-        &run(TaskConfig::new(Task::Rpl), data, unet(), 30, 8, None),
+        &run(TaskConfig::new(Task::Rpl), data, unet(), 80, 8, None),
         1.0 / 26.0,
         0.1,
     );

@@ -14,7 +14,6 @@ fn pretext_in(data: &Path, args: &[&str]) -> std::process::Output {
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("PRETEXT_DATA", data)
-        .env("RAYON_NUM_THREADS", "1")
         .output()
         .unwrap()
 }
@@ -102,7 +101,6 @@ fn a_sweep_killed_midway_completes_on_rerun_without_duplicates() {
         .args(&args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("PRETEXT_DATA", dir.path())
-        .env("RAYON_NUM_THREADS", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -9,17 +9,16 @@
 
 use std::path::{Path, PathBuf};
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::streams::{self, Stream};
 
-/// A seeded permutation of `0..n`.
-pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
+/// A permutation of `0..n` from stream `purpose` of `seed`.
+fn permutation(n: usize, seed: u64, purpose: Stream) -> Vec<usize> {
     let mut v: Vec<usize> = (0..n).collect();
-    v.shuffle(&mut StdRng::seed_from_u64(seed));
+    v.shuffle(&mut streams::rng(seed, purpose, 0));
     v
 }
 
@@ -60,7 +59,7 @@ pub fn train_test(n: usize, test_frac: f64, seed: u64) -> Result<Split> {
             format!("cannot split {n} case(s) into train and test"),
         ));
     }
-    let perm = permutation(n, seed);
+    let perm = permutation(n, seed, Stream::Split);
     let k = if test_frac > 0.0 {
         ((n as f64 * test_frac).round() as usize).clamp(1, n - 1)
     } else {
@@ -85,7 +84,7 @@ pub fn fraction_size(n: usize, p: f64) -> Result<usize> {
 /// Nested subsets of `cases`: for each fraction, the first [`fraction_size`] cases of one
 /// seeded permutation, so smaller fractions are prefixes of larger ones.
 pub fn nested_fractions(cases: &[usize], fractions: &[f64], seed: u64) -> Result<Vec<Vec<usize>>> {
-    let perm = permutation(cases.len(), seed);
+    let perm = permutation(cases.len(), seed, Stream::Subsets);
     fractions
         .iter()
         .map(|&p| {
@@ -151,7 +150,7 @@ pub fn kfold(n: usize, k: usize, seed: u64) -> Result<Vec<Split>> {
     if k < 2 || k > n {
         return Err(Error::arg("k", format!("expected 2..={n} folds, got {k}")));
     }
-    let perm = permutation(n, seed);
+    let perm = permutation(n, seed, Stream::Folds);
     let mut bounds = vec![0];
     for i in 0..k {
         bounds.push(bounds[i] + n / k + usize::from(i < n % k));

@@ -4,6 +4,7 @@
 pub mod cells;
 pub mod plot;
 pub mod results;
+pub mod stats;
 
 pub use cells::{Cell, Shard, cells};
 pub use plot::{CurvePlot, PaperFigure};

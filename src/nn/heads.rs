@@ -9,6 +9,7 @@ use super::dropout::Dropout;
 use super::linear::linear;
 use super::norm::{BatchNorm, BatchNormConfig, batch_norm};
 use crate::Result;
+use crate::streams::{Stream, derive};
 
 /// The shape of an [`MlpHead`].
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -73,7 +74,7 @@ impl MlpHead {
                     },
                     vb.pp(format!("bn{i}")),
                 )?,
-                Dropout::new(cfg.dropout, cfg.seed.wrapping_add(i as u64))?,
+                Dropout::new(cfg.dropout, derive(cfg.seed, Stream::Dropout, i as u64))?,
             ));
             d = w;
         }

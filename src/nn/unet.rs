@@ -13,6 +13,7 @@ use super::conv::{Conv3d, ConvConfig, ConvTranspose3d, conv_transpose3d, conv3d}
 use super::dropout::Dropout;
 use super::norm::{BatchNorm, BatchNormConfig, batch_norm};
 use crate::ops::{self, PoolSpec};
+use crate::streams::{Stream, derive};
 use crate::{Error, Result};
 
 /// The shape of a [`UNet3d`] and of its [`Encoder3d`].
@@ -164,7 +165,7 @@ impl Encoder3d {
                     c_in,
                     cfg.channels(i),
                     cfg,
-                    cfg.seed.wrapping_add(i as u64),
+                    derive(cfg.seed, Stream::Dropout, i as u64),
                     vb.pp("down").pp(i),
                 )
             })
@@ -173,7 +174,7 @@ impl Encoder3d {
             cfg.channels(cfg.depth - 1),
             cfg.feature_channels(),
             cfg,
-            cfg.seed.wrapping_add(cfg.depth as u64),
+            derive(cfg.seed, Stream::Dropout, cfg.depth as u64),
             vb.pp("bottleneck"),
         )?;
         Ok(Encoder3d {
@@ -241,7 +242,7 @@ impl Decoder3d {
             let c_in = cfg.channels(l + 1);
             let c = cfg.channels(l);
             up.push(conv_transpose3d(c_in, c, 2, 2, vb.pp("up").pp(j))?);
-            let seed = cfg.seed.wrapping_add(100 + j as u64);
+            let seed = derive(cfg.seed, Stream::Dropout, 100 + j as u64);
             blocks.push(ConvBlock::new(2 * c, c, cfg, seed, vb.pp("block").pp(j))?);
         }
         let head = conv3d(

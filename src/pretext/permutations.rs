@@ -1,10 +1,10 @@
 //! Jigsaw permutation sets generated from a seed: O's plain random set, or a set that greedily
 //! maximises the minimum Hamming distance (Noroozi & Favaro), with their statistics.
 
-use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
+use crate::streams::{self, Stream};
 use crate::{Error, Result};
 
 /// How a permutation set is chosen.
@@ -49,7 +49,7 @@ impl PermutationSet {
                 format!("cannot draw {n} distinct permutations of {tiles} tiles"),
             ));
         }
-        let mut rng = StdRng::seed_from_u64(seed);
+        let mut rng = streams::rng(seed, Stream::Permutations, 0);
         let draw = |rng: &mut StdRng| {
             let mut p: Vec<usize> = (0..tiles).collect();
             p.shuffle(rng);

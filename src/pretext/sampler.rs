@@ -7,13 +7,14 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
-use rand::{RngExt, SeedableRng};
+use rand::RngExt;
 use rayon::prelude::*;
 
 use super::grid::{Grid, assemble, stack};
 use super::patches::PatchGrid;
 use super::permutations::PermutationSet;
 use super::{CpcOptions, ExemplarOptions, Negatives, Task, TaskConfig, exemplar, rotation};
+use crate::streams::{self, Stream};
 use crate::{Error, Result};
 
 /// Where a sampler reads its volumes or images from: values in [0, 1].
@@ -89,7 +90,7 @@ pub struct Sampler {
 }
 
 fn item_rng(seed: u64, item: usize) -> StdRng {
-    StdRng::seed_from_u64(seed ^ (item as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    streams::rng(seed, Stream::Item, item as u64)
 }
 
 fn u32s(v: Vec<u32>, dims: &[usize]) -> Result<Tensor> {
@@ -400,7 +401,7 @@ impl Sampler {
                 .iter()
                 .enumerate()
                 .map(|(k, &i)| {
-                    let mut rng = item_rng(seed ^ 0x5EED, k);
+                    let mut rng = streams::rng(seed, Stream::Negative, k as u64);
                     let j = rng.random_range(0..src.len() - 1);
                     if j >= i { j + 1 } else { j }
                 })
@@ -544,7 +545,7 @@ impl Sampler {
         xs.push(Grid::zeros(self.channels, geo.patch));
         let n = geo.per_side;
         let items = grids.len();
-        let mut rng = item_rng(seed ^ 0xC0C0, usize::MAX);
+        let mut rng = streams::rng(seed, Stream::CpcNegatives, 0);
         let (mut ctx, mut tgt, mut ys) = (Vec::new(), Vec::new(), Vec::new());
         let columns: Vec<(usize, usize)> = if planar {
             (0..n).map(|c| (0, c)).collect()

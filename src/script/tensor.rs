@@ -3,12 +3,11 @@
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal, StandardUniform};
 use rhai::{Array, Dynamic, FLOAT, INT};
 
 use super::HostState;
+use crate::streams::{self, Stream};
 use super::api::Domain;
 use super::convert::{RResult, ScriptResult, dim, dtype_name, index, number, rt_err, shape};
 
@@ -126,7 +125,10 @@ fn arange(start: f64, end: f64, step: f64, dev: &Device) -> RResult<Tensor> {
 fn random(sh: &Array, seed: INT, normal: bool, dev: &Device) -> RResult<Tensor> {
     let dims = shape(sh, "shape")?;
     let n: usize = dims.iter().product();
-    let mut rng = StdRng::seed_from_u64(seed as u64);
+    let seed = u64::try_from(seed)
+        .map_err(|_| crate::Error::arg("seed", format!("expected a seed ≥ 0, got {seed}")))
+        .rt()?;
+    let mut rng = streams::rng(seed, Stream::Script, 0);
     let v: Vec<f32> = if normal {
         (0..n).map(|_| StandardNormal.sample(&mut rng)).collect()
     } else {

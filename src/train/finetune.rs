@@ -9,19 +9,19 @@ use std::time::Instant;
 
 use candle_core::{D, DType, Device, Tensor};
 use rand::RngExt;
-use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::loss::{DiceVariant, binary_cross_entropy, cross_entropy, dice_loss, one_hot};
 use super::metrics::{Confusion, SoftDice};
 use super::optim::{Adam, AdamConfig};
-use super::pretrain::{batches, mix};
+use super::pretrain::batches;
 use crate::nn::{
     DenseNet, DenseNetConfig, Encoded, GlobalPool, LoadOptions, LoadReport, MlpHead, MlpHeadConfig,
     ParamStore, UNet3d, UNet3dConfig,
 };
 use crate::pretext::exemplar::{crop_or_pad, zoom};
 use crate::pretext::grid::{Grid, stack};
+use crate::streams::{Stream, derive, rng};
 use crate::{Error, Result};
 
 /// Where the encoder's weights come from.
@@ -235,17 +235,16 @@ fn fit(
         if epoch == warmup && warmup > 0 && sched.fresh_optimizer {
             opt = all()?;
         }
-        let mut plan = batches(
-            train_ids,
-            sched.batch_size,
-            Some(mix(sched.seed, epoch as u64)),
-        );
+        let e = epoch as u64;
+        let order = derive(sched.seed, Stream::EpochOrder, e);
+        let mut plan = batches(train_ids, sched.batch_size, Some(order));
         if let Some(n) = sched.steps_per_epoch {
             plan.truncate(n.max(1));
         }
         let mut sum = 0.0;
         for (step, ids) in plan.iter().enumerate() {
-            let l = loss(ids, mix(sched.seed, (epoch * 10_000 + step) as u64), frozen)?;
+            let batch_seed = derive(derive(sched.seed, Stream::EpochBatches, e), Stream::Batch, step as u64);
+            let l = loss(ids, batch_seed, frozen)?;
             sum += opt.backward_step(&l).map_err(|e| match e {
                 Error::NonFinite { what, value, .. } => Error::NonFinite {
                     what,
@@ -312,7 +311,7 @@ pub fn finetune_segmentation(
         seed: cfg.schedule.seed,
         ..cfg.unet
     };
-    let store = ParamStore::new(cfg.schedule.seed);
+    let store = ParamStore::new(derive(cfg.schedule.seed, Stream::Init, 0));
     let net = UNet3d::new(&unet, store.builder(DType::F32, dev))?;
     let load = load_encoder(&store, init)?;
     let freeze_bn = cfg.schedule.freeze_bn;
@@ -466,7 +465,7 @@ pub fn finetune_classification(
     dev: &Device,
     on_epoch: &mut dyn FnMut(usize, f64),
 ) -> Result<ClassificationResult> {
-    let store = ParamStore::new(cfg.schedule.seed);
+    let store = ParamStore::new(derive(cfg.schedule.seed, Stream::Init, 0));
     let vb = store.builder(DType::F32, dev);
     let net = DenseNet::new(&cfg.densenet, vb.pp("encoder"))?;
     let head_cfg = MlpHeadConfig {
@@ -493,7 +492,7 @@ pub fn finetune_classification(
                 ));
             }
             grids.push(match seed {
-                Some(s) if cfg.augment => augment(&g, &mut StdRng::seed_from_u64(mix(s, j as u64))),
+                Some(s) if cfg.augment => augment(&g, &mut rng(s, Stream::Augment, j as u64)),
                 _ => g,
             });
             grades.push(y);

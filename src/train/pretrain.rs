@@ -16,6 +16,7 @@ use super::optim::{Adam, AdamConfig};
 use crate::error::FileContext;
 use crate::nn::ParamStore;
 use crate::pretext::{Batch, PretextModel, Sampler, Source};
+use crate::streams::{Stream, derive};
 use crate::{Error, Result};
 
 /// Settings of [`pretrain`].
@@ -98,9 +99,10 @@ pub fn train_val_split(n: usize, val_fraction: f64) -> (Vec<usize>, Vec<usize>) 
     ((0..n_train).collect(), (n_train..n).collect())
 }
 
-pub(crate) fn batches(ids: &[usize], size: usize, seed: Option<u64>) -> Vec<Vec<usize>> {
+/// `ids` in batches of `size`, shuffled by the stream `order` when given.
+pub(crate) fn batches(ids: &[usize], size: usize, order: Option<u64>) -> Vec<Vec<usize>> {
     let mut ids = ids.to_vec();
-    if let Some(s) = seed {
+    if let Some(s) = order {
         ids.shuffle(&mut StdRng::seed_from_u64(s));
     }
     // Batch statistics need two items: a lone last item joins the batch before it.
@@ -110,12 +112,6 @@ pub(crate) fn batches(ids: &[usize], size: usize, seed: Option<u64>) -> Vec<Vec<
         out.last_mut().expect("checked").extend(last);
     }
     out
-}
-
-pub(crate) fn mix(a: u64, b: u64) -> u64 {
-    (a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .rotate_left(17)
-        .wrapping_mul(0xBF58_476D_1CE4_E5B9)
 }
 
 /// A pretext model with its parameters, sampler and device: what [`Pretrainer::run`] trains.
@@ -141,7 +137,7 @@ impl Pretrainer {
         device: &Device,
     ) -> Result<Self> {
         let sampler = Sampler::new(task, channels, dims)?;
-        let store = ParamStore::new(seed);
+        let store = ParamStore::new(derive(seed, Stream::Init, 0));
         let model = PretextModel::new(
             &sampler,
             backbone,
@@ -214,7 +210,8 @@ fn pretrain(
     let mut best = f64::INFINITY;
     for epoch in 1..=cfg.epochs {
         let start = Instant::now();
-        let mut plan = batches(&train_ids, bs, Some(mix(cfg.seed, epoch as u64)));
+        let e = epoch as u64;
+        let mut plan = batches(&train_ids, bs, Some(derive(cfg.seed, Stream::EpochOrder, e)));
         if let Some(n) = cfg.steps_per_epoch {
             plan.truncate(n.max(1));
         }
@@ -223,7 +220,7 @@ fn pretrain(
             sampler,
             data,
             &plan,
-            mix(cfg.seed, 1000 + epoch as u64),
+            derive(cfg.seed, Stream::EpochBatches, e),
             dev,
             Some(&mut opt),
             epoch,
@@ -236,7 +233,7 @@ fn pretrain(
                 sampler,
                 data,
                 &batches(&val_ids, bs, None),
-                mix(cfg.seed, 7),
+                derive(cfg.seed, Stream::Validation, 0),
                 dev,
                 None,
                 epoch,
@@ -311,7 +308,7 @@ fn run_epoch(
         scope.spawn(move || {
             for (i, ids) in plan.iter().enumerate() {
                 if tx
-                    .send(sampler.batch(data, ids, mix(seed, i as u64), train))
+                    .send(sampler.batch(data, ids, derive(seed, Stream::Batch, i as u64), train))
                     .is_err()
                 {
                     break;

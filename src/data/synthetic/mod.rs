@@ -11,24 +11,17 @@ pub mod pancreas;
 
 use std::path::{Path, PathBuf};
 
-use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::error::{Error, FileContext, Result};
+use crate::streams::{self, Stream};
 
 pub use fundus::FundusConfig;
 pub use pancreas::PhantomConfig;
 
 /// The random stream of item `index` of a dataset generated with `seed`.
 pub(crate) fn item_rng(seed: u64, index: u64) -> StdRng {
-    // splitmix64 of (seed, index): neighbouring seeds and indices give unrelated streams.
-    let mut z = seed
-        ^ index
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .wrapping_add(0x632B_E59B);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    StdRng::seed_from_u64(z ^ (z >> 31))
+    streams::rng(seed, Stream::SyntheticCase, index)
 }
 
 /// Generates a dataset into `home/synthetic/<name>-<key>/` unless it is already there, and

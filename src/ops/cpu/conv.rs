@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use super::{Real, SendPtr, matmul};
+use super::{Real, SendPtr, matmul, ordered_sum};
 
 /// Elements of a column tile (per worker); about 256 KiB of f32, which stays in L2.
 const TILE_ELEMS: usize = 65_536;
@@ -251,66 +251,55 @@ pub fn weight_grad<T: Real>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
         return dw;
     }
     let (k, p) = (g.k(), g.out_len());
-    let sum = |mut a: Vec<T>, b: Vec<T>| {
-        a.iter_mut().zip(b).for_each(|(u, v)| *u += v);
-        a
-    };
     if g.is_pointwise() {
-        return (0..g.n)
-            .into_par_iter()
-            .map(|n| {
-                let mut acc = vec![T::zero(); g.o * g.c];
-                // SAFETY: acc is [o, c]; dy[n] is [o, p]; x[n] is [c, p] read as its transpose.
-                unsafe {
-                    matmul(
-                        (g.o, g.c, p),
-                        acc.as_mut_ptr(),
-                        (g.c, 1),
-                        false,
-                        dy.as_ptr().add(n * g.o * p),
-                        (p, 1),
-                        x.as_ptr().add(n * g.c * p),
-                        (1, p),
-                    );
-                }
-                acc
-            })
-            .reduce(|| vec![T::zero(); g.o * g.c], sum);
+        let samples: Vec<usize> = (0..g.n).collect();
+        return ordered_sum(&samples, g.o * g.c, || (), |_, acc: &mut [T], &n| {
+            // SAFETY: acc is [o, c]; dy[n] is [o, p]; x[n] is [c, p] read as its transpose.
+            unsafe {
+                matmul(
+                    (g.o, g.c, p),
+                    acc.as_mut_ptr(),
+                    (g.c, 1),
+                    true,
+                    dy.as_ptr().add(n * g.o * p),
+                    (p, 1),
+                    x.as_ptr().add(n * g.c * p),
+                    (1, p),
+                );
+            }
+        });
     }
     let xp = pad(x, g.n * g.c, g);
     let (lp, wo) = (g.padded_len(), g.out()[2]);
     let per = g.rows_per_tile();
-    tiles(g)
-        .into_par_iter()
-        .fold(
-            || (vec![T::zero(); k * per * wo], vec![T::zero(); g.o * k]),
-            |(mut col, mut acc), (n, r0, rows)| {
-                let t = rows * wo;
-                im2col(
-                    &xp[n * g.c * lp..(n + 1) * g.c * lp],
-                    g,
-                    r0,
-                    rows,
-                    &mut col[..k * t],
+    ordered_sum(
+        &tiles(g),
+        g.o * k,
+        || vec![T::zero(); k * per * wo],
+        |col, acc: &mut [T], &(n, r0, rows)| {
+            let t = rows * wo;
+            im2col(
+                &xp[n * g.c * lp..(n + 1) * g.c * lp],
+                g,
+                r0,
+                rows,
+                &mut col[..k * t],
+            );
+            // SAFETY: acc is this group's [o, k]; dy tile [o, t]; col read as [t, k].
+            unsafe {
+                matmul(
+                    (g.o, k, t),
+                    acc.as_mut_ptr(),
+                    (k, 1),
+                    true,
+                    dy.as_ptr().add(n * g.o * p + r0 * wo),
+                    (p, 1),
+                    col.as_ptr(),
+                    (1, t),
                 );
-                // SAFETY: acc is this worker's [o, k]; dy tile [o, t]; col read as [t, k].
-                unsafe {
-                    matmul(
-                        (g.o, k, t),
-                        acc.as_mut_ptr(),
-                        (k, 1),
-                        true,
-                        dy.as_ptr().add(n * g.o * p + r0 * wo),
-                        (p, 1),
-                        col.as_ptr(),
-                        (1, t),
-                    );
-                }
-                (col, acc)
-            },
-        )
-        .map(|(_, acc)| acc)
-        .reduce(|| vec![T::zero(); g.o * k], sum)
+            }
+        },
+    )
 }
 
 /// `dL/dx [n, c, d, h, w]` from the output gradient `dy` and the weights `w`.

@@ -11,6 +11,7 @@ pub mod pool;
 pub mod resample;
 
 use conv::Geom;
+use rayon::prelude::*;
 
 /// Makes glibc's allocator keep freed memory in the process, once per process: no `mmap` for
 /// large blocks, no trimming of the heap, one arena.
@@ -136,6 +137,44 @@ pub(crate) unsafe fn matmul<T: Real>(
             gemm::Parallelism::None,
         );
     }
+}
+
+/// Elements of the partial sums [`ordered_sum`] may hold at once (16 MiB of f32).
+const PARTIAL_ELEMS: usize = 1 << 22;
+
+/// The sum over `items` of what `add` accumulates into a zeroed `[len]` buffer, computed in
+/// parallel but in an order fixed by the items alone, so the result is bit-identical at any
+/// thread count and under any scheduling (rayon's `fold`/`reduce` group by work stealing).
+/// Items are cut into contiguous groups (at most 16, fewer when `len` is large); each group
+/// accumulates in item order with its own `scratch`, and the groups' sums are added in order.
+pub(crate) fn ordered_sum<T: Real, I: Sync, S>(
+    items: &[I],
+    len: usize,
+    scratch: impl Fn() -> S + Sync,
+    add: impl Fn(&mut S, &mut [T], &I) + Sync,
+) -> Vec<T> {
+    let groups = (PARTIAL_ELEMS / len.max(1)).clamp(1, 16).min(items.len().max(1));
+    let per = items.len().div_ceil(groups).max(1);
+    let mut parts: Vec<Vec<T>> = items
+        .par_chunks(per)
+        .map(|chunk| {
+            let mut s = scratch();
+            let mut acc = vec![T::zero(); len];
+            for item in chunk {
+                add(&mut s, &mut acc, item);
+            }
+            acc
+        })
+        .collect();
+    let mut total = if parts.is_empty() {
+        vec![T::zero(); len]
+    } else {
+        parts.remove(0)
+    };
+    for part in parts {
+        total.iter_mut().zip(part).for_each(|(u, v)| *u += v);
+    }
+    total
 }
 
 /// A raw pointer that may cross threads; each task writes a disjoint region.
