@@ -86,10 +86,8 @@ fn undoing_the_jigsaw_permutation_gives_back_the_centred_patches() {
 #[test]
 fn the_rpl_query_is_the_crop_at_the_labelled_position() {
     let data: Vec<Grid> = (0..8).map(|s| volume(24, s)).collect();
-    let cfg = TaskConfig {
-        jitter: Some(0),
-        ..TaskConfig::new(Task::Rpl)
-    };
+    let mut cfg = TaskConfig::new(Task::Rpl);
+    cfg.options.jitter = Some(0);
     let s = Sampler::new(&cfg, 1, [24; 3]).unwrap();
     assert_eq!(s.classes(), 26);
     let b = s
@@ -112,11 +110,10 @@ fn rpl_and_jigsaw_work_on_2d_images() {
     assert_eq!(rpl.classes(), 8);
     let b = rpl.batch(&data, &[0, 1, 2, 3], 1, true).unwrap();
     assert_eq!(b.x.dims(), [8, 3, 7, 7], "cell 15, jitter 8");
+    let mut jig_cfg = TaskConfig::new(Task::Jigsaw);
+    jig_cfg.options.jitter = Some(3);
     let jig = Sampler::new(
-        &TaskConfig {
-            jitter: Some(3),
-            ..TaskConfig::new(Task::Jigsaw)
-        },
+        &jig_cfg,
         3,
         [1, 45, 45],
     )

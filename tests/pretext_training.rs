@@ -107,10 +107,8 @@ fn rotation_pretraining_learns_and_writes_logs_and_checkpoints() {
 
 #[test]
 fn jigsaw_pretraining_learns() {
-    let cfg = TaskConfig {
-        permutations: 8,
-        ..TaskConfig::new(Task::Jigsaw)
-    };
+    let mut cfg = TaskConfig::new(Task::Jigsaw);
+    cfg.options.permutations = 8;
     let data = (0..20).map(|s| volume(33, s)).collect();
     check(
         "jigsaw",

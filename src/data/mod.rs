@@ -7,6 +7,7 @@ pub mod image2d;
 pub mod preprocess;
 pub mod preview;
 pub mod resize;
+pub mod sets;
 pub mod split;
 pub mod synthetic;
 pub mod verify;
@@ -22,6 +23,7 @@ pub use decathlon::{Case, Decathlon};
 pub use image2d::Image;
 pub use preprocess::{FundusFilter, FundusPreprocess, PancreasPreprocess};
 pub use resize::Interp;
+pub use sets::{Folders, FundusOptions, FundusSynthOptions, PancreasOptions};
 pub use verify::{Problem, Report, verify};
 pub use volume::{Affine, Volume, VoxelType};
 

@@ -20,7 +20,8 @@ use super::{Image, Volume};
 use crate::error::{Error, Result};
 
 /// Pancreas CT preprocessing parameters; the default is the original code's.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct PancreasPreprocess {
     /// Target shape [x, y, z] (the paper: 128³).
     pub shape: [usize; 3],
@@ -28,7 +29,8 @@ pub struct PancreasPreprocess {
     pub threshold: f64,
     /// Use the last foreground index as an exclusive end, as the original code (true).
     pub off_by_one: bool,
-    /// How labels are resized: `Linear` then round (original), or `Nearest`.
+    /// How labels are resized: linear then rounded (the original code), or nearest.
+    #[serde(rename = "labels")]
     pub label_interp: Interp,
     /// Clip HU values to [lo, hi] before everything else (off in the original).
     pub clip: Option<(f32, f32)>,
@@ -314,7 +316,7 @@ pub fn crop(data: &[f32], shape: [usize; 3], bbox: &BBox) -> Vec<f32> {
 }
 
 /// The resampling filter of fundus images.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FundusFilter {
     /// Lanczos3, as PIL's LANCZOS in the original code.
@@ -324,7 +326,8 @@ pub enum FundusFilter {
 }
 
 /// Fundus preprocessing parameters; the default is the original code's (224, LANCZOS).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct FundusPreprocess {
     /// Output width and height in pixels.
     pub size: usize,

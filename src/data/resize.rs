@@ -18,7 +18,17 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 
 /// How output voxels are interpolated from the input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Interp {
     /// Nearest neighbour (skimage `order=0`).

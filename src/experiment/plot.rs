@@ -15,7 +15,9 @@ use crate::train::pretrain::EpochLog;
 use crate::{Error, Result};
 
 /// The paper's curves (method.md §5.1, read off Fig. 3 and Fig. 4, ±0.01), at 5/10/25/50/100 %.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum PaperFigure {
     /// Fig. 3: pancreas, mean 3-class Dice.

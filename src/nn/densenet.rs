@@ -11,8 +11,9 @@ use super::norm::{BatchNorm, BatchNormConfig, batch_norm};
 use crate::ops;
 use crate::{Error, Result};
 
-/// The shape of a [`DenseNet`].
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+/// The shape of a [`DenseNet`]; the default is DenseNet-121.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct DenseNetConfig {
     /// Input channels (3 for RGB).
     pub in_channels: usize,
@@ -24,6 +25,12 @@ pub struct DenseNetConfig {
     pub init_features: usize,
     /// Bottleneck width of a dense layer as a multiple of `growth` (4).
     pub bn_size: usize,
+}
+
+impl Default for DenseNetConfig {
+    fn default() -> Self {
+        DenseNetConfig::densenet121()
+    }
 }
 
 impl DenseNetConfig {
@@ -52,7 +59,10 @@ impl DenseNetConfig {
 }
 
 /// How the final feature map becomes a vector.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum GlobalPool {
     /// Global average (O's finetuning configs).
     Avg,

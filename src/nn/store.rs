@@ -52,7 +52,10 @@ impl LoadReport {
 }
 
 /// Which tensors [`ParamStore::load`] copies and how file names map to store names.
-#[derive(Clone, Debug, Default)]
+#[derive(
+    Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(default, deny_unknown_fields)]
 pub struct LoadOptions {
     /// Only names (after renaming) starting with this prefix take part, e.g. `"encoder."`.
     pub prefix: Option<String>,

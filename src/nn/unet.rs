@@ -16,8 +16,11 @@ use crate::ops::{self, PoolSpec};
 use crate::streams::{Stream, derive};
 use crate::{Error, Result};
 
-/// The shape of a [`UNet3d`] and of its [`Encoder3d`].
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+/// The shape of a [`UNet3d`] and of its [`Encoder3d`]; the default is the paper's.
+#[derive(
+    Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(default, deny_unknown_fields)]
 pub struct UNet3dConfig {
     /// Input channels (1 for CT).
     pub in_channels: usize,
@@ -29,11 +32,13 @@ pub struct UNet3dConfig {
     pub classes: usize,
     /// Dropout rate after the first convolution of every block (0.5).
     pub dropout: f64,
-    /// Batch normalisation constants (Keras: eps 1e-3, momentum 0.99).
+    /// BatchNorm epsilon (Keras: 1e-3).
     pub eps: f64,
-    /// Weight of a new batch in the BatchNorm running averages.
+    /// BatchNorm momentum: the weight of a new batch in the running averages (Keras' 0.99
+    /// is 0.01 here).
     pub momentum: f64,
-    /// Seed of the dropout masks.
+    /// Seed of the dropout masks, set by whoever trains the network (not an option).
+    #[serde(skip)]
     pub seed: u64,
 }
 

@@ -19,7 +19,17 @@ pub use sampler::{Batch, Sampler, Source};
 use crate::{Error, Result};
 
 /// A pretext task.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Task {
     /// Predict which of 10 (3D) or 4 (2D) rotations was applied.
@@ -88,7 +98,17 @@ impl Task {
 }
 
 /// Where exemplar negatives come from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Negatives {
     /// Another item of the dataset, unaugmented (O).
@@ -99,7 +119,17 @@ pub enum Negatives {
 }
 
 /// The exemplar triplet loss.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum TripletLoss {
     /// O: `mean max(0, d(a,p) - d(a,n) + margin)` with `d` the mean squared difference.
@@ -110,8 +140,8 @@ pub enum TripletLoss {
 }
 
 /// Exemplar settings.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct ExemplarOptions {
     /// Where negatives come from.
     pub negatives: Negatives,
@@ -141,7 +171,17 @@ impl Default for ExemplarOptions {
 }
 
 /// The CPC loss.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum CpcLoss {
     /// O: binary cross-entropy of one positive or one negative target set per example.
@@ -152,8 +192,8 @@ pub enum CpcLoss {
 }
 
 /// CPC settings.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct CpcOptions {
     /// The loss.
     pub loss: CpcLoss,
@@ -187,31 +227,43 @@ impl Default for CpcOptions {
 pub struct TaskConfig {
     /// The task.
     pub task: Task,
-    /// Cells per side of the patch grid (jigsaw, RPL: 3; CPC: 4 in 3D, 5 in 2D).
-    #[serde(default)]
+    /// Its settings.
+    #[serde(flatten)]
+    pub options: TaskOptions,
+}
+
+/// The settings of a pretext task (the script's `task` options); the default is O's.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct TaskOptions {
+    /// Cells per side of the patch grid; () = O's (jigsaw, RPL: 3; CPC: 4 in 3D, 5 in 2D).
     pub grid: Option<usize>,
-    /// How far jigsaw/RPL patches move inside their cell (3 in 3D, 8 in 2D).
-    #[serde(default)]
+    /// How far jigsaw/RPL patches move inside their cell; () = O's 3 in 3D, 8 in 2D.
     pub jitter: Option<usize>,
-    /// Jigsaw permutations (100).
-    #[serde(default = "default_permutations")]
+    /// Jigsaw permutations (O: 100).
     pub permutations: usize,
-    /// How the permutation set is chosen.
-    #[serde(default)]
+    /// How the jigsaw permutation set is chosen.
     pub permutation_kind: PermutationKind,
-    /// Seed of the permutation set.
-    #[serde(default)]
+    /// Seed of the jigsaw permutation set.
     pub permutation_seed: u64,
     /// Exemplar settings.
-    #[serde(default)]
     pub exemplar: ExemplarOptions,
     /// CPC settings.
-    #[serde(default)]
     pub cpc: CpcOptions,
 }
 
-fn default_permutations() -> usize {
-    100
+impl Default for TaskOptions {
+    fn default() -> Self {
+        TaskOptions {
+            grid: None,
+            jitter: None,
+            permutations: 100,
+            permutation_kind: PermutationKind::Random,
+            permutation_seed: 0,
+            exemplar: ExemplarOptions::default(),
+            cpc: CpcOptions::default(),
+        }
+    }
 }
 
 impl TaskConfig {
@@ -219,19 +271,13 @@ impl TaskConfig {
     pub fn new(task: Task) -> Self {
         TaskConfig {
             task,
-            grid: None,
-            jitter: None,
-            permutations: default_permutations(),
-            permutation_kind: PermutationKind::Random,
-            permutation_seed: 0,
-            exemplar: ExemplarOptions::default(),
-            cpc: CpcOptions::default(),
+            options: TaskOptions::default(),
         }
     }
 
     /// Cells per side of the patch grid.
     pub fn per_side(&self, planar: bool) -> usize {
-        self.grid.unwrap_or(match (self.task, planar) {
+        self.options.grid.unwrap_or(match (self.task, planar) {
             (Task::Cpc, false) => 4,
             (Task::Cpc, true) => 5,
             _ => 3,
@@ -240,6 +286,6 @@ impl TaskConfig {
 
     /// Patch jitter of jigsaw and RPL.
     pub fn jitter(&self, planar: bool) -> usize {
-        self.jitter.unwrap_or(if planar { 8 } else { 3 })
+        self.options.jitter.unwrap_or(if planar { 8 } else { 3 })
     }
 }

@@ -34,6 +34,37 @@ pub enum BackboneConfig {
     Dense(DenseNetConfig, GlobalPool),
 }
 
+/// The options of a 2D backbone: the DenseNet and its global pooling.
+#[derive(
+    Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(default)]
+pub struct DenseOptions {
+    /// The network (DenseNet-121 by default).
+    #[serde(flatten)]
+    pub net: DenseNetConfig,
+    /// Global pooling of the features; () = the protocol's (O: max for the pretext tasks,
+    /// average for grading).
+    pub pool: Option<GlobalPool>,
+}
+
+impl BackboneConfig {
+    /// O's pretext backbone: the paper's UNet3D encoder for volumes, DenseNet-121 with global
+    /// max pooling for images (`planar`).
+    pub fn paper(planar: bool) -> Self {
+        BackboneConfig::of(planar, &UNet3dConfig::default(), &DenseOptions::default())
+    }
+
+    /// The backbone for volumes (`unet`) or images (`dense`, max pooling unless given).
+    pub fn of(planar: bool, unet: &UNet3dConfig, dense: &DenseOptions) -> Self {
+        if planar {
+            BackboneConfig::Dense(dense.net.clone(), dense.pool.unwrap_or(GlobalPool::Max))
+        } else {
+            BackboneConfig::Unet(*unet)
+        }
+    }
+}
+
 impl Backbone {
     /// The backbone of `cfg`, with parameters under `vb`.
     pub fn new(cfg: &BackboneConfig, vb: VarBuilder) -> Result<Self> {
@@ -129,8 +160,8 @@ impl PretextModel {
             Task::Jigsaw => Head::Classifier(MlpHead::new(f * views, sampler.classes(), head, hv)?),
             Task::Rpl => Head::Classifier(MlpHead::new(2 * f, sampler.classes(), head, hv)?),
             Task::Exemplar => {
-                let n = if task.exemplar.shared_head { 1 } else { 3 };
-                let code = task.exemplar.code;
+                let n = if task.options.exemplar.shared_head { 1 } else { 3 };
+                let code = task.options.exemplar.code;
                 Head::Exemplar(
                     (0..n)
                         .map(|i| linear(f, code, hv.pp(format!("code{i}"))))
@@ -138,7 +169,7 @@ impl PretextModel {
                 )
             }
             Task::Cpc => {
-                let c = &task.cpc;
+                let c = &task.options.cpc;
                 Head::Cpc {
                     encode: linear(f, c.code, hv.pp("encode"))?,
                     gru: gru(c.code, c.hidden, hv.pp("gru"))?,
@@ -212,7 +243,7 @@ impl PretextModel {
     }
 
     fn exemplar(&self, feats: &Tensor, heads: &[Linear], b: usize) -> Result<StepOutput> {
-        let o = &self.task.exemplar;
+        let o = &self.task.options.exemplar;
         let code = |i: usize, part: usize| -> Result<Tensor> {
             let h = &heads[part.min(heads.len() - 1)];
             Ok(candle_nn::ops::sigmoid(&h.forward(&feats.narrow(
@@ -302,7 +333,7 @@ impl PretextModel {
         let target = |j: usize| -> Result<Tensor> {
             Ok(codes.index_select(&tgt.narrow(1, j, 1)?.flatten_all()?, 0)?)
         };
-        match self.task.cpc.loss {
+        match self.task.options.cpc.loss {
             CpcLoss::Binary => {
                 let mut score: Option<Tensor> = None;
                 for (j, p) in preds.iter().enumerate() {

@@ -8,7 +8,17 @@ use crate::streams::{self, Stream};
 use crate::{Error, Result};
 
 /// How a permutation set is chosen.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum PermutationKind {
     /// Uniformly random distinct permutations (O's 3D `permutations3d_100_27.npy`).

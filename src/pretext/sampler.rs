@@ -107,10 +107,10 @@ impl Sampler {
                 let perms = (cfg.task == Task::Jigsaw)
                     .then(|| {
                         PermutationSet::generate(
-                            cfg.permutations,
+                            cfg.options.permutations,
                             g.count(planar),
-                            cfg.permutation_kind,
-                            cfg.permutation_seed,
+                            cfg.options.permutation_kind,
+                            cfg.options.permutation_seed,
                         )
                     })
                     .transpose()?;
@@ -375,7 +375,7 @@ impl Sampler {
         grids: &[Arc<Grid>],
         seed: u64,
     ) -> Result<Batch> {
-        let opts: &ExemplarOptions = &self.cfg.exemplar;
+        let opts: &ExemplarOptions = &self.cfg.options.exemplar;
         let planar = self.planar();
         let anchors: Vec<Grid> = grids
             .par_iter()
@@ -443,7 +443,7 @@ struct CpcGeometry {
 
 impl Sampler {
     fn cpc_geometry(&self) -> Result<CpcGeometry> {
-        let o: &CpcOptions = &self.cfg.cpc;
+        let o: &CpcOptions = &self.cfg.options.cpc;
         let planar = self.planar();
         let n = self.cfg.per_side(planar);
         let fit = |ok: bool| {

@@ -5,6 +5,11 @@
 //! generated API reference `docs/scripting.md`.
 
 use rhai::{Module, RhaiNativeFunc, Variant};
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+
+use super::convert::RResult;
+use super::options::{OptionDoc, docs};
 
 /// The documentation of one script function (or one overload of it).
 #[derive(Clone, Debug)]
@@ -17,6 +22,17 @@ pub struct FnDoc {
     pub signature: &'static str,
     /// One line saying what it does.
     pub doc: &'static str,
+    /// The keys of its options map, generated from the typed configuration it reads.
+    pub options: Option<fn() -> Vec<OptionDoc>>,
+    /// Checks an options map as the function would, without running it.
+    pub check: Option<OptionsCheck>,
+}
+
+/// Checks an options map (`what` names the function in errors).
+pub type OptionsCheck = fn(&str, &rhai::Map) -> RResult<()>;
+
+fn check_as<T: DeserializeOwned + JsonSchema>(what: &str, m: &rhai::Map) -> RResult<()> {
+    super::options::parse::<T>(what, m).map(|_| ())
 }
 
 /// One domain of the script API: a Rhai module plus the docs of its functions.
@@ -118,7 +134,18 @@ impl Domain {
             name,
             signature,
             doc,
+            options: None,
+            check: None,
         });
+        self
+    }
+
+    /// Documents the options map of the function registered last as the keys of `T`.
+    pub fn options<T: DeserializeOwned + JsonSchema>(&mut self) -> &mut Self {
+        if let Some(last) = self.docs.last_mut() {
+            last.options = Some(docs::<T>);
+            last.check = Some(check_as::<T>);
+        }
         self
     }
 
@@ -168,6 +195,11 @@ impl ApiDocs {
             .collect()
     }
 
+    /// The options check of function `name`, when it takes an options map.
+    pub fn options_check(&self, name: &str) -> Option<OptionsCheck> {
+        self.lookup(name).into_iter().find_map(|f| f.check)
+    }
+
     /// Every documented name, sorted and without duplicates.
     pub fn names(&self) -> Vec<&'static str> {
         let mut v: Vec<&'static str> = self
@@ -202,7 +234,34 @@ impl ApiDocs {
                     f.doc
                 ));
             }
+            for f in d.docs.iter().filter(|f| f.options.is_some()) {
+                s.push_str(&format!("\n### Options of `{}`\n\n", f.name));
+                s.push_str(&options_table(f));
+            }
         }
         s
     }
+}
+
+/// The options of `f` as a Markdown table (empty when it takes none).
+pub fn options_table(f: &FnDoc) -> String {
+    let Some(options) = f.options else {
+        return String::new();
+    };
+    let mut s = String::from("| key | type | default | meaning |\n|---|---|---|---|\n");
+    for o in options() {
+        let default = if o.default.is_empty() {
+            String::new()
+        } else {
+            format!("`{}`", o.default)
+        };
+        s.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            o.key,
+            o.ty,
+            default,
+            o.doc.replace('|', "\\|")
+        ));
+    }
+    s
 }

@@ -43,6 +43,11 @@ pub fn index(v: INT, what: &str) -> RResult<usize> {
         .map_err(|_| rt_err(format!("{what}: expected a non-negative integer, got {v}")))
 }
 
+/// A seed argument: a non-negative integer.
+pub fn seed(v: INT, what: &str) -> RResult<u64> {
+    u64::try_from(v).map_err(|_| rt_err(format!("{what}: expected a seed ≥ 0, got {v}")))
+}
+
 /// A shape given as an array of non-negative integers.
 pub fn shape(arr: &Array, what: &str) -> RResult<Vec<usize>> {
     arr.iter()

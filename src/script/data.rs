@@ -7,15 +7,13 @@ use candle_core::Tensor;
 use rhai::{Array, Dynamic, INT, Map};
 
 use super::api::Domain;
-use super::convert::{RResult, ScriptResult, index, ints, number, rt_err};
-use crate::data::synthetic::{self, FundusConfig, PhantomConfig, fundus, pancreas};
+use super::convert::{RResult, ScriptResult, index, ints, number, rt_err, seed as seed_arg};
+use super::options;
+use crate::data::synthetic::{PhantomConfig, fundus, pancreas};
 use crate::data::{
-    FundusFilter, FundusPreprocess, FundusSet, Image, Interp, PancreasPreprocess, PancreasSet,
-    Volume, split,
+    FundusOptions, FundusPreprocess, FundusSet, FundusSynthOptions, Image, PancreasOptions,
+    PancreasPreprocess, PancreasSet, Volume, split,
 };
-use crate::progress::Progress;
-
-use super::opts::Opts;
 
 fn int_array(v: &[usize]) -> Array {
     v.iter().map(|&i| Dynamic::from_int(i as INT)).collect()
@@ -32,167 +30,35 @@ fn to_dynamic<T: serde::Serialize>(v: &T) -> RResult<Dynamic> {
     rhai::serde::to_dynamic(v)
 }
 
-const PANCREAS_KEYS: &[&str] = &[
-    "shape",
-    "threshold",
-    "off_by_one",
-    "labels",
-    "clip",
-    "anti_alias",
-];
-
-fn pancreas_params(o: &Opts) -> RResult<PancreasPreprocess> {
-    let d = PancreasPreprocess::default();
-    let label_interp = match o.string("labels", "linear")?.as_str() {
-        "linear" => Interp::Linear,
-        "nearest" => Interp::Nearest,
-        other => {
-            return Err(rt_err(format!(
-                "{}: option `labels` must be \"linear\" or \"nearest\", got \"{other}\"",
-                o.what
-            )));
-        }
-    };
-    let p = PancreasPreprocess {
-        shape: o.shape3("shape", d.shape)?,
-        threshold: o.float("threshold", d.threshold)?,
-        off_by_one: o.boolean("off_by_one", d.off_by_one)?,
-        label_interp,
-        clip: o.numbers("clip", 2)?.map(|c| (c[0] as f32, c[1] as f32)),
-        anti_alias: o.boolean("anti_alias", d.anti_alias)?,
-    };
-    p.validate().rt()?;
-    Ok(p)
+/// The options of `synth_pancreas`: the phantoms and where to write them.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(default)]
+struct SynthPancreasOptions {
+    /// The folder to write (required).
+    out: String,
+    /// What to generate.
+    #[serde(flatten)]
+    phantoms: PhantomConfig,
 }
 
-fn phantom_config(m: &Map) -> RResult<PhantomConfig> {
-    let o = Opts::new(
-        "synthetic",
-        m,
-        &[
-            "labelled",
-            "unlabelled",
-            "shape",
-            "seed",
-            "tumour_share",
-            "out",
-        ],
-    )?;
-    let d = PhantomConfig::default();
-    let cfg = PhantomConfig {
-        labelled: o.count("labelled", d.labelled)?,
-        unlabelled: o.count("unlabelled", d.unlabelled)?,
-        shape: o.shape3("shape", d.shape)?,
-        seed: o.count("seed", 0)? as u64,
-        tumour_share: o.float("tumour_share", d.tumour_share)?,
-    };
-    cfg.validate().rt()?;
-    Ok(cfg)
+/// The options of `synth_fundus`: the photographs and where to write them.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(default)]
+struct SynthFundusOptions {
+    /// The folder to write (required).
+    out: String,
+    /// What to generate.
+    #[serde(flatten)]
+    photos: FundusSynthOptions,
 }
 
-fn fundus_config(m: &Map) -> RResult<FundusConfig> {
-    let o = Opts::new("synthetic", m, &["n", "counts", "size", "seed", "out"])?;
-    let d = FundusConfig::default();
-    let size = o.count("size", d.size)?;
-    let seed = o.count("seed", 0)? as u64;
-    let counts = match o.numbers("counts", 5)? {
-        Some(c) if c.iter().all(|v| v.fract() == 0.0 && *v >= 0.0) => {
-            [c[0], c[1], c[2], c[3], c[4]].map(|v| v as usize)
-        }
-        Some(_) => return Err(o.err("counts", "5 non-negative integers", &m["counts"])),
-        None if o.get("n").is_some() => synthetic::fundus::aptos_counts(o.count("n", 0)?),
-        None => d.counts,
-    };
-    let cfg = FundusConfig { counts, size, seed };
-    cfg.validate().rt()?;
-    Ok(cfg)
-}
-
-fn folders(o: &Opts) -> RResult<(PathBuf, PathBuf)> {
-    let home = match o.string("data", "")?.as_str() {
-        "" => crate::data::home(),
-        h => PathBuf::from(h),
-    };
-    let cache = match o.string("cache", "")?.as_str() {
-        "" => home.join("cache"),
-        c => PathBuf::from(c),
-    };
-    Ok((home, cache))
-}
-
-fn open_pancreas(m: Map) -> RResult<PancreasSet> {
-    let keys: Vec<&str> = PANCREAS_KEYS
-        .iter()
-        .copied()
-        .chain(["root", "cache", "data", "synthetic"])
-        .collect();
-    let o = Opts::new("pancreas", &m, &keys)?;
-    let params = pancreas_params(&o)?;
-    let (home, cache) = folders(&o)?;
-    let root = match o.string("root", "")?.as_str() {
-        "" => {
-            let cfg = phantom_config(&o.map("synthetic")?)?;
-            synthetic::ensure(&home, "pancreas", &cfg.key(), |dir| {
-                let p = Progress::new((cfg.labelled + cfg.unlabelled) as u64, "synth pancreas");
-                pancreas::write(&cfg, dir, Some(&p)).inspect(|_| p.finish())
-            })
-            .rt()?
-        }
-        r => PathBuf::from(r),
-    };
-    PancreasSet::open(&root, &params, &cache).rt()
-}
-
-fn fundus_params(o: &Opts) -> RResult<FundusPreprocess> {
-    let filter = match o.string("filter", "lanczos")?.as_str() {
-        "lanczos" => FundusFilter::Lanczos,
-        "triangle" | "bilinear" => FundusFilter::Triangle,
-        other => {
-            return Err(rt_err(format!(
-                "{}: option `filter` must be \"lanczos\" or \"triangle\", got \"{other}\"",
-                o.what
-            )));
-        }
-    };
-    let size = o.count("size", 224)?;
-    if size == 0 {
+fn required_out(out: &str, what: &str) -> RResult<PathBuf> {
+    if out.is_empty() {
         return Err(rt_err(format!(
-            "{}: option `size` must be positive",
-            o.what
+            "{what}: option `out` (the folder to write) is required"
         )));
     }
-    Ok(FundusPreprocess { size, filter })
-}
-
-fn open_fundus(m: Map) -> RResult<FundusSet> {
-    let o = Opts::new(
-        "fundus",
-        &m,
-        &["root", "size", "filter", "cache", "data", "synthetic"],
-    )?;
-    let params = fundus_params(&o)?;
-    let (home, cache) = folders(&o)?;
-    let root = match o.string("root", "")?.as_str() {
-        "" => {
-            let cfg = fundus_config(&o.map("synthetic")?)?;
-            synthetic::ensure(&home, "fundus", &cfg.key(), |dir| {
-                let p = Progress::new(cfg.n() as u64, "synth fundus");
-                fundus::write(&cfg, dir, Some(&p)).inspect(|_| p.finish())
-            })
-            .rt()?
-        }
-        r => PathBuf::from(r),
-    };
-    FundusSet::open(&root, &params, &cache).rt()
-}
-
-fn out_dir(m: &Map, what: &str) -> RResult<PathBuf> {
-    match m.get("out").and_then(|v| v.clone().into_string().ok()) {
-        Some(s) if !s.is_empty() => Ok(PathBuf::from(s)),
-        _ => Err(rt_err(format!(
-            "{what}: option `out` (the folder to write) is required"
-        ))),
-    }
+    Ok(PathBuf::from(out))
 }
 
 /// Builds the `data` domain.
@@ -215,20 +81,23 @@ fn sets(d: &mut Domain) {
     d.func(
         "pancreas",
         "pancreas(opts: Map) -> PancreasSet",
-        "A prepared Decathlon set. Keys: root (\"\" = synthetic default), shape [128,128,128], \
-         threshold 0.05, off_by_one true, labels \"linear\"|\"nearest\", clip [lo, hi], \
-         anti_alias true, cache, data, synthetic #{labelled 24, unlabelled 12, shape \
-         [128,128,64], seed 0, tumour_share 0.7}.",
-        open_pancreas,
-    );
+        "A prepared Decathlon set, real or the synthetic default (options below).",
+        |m: Map| {
+            let o: PancreasOptions = options::parse("pancreas", &m)?;
+            o.open().rt()
+        },
+    )
+    .options::<PancreasOptions>();
     d.func(
         "fundus",
         "fundus(opts: Map) -> FundusSet",
-        "A prepared APTOS set. Keys: root (\"\" = synthetic default), size 224, filter \
-         \"lanczos\"|\"triangle\", cache, data, synthetic #{n 500 (APTOS balance) or counts \
-         [5 numbers], size 320, seed 0}.",
-        open_fundus,
-    );
+        "A prepared APTOS set, real or the synthetic default (options below).",
+        |m: Map| {
+            let o: FundusOptions = options::parse("fundus", &m)?;
+            o.open().rt()
+        },
+    )
+    .options::<FundusOptions>();
     d.func(
         "len",
         "set.len() -> INT",
@@ -356,27 +225,28 @@ fn tools(d: &mut Domain) {
     d.func(
         "synth_pancreas",
         "synth_pancreas(opts: Map) -> String",
-        "Writes CT phantoms as a Decathlon folder. Keys: out (required), labelled 24, \
-         unlabelled 12, shape [128,128,64], seed 0, tumour_share 0.7. Returns out.",
+        "Writes CT phantoms as a Decathlon folder (options below). Returns out.",
         |m: Map| {
-            let out = out_dir(&m, "synth_pancreas")?;
-            let cfg = phantom_config(&m)?;
-            pancreas::write(&cfg, &out, None).rt()?;
+            let o: SynthPancreasOptions = options::parse("synth_pancreas", &m)?;
+            let out = required_out(&o.out, "synth_pancreas")?;
+            o.phantoms.validate().rt()?;
+            pancreas::write(&o.phantoms, &out, None).rt()?;
             Ok(out.display().to_string())
         },
-    );
+    )
+    .options::<SynthPancreasOptions>();
     d.func(
         "synth_fundus",
         "synth_fundus(opts: Map) -> String",
-        "Writes fundus photographs as an APTOS folder. Keys: out (required), n 500 (APTOS \
-         balance) or counts [5 numbers], size 320, seed 0. Returns out.",
+        "Writes fundus photographs as an APTOS folder (options below). Returns out.",
         |m: Map| {
-            let out = out_dir(&m, "synth_fundus")?;
-            let cfg = fundus_config(&m)?;
-            fundus::write(&cfg, &out, None).rt()?;
+            let o: SynthFundusOptions = options::parse("synth_fundus", &m)?;
+            let out = required_out(&o.out, "synth_fundus")?;
+            fundus::write(&o.photos.config().rt()?, &out, None).rt()?;
             Ok(out.display().to_string())
         },
-    );
+    )
+    .options::<SynthFundusOptions>();
     d.func(
         "verify_dataset",
         "verify_dataset(dir: String) -> Map",
@@ -387,20 +257,19 @@ fn tools(d: &mut Domain) {
     d.func(
         "preprocess_ct",
         "preprocess_ct(image: Volume, opts: Map) -> Tensor",
-        "The paper's pancreas preprocessing of one CT (keys as pancreas(): shape, threshold, \
-         off_by_one, clip, anti_alias): f32 [x, y, z] in [0, 1].",
+        "The paper's pancreas preprocessing of one CT (options below): f32 [x, y, z] in [0, 1].",
         |v: Volume, m: Map| {
-            let o = Opts::new("preprocess_ct", &m, PANCREAS_KEYS)?;
-            Ok(pancreas_params(&o)?.apply(&v, None).rt()?.image)
+            let p = ct_params(&m)?;
+            Ok(p.apply(&v, None).rt()?.image)
         },
-    );
+    )
+    .options::<PancreasPreprocess>();
     d.func(
         "preprocess_ct",
         "preprocess_ct(image: Volume, label: Volume, opts: Map) -> Map",
         "The same for a CT with its label: #{image, label (u8), bbox: [x0, x1, y0, y1, z0, z1]}.",
         |v: Volume, l: Volume, m: Map| {
-            let o = Opts::new("preprocess_ct", &m, PANCREAS_KEYS)?;
-            let out = pancreas_params(&o)?.apply(&v, Some(&l)).rt()?;
+            let out = ct_params(&m)?.apply(&v, Some(&l)).rt()?;
             let b = out.bbox;
             let bbox: Vec<usize> = (0..3).flat_map(|a| [b.start[a], b.end[a]]).collect();
             let mut r = Map::new();
@@ -416,13 +285,22 @@ fn tools(d: &mut Domain) {
     d.func(
         "preprocess_fundus",
         "preprocess_fundus(img: Image, opts: Map) -> Tensor",
-        "The paper's fundus preprocessing (keys: size 224, filter \"lanczos\"|\"triangle\"): \
-         f32 [3, size, size] in [0, 1].",
+        "The paper's fundus preprocessing (options below): f32 [3, size, size] in [0, 1].",
         |img: Image, m: Map| -> RResult<Tensor> {
-            let o = Opts::new("preprocess_fundus", &m, &["size", "filter"])?;
-            fundus_params(&o)?.apply(&img).rt()
+            let p: FundusPreprocess = options::parse("preprocess_fundus", &m)?;
+            if p.size == 0 {
+                return Err(rt_err("preprocess_fundus: option `size` must be positive"));
+            }
+            p.apply(&img).rt()
         },
-    );
+    )
+    .options::<FundusPreprocess>();
+}
+
+fn ct_params(m: &Map) -> RResult<PancreasPreprocess> {
+    let p: PancreasPreprocess = options::parse("preprocess_ct", m)?;
+    p.validate().rt()?;
+    Ok(p)
 }
 
 fn splits(d: &mut Domain) {
@@ -432,7 +310,7 @@ fn splits(d: &mut Domain) {
         "A seeded split of 0..n: #{train, test}, test = round(n * test_frac) cases (at least 1).",
         |n: INT, f: Dynamic, seed: INT| {
             let s =
-                split::train_test(index(n, "n")?, number(&f, "test_frac")?, seed as u64).rt()?;
+                split::train_test(index(n, "n")?, number(&f, "test_frac")?, seed_arg(seed, "seed")?).rt()?;
             to_dynamic(&s)
         },
     );
@@ -447,7 +325,7 @@ fn splits(d: &mut Domain) {
                 .iter()
                 .map(|f| number(f, "fractions"))
                 .collect::<RResult<Vec<f64>>>()?;
-            let subsets = split::nested_fractions(&cases, &fr, seed as u64).rt()?;
+            let subsets = split::nested_fractions(&cases, &fr, seed_arg(seed, "seed")?).rt()?;
             Ok(subsets
                 .iter()
                 .map(|s| Dynamic::from_array(int_array(s)))
@@ -488,7 +366,7 @@ fn splits(d: &mut Domain) {
         "kfold(n: INT, k: INT, seed: INT) -> Array",
         "Seeded K-fold cross-validation of 0..n: #{train, test} per fold.",
         |n: INT, k: INT, seed: INT| {
-            let folds = split::kfold(index(n, "n")?, index(k, "k")?, seed as u64).rt()?;
+            let folds = split::kfold(index(n, "n")?, index(k, "k")?, seed_arg(seed, "seed")?).rt()?;
             folds.iter().map(to_dynamic).collect::<RResult<Array>>()
         },
     );

@@ -8,6 +8,7 @@ use rhai::{Array, Dynamic, INT, Map};
 use super::HostState;
 use super::api::Domain;
 use super::convert::{RResult, ScriptResult, rt_err};
+use super::options;
 use crate::experiment::plot::{CurvePlot, PaperFigure, data_efficiency, pretext_curves};
 use crate::experiment::results::{ResultRow, cell_key, write_csv};
 use crate::experiment::{ResultsFile, cells, config_hash};
@@ -193,47 +194,102 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
     d
 }
 
+/// The options of `plot_curves`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+struct CurveOptions {
+    /// The metric to plot (a key of the rows' metrics).
+    metric: String,
+    /// The files to write, without extension (.png and .svg are added); required.
+    out: String,
+    /// The title; () = the metric.
+    title: Option<String>,
+    /// The y axis label; () = the metric.
+    y_label: Option<String>,
+    /// Overlay the paper's values of this figure.
+    paper: Option<PaperFigure>,
+    /// Width in pixels.
+    width: u32,
+    /// Height in pixels.
+    height: u32,
+}
+
+impl Default for CurveOptions {
+    fn default() -> Self {
+        CurveOptions {
+            metric: "dice_mean".into(),
+            out: String::new(),
+            title: None,
+            y_label: None,
+            paper: None,
+            width: 960,
+            height: 640,
+        }
+    }
+}
+
+/// The options of `plot_pretext`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+struct PretextPlotOptions {
+    /// The files to write, without extension; required.
+    out: String,
+    /// The title.
+    title: String,
+}
+
+impl Default for PretextPlotOptions {
+    fn default() -> Self {
+        PretextPlotOptions {
+            out: String::new(),
+            title: "Pretext training".into(),
+        }
+    }
+}
+
+fn required_out(out: &str, what: &str) -> RResult<()> {
+    if out.is_empty() {
+        return Err(rt_err(format!("{what}: option `out` is required")));
+    }
+    Ok(())
+}
+
 fn plots(d: &mut Domain) {
     d.func(
         "plot_curves",
         "plot_curves(rows: Array|Results, opts: Map) -> Array",
-        "The data-efficiency figure: opts metric, out (path without extension), title, y_label, paper \"fig3\"|\"fig4\"; returns the PNG and SVG paths.",
+        "The data-efficiency figure (options below); returns the PNG and SVG paths.",
         |rows: Dynamic, o: Map| {
-            let opts = super::opts::Opts::new("plot_curves", &o, &["metric", "out", "title", "y_label", "paper", "width", "height"])?;
-            let paper = match opts.string("paper", "")?.as_str() {
-                "" => None,
-                "fig3" => Some(PaperFigure::Fig3),
-                "fig4" => Some(PaperFigure::Fig4),
-                other => return Err(rt_err(format!("plot_curves: paper must be \"fig3\" or \"fig4\", got \"{other}\""))),
-            };
-            let metric = opts.string("metric", "dice_mean")?;
+            let opts: CurveOptions = options::parse("plot_curves", &o)?;
+            required_out(&opts.out, "plot_curves")?;
             let cfg = CurvePlot {
-                title: opts.string("title", &metric)?,
-                y_label: opts.string("y_label", &metric)?,
-                metric,
-                paper,
-                size: (opts.count("width", 960)? as u32, opts.count("height", 640)? as u32),
+                title: opts.title.clone().unwrap_or_else(|| opts.metric.clone()),
+                y_label: opts.y_label.clone().unwrap_or_else(|| opts.metric.clone()),
+                metric: opts.metric.clone(),
+                paper: opts.paper,
+                size: (opts.width, opts.height),
             };
-            let out = opts.required_string("out")?;
-            let files = data_efficiency(&rows_of(&rows)?, &cfg, Path::new(&out)).rt()?;
+            let files = data_efficiency(&rows_of(&rows)?, &cfg, Path::new(&opts.out)).rt()?;
             Ok(files.iter().map(|p| Dynamic::from(p.display().to_string())).collect::<Array>())
         },
-    );
+    )
+    .options::<CurveOptions>();
     d.func(
         "plot_pretext",
         "plot_pretext(logs: Map, opts: Map) -> Array",
-        "Pretext loss and accuracy per epoch for #{name: log} (logs from pretrain() or read_pretrain_log); opts out, title.",
+        "Pretext loss and accuracy per epoch for #{name: log} (logs from pretrain() or read_pretrain_log; options below).",
         |logs: Map, o: Map| {
-            let opts = super::opts::Opts::new("plot_pretext", &o, &["out", "title"])?;
+            let opts: PretextPlotOptions = options::parse("plot_pretext", &o)?;
+            required_out(&opts.out, "plot_pretext")?;
             let series: Vec<(String, Vec<EpochLog>)> = logs
                 .iter()
                 .map(|(k, v)| Ok((k.to_string(), rhai::serde::from_dynamic::<Vec<EpochLog>>(v)?)))
                 .collect::<RResult<_>>()?;
-            let out = opts.required_string("out")?;
-            let files = pretext_curves(&series, &opts.string("title", "Pretext training")?, Path::new(&out)).rt()?;
+            let files = pretext_curves(&series, &opts.title, Path::new(&opts.out)).rt()?;
             Ok(files.iter().map(|p| Dynamic::from(p.display().to_string())).collect::<Array>())
         },
-    );
+    )
+    .options::<PretextPlotOptions>();
     d.func(
         "read_pretrain_log",
         "read_pretrain_log(path: String) -> Array",

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use rhai::{Array, Dynamic, INT, Map};
 
 use super::HostState;
-use super::api::Domain;
+use super::api::{ApiDocs, Domain, OptionsCheck};
+use super::options;
 use super::convert::{RResult, ScriptResult, device_name, index, parse_device, rt_err};
 use crate::error::{Error, FileContext};
 pub use crate::progress::Progress;
@@ -193,4 +194,107 @@ fn progress(d: &mut Domain) {
             Ok(())
         },
     );
+}
+
+/// Builds the `options` domain: checks of option maps and of `--set` keys. It reads the
+/// documentation of the other domains (their options checks), so it is built after them.
+pub fn options_domain(state: &Arc<HostState>, docs: &ApiDocs) -> Domain {
+    let mut d = Domain::new(
+        "options",
+        "Checks of options maps against the function that reads them, and of `--set` keys \
+         against a profile, with suggestions for typos.",
+    );
+    let checks: Vec<(&'static str, OptionsCheck)> = docs
+        .names()
+        .into_iter()
+        .filter_map(|n| docs.options_check(n).map(|c| (n, c)))
+        .collect();
+    d.func(
+        "check_options",
+        "check_options(function: String, opts: Map)",
+        "Checks opts as `function` reads its options (unknown keys, types), without running it.",
+        move |f: &str, m: Map| {
+            let check = checks
+                .iter()
+                .find(|(n, _)| *n == f)
+                .map(|(_, c)| *c)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = checks.iter().map(|(n, _)| *n).collect();
+                    options::unknown_key("check_options", "", f, &names)
+                })?;
+            check(f, &m)
+        },
+    );
+    let s = state.clone();
+    d.func(
+        "check_args",
+        "check_args(valid: Array)",
+        "Refuses a `--set` key whose first part is not in `valid`, suggesting the closest.",
+        move |valid: Array| {
+            let valid: Vec<String> = valid.iter().map(|v| v.to_string()).collect();
+            let valid: Vec<&str> = valid.iter().map(String::as_str).collect();
+            for key in s.args.keys() {
+                let first = key.split('.').next().unwrap_or_default();
+                if !valid.contains(&first) {
+                    return Err(options::unknown_key(&format!("--set {key}"), "", first, &valid));
+                }
+            }
+            Ok(())
+        },
+    );
+    let s = state.clone();
+    d.func(
+        "with_args",
+        "with_args(p: Map) -> Map",
+        "`p` with the `--set` values whose first key part is a key of `p` put in place, at any \
+         depth (`--set pretrain.task.jitter=2`); nested maps are created as needed.",
+        move |p: Map| with_args(p, &s.args),
+    );
+    d.func(
+        "suggest",
+        "suggest(word: String, candidates: Array) -> String",
+        "The candidate closest to `word` when it is a likely typo, else \"\".",
+        |w: &str, c: Array| {
+            let c: Vec<String> = c.iter().map(|v| v.to_string()).collect();
+            Ok(options::suggestion(w, c.iter().map(String::as_str))
+                .unwrap_or_default()
+                .to_string())
+        },
+    );
+    d
+}
+
+/// `p` with the `--set` values whose first key part is a key of `p`, at any depth.
+fn with_args(mut p: Map, args: &Map) -> RResult<Map> {
+    let mut keys: Vec<&str> = args.keys().map(|k| k.as_str()).collect();
+    keys.sort_unstable();
+    for key in keys {
+        let parts: Vec<&str> = key.split('.').collect();
+        if p.contains_key(parts[0]) {
+            set_path(&mut p, &parts, args[key].clone(), key)?;
+        }
+    }
+    Ok(p)
+}
+
+fn set_path(map: &mut Map, parts: &[&str], value: Dynamic, full: &str) -> RResult<()> {
+    let Some((first, rest)) = parts.split_first() else {
+        return Ok(());
+    };
+    if rest.is_empty() {
+        map.insert((*first).into(), value);
+        return Ok(());
+    }
+    let entry = map
+        .entry((*first).into())
+        .or_insert_with(|| Dynamic::from_map(Map::new()));
+    let mut inner = entry.clone().try_cast::<Map>().ok_or_else(|| {
+        rt_err(format!(
+            "--set {full}: `{first}` is {}, not a map",
+            entry.type_name()
+        ))
+    })?;
+    set_path(&mut inner, rest, value, full)?;
+    *entry = Dynamic::from_map(inner);
+    Ok(())
 }

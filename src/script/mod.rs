@@ -13,7 +13,7 @@ pub mod experiment;
 pub mod host;
 mod imaging;
 pub mod model;
-pub mod opts;
+pub mod options;
 pub mod pretext;
 pub mod repl;
 mod resolver;
@@ -110,6 +110,9 @@ impl Host {
             engine.register_global_module(module.into());
             docs.domains.push(d);
         }
+        let (module, d) = host::options_domain(&state, &docs).into_parts();
+        engine.register_global_module(module.into());
+        docs.domains.push(d);
         Host {
             engine,
             docs,

@@ -9,10 +9,10 @@ use rhai::{Array, Dynamic, FLOAT, INT, Map};
 use super::HostState;
 use super::api::Domain;
 use super::convert::{RResult, ScriptResult, rt_err};
-use super::opts::Opts;
-use crate::nn::{
-    DenseNet, DenseNetConfig, GlobalPool, LoadOptions, ParamStore, UNet3d, UNet3dConfig,
-};
+use super::options;
+use crate::nn::{DenseNet, GlobalPool, LoadOptions, ParamStore, UNet3d, UNet3dConfig};
+use crate::pretext::model::DenseOptions;
+use crate::streams::{Stream, derive};
 use crate::train::loss::{DiceVariant, cross_entropy, dice_loss, one_hot};
 use crate::train::optim::{Adam, AdamConfig};
 
@@ -34,67 +34,38 @@ enum Net {
 #[derive(Clone)]
 pub struct Optimizer(Arc<Mutex<Adam>>);
 
-/// Reads UNet3D settings from script options (defaults: the paper's).
-pub fn unet_config(o: &Opts) -> RResult<UNet3dConfig> {
-    let d = UNet3dConfig::default();
-    Ok(UNet3dConfig {
-        in_channels: o.count("in_channels", d.in_channels)?,
-        filters: o.count("filters", d.filters)?,
-        depth: o.count("depth", d.depth)?,
-        classes: o.count("classes", d.classes)?,
-        dropout: o.float("dropout", d.dropout)?,
-        eps: o.float("eps", d.eps)?,
-        momentum: o.float("momentum", d.momentum)?,
-        seed: o.count("seed", 0)? as u64,
-    })
+/// The options of `unet3d`: the network and the seed of its initialisation and dropout.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(default)]
+struct UNetModelOptions {
+    /// The network (the paper's by default).
+    #[serde(flatten)]
+    net: UNet3dConfig,
+    /// Seed of the initialisation and the dropout masks.
+    seed: u64,
 }
 
-/// Reads DenseNet settings from script options (defaults: DenseNet-121).
-pub fn densenet_config(o: &Opts) -> RResult<DenseNetConfig> {
-    let d = DenseNetConfig::densenet121();
-    Ok(DenseNetConfig {
-        in_channels: o.count("in_channels", d.in_channels)?,
-        growth: o.count("growth", d.growth)?,
-        blocks: match o.get("blocks") {
-            Some(v) => o.counts_of("blocks", v)?,
-            None => d.blocks,
-        },
-        init_features: o.count("init_features", d.init_features)?,
-        bn_size: o.count("bn_size", d.bn_size)?,
-    })
+/// The options of `densenet`: the network, its pooling and the seed of its initialisation.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(default)]
+struct DenseModelOptions {
+    /// The network and its global pooling (() = average).
+    #[serde(flatten)]
+    backbone: DenseOptions,
+    /// Seed of the initialisation.
+    seed: u64,
 }
 
-/// Reads `pool: "avg" | "max"`.
-pub fn pool(o: &Opts, default: GlobalPool) -> RResult<GlobalPool> {
-    match o.string("pool", "")?.as_str() {
-        "" => Ok(default),
-        "avg" => Ok(GlobalPool::Avg),
-        "max" => Ok(GlobalPool::Max),
-        other => Err(rt_err(format!(
-            "pool: expected \"avg\" or \"max\", got \"{other}\""
-        ))),
-    }
+/// The options of `adam`: Adam's settings and which parameters it updates.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(default)]
+struct AdamOptions {
+    /// Adam's settings.
+    #[serde(flatten)]
+    adam: AdamConfig,
+    /// Only parameters whose names start with this (e.g. "head."); "" = all.
+    prefix: String,
 }
-
-const UNET_KEYS: [&str; 8] = [
-    "in_channels",
-    "filters",
-    "depth",
-    "classes",
-    "dropout",
-    "eps",
-    "momentum",
-    "seed",
-];
-const DENSE_KEYS: [&str; 7] = [
-    "in_channels",
-    "growth",
-    "blocks",
-    "init_features",
-    "bn_size",
-    "pool",
-    "seed",
-];
 
 /// Builds the `model` domain.
 pub fn domain(state: &Arc<HostState>) -> Domain {
@@ -109,29 +80,32 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
     d.func(
         "unet3d",
         "unet3d(opts: Map) -> Model",
-        "The paper's 3D UNet (filters 16, depth 4, 3 classes, dropout 0.5 unless given; also in_channels, seed).",
+        "The paper's 3D UNet (options below; the paper's by default).",
         move |m: Map| {
-            let o = Opts::new("unet3d", &m, &UNET_KEYS)?;
-            let cfg = unet_config(&o)?;
-            let store = ParamStore::new(cfg.seed);
+            let o: UNetModelOptions = options::parse("unet3d", &m)?;
+            let cfg = UNet3dConfig { seed: o.seed, ..o.net };
+            let store = ParamStore::new(derive(o.seed, Stream::Init, 0));
             let net = UNet3d::new(&cfg, store.builder(DType::F32, &s.device())).rt()?;
             Ok(Model { net: Arc::new(Net::Unet(net)), store, name: format!("UNet3D(filters {}, depth {}, classes {})", cfg.filters, cfg.depth, cfg.classes) })
         },
-    );
+    )
+    .options::<UNetModelOptions>();
     let s = state.clone();
     d.func(
         "densenet",
         "densenet(opts: Map) -> Model",
-        "A DenseNet (121 unless growth/blocks/init_features/bn_size given) with global avg or max pooling.",
+        "A DenseNet (121 by default) with global average or max pooling (options below).",
         move |m: Map| {
-            let o = Opts::new("densenet", &m, &DENSE_KEYS)?;
-            let cfg = densenet_config(&o)?;
-            let store = ParamStore::new(o.count("seed", 0)? as u64);
-            let net = DenseNet::new(&cfg, store.builder(DType::F32, &s.device())).rt()?;
+            let o: DenseModelOptions = options::parse("densenet", &m)?;
+            let cfg = &o.backbone.net;
+            let store = ParamStore::new(derive(o.seed, Stream::Init, 0));
+            let net = DenseNet::new(cfg, store.builder(DType::F32, &s.device())).rt()?;
             let name = format!("DenseNet(growth {}, blocks {:?})", cfg.growth, cfg.blocks);
-            Ok(Model { net: Arc::new(Net::Dense(net, pool(&o, GlobalPool::Avg)?)), store, name })
+            let pool = o.backbone.pool.unwrap_or(GlobalPool::Avg);
+            Ok(Model { net: Arc::new(Net::Dense(net, pool)), store, name })
         },
-    );
+    )
+    .options::<DenseModelOptions>();
     d.func(
         "forward",
         "m.forward(x: Tensor, train: bool) -> Tensor",
@@ -189,9 +163,10 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
     d.func(
         "load",
         "m.load(path: String, opts: Map) -> Map",
-        "Loads tensors (opts: prefix, rename [[from, to], ..]); returns loaded/missing/unexpected/mismatched.",
+        "Loads tensors (options below); returns loaded/missing/unexpected/mismatched.",
         |m: &mut Model, p: &str, o: Map| load(m, p, &o),
-    );
+    )
+    .options::<LoadOptions>();
     d.overload("load", |m: &mut Model, p: &str| load(m, p, &Map::new()));
     d.func(
         "to_string",
@@ -210,31 +185,8 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
 }
 
 fn load(m: &Model, path: &str, o: &Map) -> RResult<Map> {
-    let opts = Opts::new("load", o, &["prefix", "rename"])?;
-    let prefix = opts.string("prefix", "")?;
-    let rename = match opts.get("rename") {
-        None => Vec::new(),
-        Some(v) => v
-            .clone()
-            .into_typed_array::<Array>()
-            .map_err(|_| rt_err("rename: expected [[from, to], ...]"))?
-            .into_iter()
-            .map(|pair| match pair.as_slice() {
-                [a, b] => Ok((a.to_string(), b.to_string())),
-                _ => Err(rt_err("rename: each rule is [from, to]")),
-            })
-            .collect::<RResult<_>>()?,
-    };
-    let report = m
-        .store
-        .load(
-            path,
-            &LoadOptions {
-                prefix: (!prefix.is_empty()).then_some(prefix),
-                rename,
-            },
-        )
-        .rt()?;
+    let opts: LoadOptions = options::parse("load", o)?;
+    let report = m.store.load(path, &opts).rt()?;
     rhai::serde::to_dynamic(&report)?
         .try_cast::<Map>()
         .ok_or_else(|| rt_err("load: report"))
@@ -244,20 +196,14 @@ fn training(d: &mut Domain) {
     d.func(
         "adam",
         "adam(m: Model, opts: Map) -> Optimizer",
-        "Adam over the model's parameters (opts: lr 1e-3, clip_norm, clip_value, eps 1e-7, prefix).",
+        "Adam over the model's parameters (options below).",
         |m: Model, o: Map| {
-            let opts = Opts::new("adam", &o, &["lr", "clip_norm", "clip_value", "eps", "prefix"])?;
-            let cfg = AdamConfig {
-                lr: opts.float("lr", 1e-3)?,
-                eps: opts.float("eps", 1e-7)?,
-                clip_norm: opts.get("clip_norm").map(|_| opts.float("clip_norm", 1.0)).transpose()?,
-                clip_value: opts.get("clip_value").map(|_| opts.float("clip_value", 1.0)).transpose()?,
-                ..Default::default()
-            };
-            let adam = Adam::new(m.store.trainable(&opts.string("prefix", "")?), cfg).rt()?;
+            let opts: AdamOptions = options::parse("adam", &o)?;
+            let adam = Adam::new(m.store.trainable(&opts.prefix), opts.adam).rt()?;
             Ok(Optimizer(Arc::new(Mutex::new(adam))))
         },
-    );
+    )
+    .options::<AdamOptions>();
     d.func(
         "step",
         "opt.step(loss: Tensor) -> FLOAT",
@@ -284,15 +230,7 @@ fn training(d: &mut Domain) {
         "dice_loss(probs: Tensor, onehot: Tensor, variant: String) -> Tensor",
         "The Dice loss, variant \"batch\" (O) or \"per_sample\" (S).",
         |p: Tensor, y: Tensor, v: &str| {
-            let variant = match v {
-                "batch" => DiceVariant::Batch,
-                "per_sample" => DiceVariant::PerSample,
-                other => {
-                    return Err(rt_err(format!(
-                        "dice_loss: variant \"batch\" or \"per_sample\", got \"{other}\""
-                    )));
-                }
-            };
+            let variant: DiceVariant = options::enum_arg("dice_loss", "variant", v)?;
             dice_loss(&p, &y, variant).rt()
         },
     );

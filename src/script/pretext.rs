@@ -11,23 +11,17 @@ use rhai::{Array, Dynamic, FLOAT, INT, Map};
 use super::HostState;
 use super::api::Domain;
 use super::convert::{RResult, ScriptResult, rt_err};
-use super::model::{densenet_config, pool, unet_config};
-use super::opts::Opts;
+use super::options;
 use crate::data::{FundusSet, PancreasSet};
-use crate::nn::{GlobalPool, MlpHeadConfig, ParamStore};
-use crate::pretext::model::BackboneConfig;
+use crate::nn::ParamStore;
 use crate::pretext::{
-    CpcLoss, Grid, Negatives, PermutationKind, PermutationSet, Sampler, Source, Task, TaskConfig,
-    TripletLoss,
+    Grid, PermutationKind, PermutationSet, Sampler, Source, Task, TaskConfig, TaskOptions,
 };
 use crate::progress::Progress;
 use crate::train::finetune::{
-    ClassificationConfig, EncoderInit, GradeEncoding, Schedule, SegmentationConfig,
-    finetune_classification, finetune_segmentation,
+    GradingOptions, SegmentationOptions, finetune_classification, finetune_segmentation,
 };
-use crate::train::loss::DiceVariant;
-use crate::train::optim::AdamConfig;
-use crate::train::pretrain::{PretrainConfig, Pretrainer, RunFiles, read_log};
+use crate::train::pretrain::{PretrainOptions, Pretrainer, RunFiles, read_log};
 use crate::train::sources::Subset;
 
 /// A dataset argument: a prepared set or an array of volume/image tensors.
@@ -88,101 +82,55 @@ impl Data {
     }
 }
 
-const TASK_KEYS: [&str; 11] = [
-    "grid",
-    "jitter",
-    "permutations",
-    "permutation_kind",
-    "permutation_seed",
-    "negatives",
-    "triplet",
-    "margin",
-    "hardest",
-    "shared_head",
-    "cpc_loss",
-];
+/// The options of a `*_batch` function: which items, its seed, and the task's settings.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(default)]
+struct BatchOptions {
+    /// The items to sample (indices into the data); () = the first `size`.
+    items: Option<Vec<usize>>,
+    /// How many items when `items` is not given; () = O's batch size of the task (at least 2).
+    size: Option<usize>,
+    /// Seed of every random choice in the batch.
+    seed: u64,
+    /// Training batches draw random patch offsets; validation ones take the cells' centres.
+    train: bool,
+    /// The task's settings.
+    #[serde(flatten)]
+    task: TaskOptions,
+}
 
-fn task_config(task: &str, m: &Map) -> RResult<TaskConfig> {
-    let o = Opts::new("task options", m, &TASK_KEYS)?;
-    let mut c = TaskConfig::new(Task::parse(task).rt()?);
-    if o.get("grid").is_some() {
-        c.grid = Some(o.count("grid", 3)?);
+impl Default for BatchOptions {
+    fn default() -> Self {
+        BatchOptions {
+            items: None,
+            size: None,
+            seed: 0,
+            train: true,
+            task: TaskOptions::default(),
+        }
     }
-    if o.get("jitter").is_some() {
-        c.jitter = Some(o.count("jitter", 3)?);
-    }
-    c.permutations = o.count("permutations", c.permutations)?;
-    c.permutation_seed = o.count("permutation_seed", 0)? as u64;
-    c.permutation_kind = match o.string("permutation_kind", "random")?.as_str() {
-        "random" => PermutationKind::Random,
-        "max_hamming" => PermutationKind::MaxHamming,
-        k => {
-            return Err(rt_err(format!(
-                "permutation_kind: \"random\" or \"max_hamming\", got \"{k}\""
-            )));
-        }
-    };
-    c.exemplar.negatives = match o.string("negatives", "dataset")?.as_str() {
-        "dataset" => Negatives::Dataset,
-        "batch" => Negatives::Batch,
-        k => {
-            return Err(rt_err(format!(
-                "negatives: \"dataset\" or \"batch\", got \"{k}\""
-            )));
-        }
-    };
-    c.exemplar.loss = match o.string("triplet", "mean_squared")?.as_str() {
-        "mean_squared" => TripletLoss::MeanSquared,
-        "euclidean" => TripletLoss::Euclidean,
-        k => {
-            return Err(rt_err(format!(
-                "triplet: \"mean_squared\" or \"euclidean\", got \"{k}\""
-            )));
-        }
-    };
-    c.exemplar.margin = o.float("margin", c.exemplar.margin)?;
-    c.exemplar.hardest = o.boolean("hardest", false)?;
-    c.exemplar.shared_head = o.boolean("shared_head", false)?;
-    c.cpc.loss = match o.string("cpc_loss", "binary")?.as_str() {
-        "binary" => CpcLoss::Binary,
-        "info_nce" => CpcLoss::InfoNce,
-        k => {
-            return Err(rt_err(format!(
-                "cpc_loss: \"binary\" or \"info_nce\", got \"{k}\""
-            )));
-        }
-    };
-    Ok(c)
 }
 
 fn batch(task: &str, data: &Dynamic, m: &Map) -> RResult<Map> {
-    let mut task_opts = m.clone();
-    let mut own = Map::new();
-    for k in ["items", "size", "seed", "train"] {
-        if let Some(v) = task_opts.remove(k) {
-            own.insert(k.into(), v);
-        }
-    }
-    let cfg = task_config(task, &task_opts)?;
-    let o = Opts::new("batch", &own, &["items", "size", "seed", "train"])?;
+    let o: BatchOptions = options::parse(&format!("{task}_batch"), m)?;
+    let cfg = TaskConfig {
+        task: Task::parse(task).rt()?,
+        options: o.task,
+    };
     let data = Data::of(data)?;
     let (c, dims) = data.geometry()?;
     let sampler = Sampler::new(&cfg, c, dims).rt()?;
     let n = data.source().len();
-    let items = match o.indices("items")? {
+    let items = match o.items {
         Some(v) => v,
         None => (0..o
-            .count("size", cfg.task.batch_size(sampler.planar()).max(2))?
+            .size
+            .unwrap_or(cfg.task.batch_size(sampler.planar()).max(2))
             .min(n))
             .collect(),
     };
     let b = sampler
-        .batch(
-            data.source(),
-            &items,
-            o.count("seed", 0)? as u64,
-            o.boolean("train", true)?,
-        )
+        .batch(data.source(), &items, o.seed, o.train)
         .rt()?;
     let mut out = Map::new();
     out.insert("x".into(), Dynamic::from(b.x));
@@ -205,34 +153,35 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
     d.func(
         "pretext_batch",
         "pretext_batch(task: String, data: Any, opts: Map) -> Map",
-        "One batch #{x, y, context, targets, classes, items} of a task; opts items or size, seed, train, and task options.",
+        "One batch #{x, y, context, targets, classes, items} of a task (options below).",
         |t: &str, data: Dynamic, m: Map| batch(t, &data, &m),
-    );
+    )
+    .options::<BatchOptions>();
     for (name, sig, doc) in [
         (
             "rotation_batch",
             "rotation_batch(data: Any, opts: Map) -> Map",
-            "A rotation batch: x rotated volumes/images, y the class (10 in 3D, 4 in 2D).",
+            "A rotation batch: x rotated volumes/images, y the class (10 in 3D, 4 in 2D); options as pretext_batch.",
         ),
         (
             "jigsaw_batch",
             "jigsaw_batch(data: Any, opts: Map) -> Map",
-            "A jigsaw batch: x the 27 (9) patches of each item in permuted order, y the permutation.",
+            "A jigsaw batch: x the 27 (9) patches of each item in permuted order, y the permutation; options as pretext_batch.",
         ),
         (
             "rpl_batch",
             "rpl_batch(data: Any, opts: Map) -> Map",
-            "An RPL batch: x centre and query patch per item, y the query's position (26 or 8).",
+            "An RPL batch: x centre and query patch per item, y the query's position (26 or 8); options as pretext_batch.",
         ),
         (
             "exemplar_batch",
             "exemplar_batch(data: Any, opts: Map) -> Map",
-            "An exemplar batch: x anchors (augmented), positives, then negatives.",
+            "An exemplar batch: x anchors (augmented), positives, then negatives; options as pretext_batch.",
         ),
         (
             "cpc_batch",
             "cpc_batch(data: Any, opts: Map) -> Map",
-            "A CPC batch: x every patch, context/targets indices into x, y 1 (positive) or 0.",
+            "A CPC batch: x every patch, context/targets indices into x, y 1 (positive) or 0; options as pretext_batch.",
         ),
     ] {
         let task = name.trim_end_matches("_batch");
@@ -246,16 +195,12 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
         "permutations(n: INT, tiles: INT, kind: String, seed: INT) -> Map",
         "A seeded jigsaw permutation set, kind \"random\" (O) or \"max_hamming\": #{perms, min, mean} (Hamming distances).",
         |n: INT, tiles: INT, kind: &str, seed: INT| {
-            let kind = match kind {
-                "random" => PermutationKind::Random,
-                "max_hamming" => PermutationKind::MaxHamming,
-                k => return Err(rt_err(format!("permutations: kind \"random\" or \"max_hamming\", got \"{k}\""))),
-            };
+            let kind: PermutationKind = options::enum_arg("permutations", "kind", kind)?;
             let s = PermutationSet::generate(
                 super::convert::index(n, "n")?,
                 super::convert::index(tiles, "tiles")?,
                 kind,
-                seed.max(0) as u64,
+                super::convert::seed(seed, "seed")?,
             )
             .rt()?;
             let st = s.stats();
@@ -275,89 +220,27 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
     d.func(
         "pretrain",
         "pretrain(task: String, data: Any, ids: Array, opts: Map) -> Map",
-        "Pretrains on items ids; opts epochs, batch, lr, val_fraction, steps_per_epoch, seed, out, unet|densenet, head, task, config_hash, label. Returns #{best, last, best_epoch, epochs, cached}.",
+        "Pretrains a task's encoder and head on items ids (options below). Returns #{best, last, best_epoch, epochs, cached}.",
         move |t: &str, data: Dynamic, ids: Array, m: Map| pretrain(&s, t, &data, &ids, &m),
-    );
+    )
+    .options::<PretrainOptions>();
     let s = state.clone();
     d.func(
         "finetune_segmentation",
         "finetune_segmentation(data: PancreasSet, opts: Map) -> Map",
         "Finetunes a UNet3D on opts.train, evaluates on opts.test: #{dice, dice_mean, soft_dice, soft_dice_mean, losses, train_seconds, eval_seconds, load}.",
         move |data: PancreasSet, m: Map| segmentation(&s, &data, &m),
-    );
+    )
+    .options::<SegmentationOptions>();
     let s = state.clone();
     d.func(
         "finetune_grading",
         "finetune_grading(data: FundusSet, opts: Map) -> Map",
         "Finetunes a DenseNet grader on opts.train, evaluates on opts.test: #{qwk, accuracy, confusion, losses, train_seconds, eval_seconds, load}.",
         move |data: FundusSet, m: Map| grading(&s, &data, &m),
-    );
+    )
+    .options::<GradingOptions>();
     d
-}
-
-const PRETRAIN_KEYS: [&str; 16] = [
-    "epochs",
-    "batch",
-    "lr",
-    "val_fraction",
-    "steps_per_epoch",
-    "seed",
-    "out",
-    "unet",
-    "densenet",
-    "head",
-    "head_dropout",
-    "head_momentum",
-    "task",
-    "config_hash",
-    "label",
-    "clip",
-];
-
-fn hidden(o: &Opts, key: &str, default: Vec<usize>) -> RResult<Vec<usize>> {
-    match o.get(key) {
-        Some(v) => o.counts_of(key, v),
-        None => Ok(default),
-    }
-}
-
-fn backbone(o: &Opts, planar: bool, default_pool: GlobalPool) -> RResult<BackboneConfig> {
-    if planar {
-        let m = o.map("densenet")?;
-        let dense = Opts::new(
-            "densenet",
-            &m,
-            &[
-                "in_channels",
-                "growth",
-                "blocks",
-                "init_features",
-                "bn_size",
-                "pool",
-            ],
-        )?;
-        Ok(BackboneConfig::Dense(
-            densenet_config(&dense)?,
-            pool(&dense, default_pool)?,
-        ))
-    } else {
-        let m = o.map("unet")?;
-        let u = Opts::new(
-            "unet",
-            &m,
-            &[
-                "in_channels",
-                "filters",
-                "depth",
-                "classes",
-                "dropout",
-                "eps",
-                "momentum",
-                "seed",
-            ],
-        )?;
-        Ok(BackboneConfig::Unet(unet_config(&u)?))
-    }
 }
 
 /// A finished run's report, when `out` holds one for the same configuration.
@@ -385,7 +268,7 @@ fn cached(out: &Path, hash: &str, epochs: usize) -> Option<Map> {
 }
 
 fn pretrain(state: &HostState, task: &str, data: &Dynamic, ids: &Array, m: &Map) -> RResult<Map> {
-    let o = Opts::new("pretrain", m, &PRETRAIN_KEYS)?;
+    let o: PretrainOptions = options::parse("pretrain", m)?;
     let data = Data::of(data)?;
     let ids = super::convert::ints(ids, "ids")?
         .into_iter()
@@ -393,57 +276,35 @@ fn pretrain(state: &HostState, task: &str, data: &Dynamic, ids: &Array, m: &Map)
         .collect::<RResult<Vec<_>>>()?;
     let (c, dims) = data.geometry()?;
     let planar = dims[0] == 1;
-    let cfg = task_config(task, &o.map("task")?)?;
-    let epochs = o.count("epochs", 1000)?;
-    let hash = o.string("config_hash", "")?;
-    let out = o
-        .get("out")
-        .map(|_| o.string("out", ""))
-        .transpose()?
-        .map(PathBuf::from);
-    if let Some(dir) = &out
-        && let Some(report) = cached(dir, &hash, epochs)
+    let plan = o
+        .resolve(Task::parse(task).rt()?, planar, state.seed)
+        .rt()?;
+    if let Some(dir) = &o.out
+        && let Some(report) = cached(dir, &o.config_hash, o.epochs)
     {
         return Ok(report);
     }
-    let seed = o.count("seed", state.seed as usize)? as u64;
-    let head = MlpHeadConfig {
-        hidden: hidden(&o, "head", vec![2048, 1024])?,
-        dropout: o.float("head_dropout", 0.5)?,
-        seed,
-        momentum: o.float("head_momentum", 0.01)?,
-    };
-    let backbone = match backbone(&o, planar, GlobalPool::Max)? {
-        BackboneConfig::Unet(u) => BackboneConfig::Unet(crate::nn::UNet3dConfig { seed, ..u }),
-        other => other,
-    };
     let dev = state.device();
-    let p = Pretrainer::new(&cfg, &backbone, &head, (c, dims), seed, &dev).rt()?;
-    let mut adam = AdamConfig::with_lr(o.float("lr", if planar { 1e-5 } else { 1e-4 })?);
-    if o.boolean("clip", false)? {
-        adam = adam.clipped();
-    }
-    let pc = PretrainConfig {
-        epochs,
-        batch_size: o.get("batch").map(|_| o.count("batch", 1)).transpose()?,
-        adam,
-        val_fraction: o.float("val_fraction", 0.1)?,
-        steps_per_epoch: o
-            .get("steps_per_epoch")
-            .map(|_| o.count("steps_per_epoch", 1))
-            .transpose()?,
-        seed,
-    };
+    let p = Pretrainer::new(
+        &plan.task,
+        &plan.backbone,
+        &plan.head,
+        (c, dims),
+        plan.train.seed,
+        &dev,
+    )
+    .rt()?;
     let manifest = serde_json::json!({
-        "task": cfg.task.name(), "task_config": cfg, "backbone": backbone, "head": head,
-        "input": {"channels": c, "dims": dims}, "seed": seed, "config_hash": hash,
+        "task": plan.task.task.name(), "task_config": plan.task, "backbone": plan.backbone,
+        "head": plan.head, "input": {"channels": c, "dims": dims}, "seed": plan.train.seed,
+        "config_hash": o.config_hash,
     });
-    let files = out.map(|dir| RunFiles { dir, manifest });
+    let files = o.out.clone().map(|dir| RunFiles { dir, manifest });
     let subset = Subset::new(data.source(), ids).rt()?;
-    let label = o.string("label", cfg.task.name())?;
-    let bar = Progress::new(epochs as u64, &format!("pretrain {label}"));
+    let label = o.label.clone().unwrap_or_else(|| plan.task.task.name().into());
+    let bar = Progress::new(o.epochs as u64, &format!("pretrain {label}"));
     let report = p
-        .run(&subset, &pc, files.as_ref(), &mut |e, _| {
+        .run(&subset, &plan.train, files.as_ref(), &mut |e, _| {
             bar.message(&format!(
                 "loss {:.4} acc {:.3} val {:.4}/{:.3}",
                 e.loss, e.accuracy, e.val_loss, e.val_accuracy
@@ -466,115 +327,19 @@ fn pretrain(state: &HostState, task: &str, data: &Dynamic, ids: &Array, m: &Map)
     Ok(r)
 }
 
-const FINETUNE_KEYS: [&str; 22] = [
-    "init",
-    "train",
-    "test",
-    "seed",
-    "epochs",
-    "warmup",
-    "batch",
-    "lr",
-    "clip",
-    "freeze_bn",
-    "fresh_optimizer",
-    "steps_per_epoch",
-    "label",
-    "save",
-    "unet",
-    "dice",
-    "densenet",
-    "head",
-    "head_dropout",
-    "head_momentum",
-    "encoding",
-    "augment",
-];
-
-fn schedule(o: &Opts, state: &HostState, d: &Schedule) -> RResult<Schedule> {
-    let mut adam = AdamConfig::with_lr(o.float("lr", d.adam.lr)?);
-    if o.boolean("clip", d.adam.clip_norm.is_some())? {
-        adam = adam.clipped();
-    }
-    Ok(Schedule {
-        epochs: o.count("epochs", d.epochs)?,
-        warmup_epochs: o.count("warmup", d.warmup_epochs)?,
-        batch_size: o.count("batch", d.batch_size)?,
-        adam,
-        freeze_bn: o.boolean("freeze_bn", d.freeze_bn)?,
-        fresh_optimizer: o.boolean("fresh_optimizer", d.fresh_optimizer)?,
-        steps_per_epoch: o
-            .get("steps_per_epoch")
-            .map(|_| o.count("steps_per_epoch", 1))
-            .transpose()?,
-        seed: o.count("seed", state.seed as usize)? as u64,
-        save: o
-            .get("save")
-            .map(|_| o.string("save", ""))
-            .transpose()?
-            .map(PathBuf::from),
-    })
-}
-
-fn init_and_ids(o: &Opts) -> RResult<(EncoderInit, Vec<usize>, Vec<usize>)> {
-    let init = match o.string("init", "")?.as_str() {
-        "" => EncoderInit::Random,
-        p => EncoderInit::Checkpoint(PathBuf::from(p)),
-    };
-    let train = o
-        .indices("train")?
-        .ok_or_else(|| rt_err("finetune: option `train` (case indices) is required"))?;
-    let test = o
-        .indices("test")?
-        .ok_or_else(|| rt_err("finetune: option `test` (case indices) is required"))?;
-    Ok((init, train, test))
-}
-
-fn fit_progress(o: &Opts, epochs: usize, what: &str) -> RResult<Progress> {
-    Ok(Progress::new(
-        epochs as u64,
-        &format!("{what} {}", o.string("label", "")?),
-    ))
+fn fit_progress(label: &str, epochs: usize, what: &str) -> Progress {
+    Progress::new(epochs as u64, &format!("{what} {label}"))
 }
 
 fn segmentation(state: &HostState, data: &PancreasSet, m: &Map) -> RResult<Map> {
-    let o = Opts::new("finetune_segmentation", m, &FINETUNE_KEYS)?;
-    let (init, train, test) = init_and_ids(&o)?;
-    let paper = SegmentationConfig::paper();
-    let umap = o.map("unet")?;
-    let u = Opts::new(
-        "unet",
-        &umap,
-        &[
-            "in_channels",
-            "filters",
-            "depth",
-            "classes",
-            "dropout",
-            "eps",
-            "momentum",
-            "seed",
-        ],
-    )?;
-    let cfg = SegmentationConfig {
-        unet: unet_config(&u)?,
-        schedule: schedule(&o, state, &paper.schedule)?,
-        dice: match o.string("dice", "batch")?.as_str() {
-            "batch" => DiceVariant::Batch,
-            "per_sample" => DiceVariant::PerSample,
-            k => {
-                return Err(rt_err(format!(
-                    "dice: \"batch\" or \"per_sample\", got \"{k}\""
-                )));
-            }
-        },
-    };
-    let bar = fit_progress(&o, cfg.schedule.epochs, "finetune")?;
+    let o: SegmentationOptions = options::parse("finetune_segmentation", m)?;
+    let (init, cfg) = o.resolve(state.seed).rt()?;
+    let bar = fit_progress(&o.common.label, cfg.schedule.epochs, "finetune");
     let r = finetune_segmentation(
         &init,
         &cfg,
         data,
-        (&train, &test),
+        (&o.common.train, &o.common.test),
         &state.device(),
         &mut |_, loss| {
             bar.message(&format!("loss {loss:.4}"));
@@ -614,40 +379,14 @@ fn common(
 }
 
 fn grading(state: &HostState, data: &FundusSet, m: &Map) -> RResult<Map> {
-    let o = Opts::new("finetune_grading", m, &FINETUNE_KEYS)?;
-    let (init, train, test) = init_and_ids(&o)?;
-    let paper = ClassificationConfig::paper();
-    let BackboneConfig::Dense(densenet, pool) = backbone(&o, true, GlobalPool::Avg)? else {
-        return Err(rt_err("finetune_grading: expected a DenseNet backbone"));
-    };
-    let cfg = ClassificationConfig {
-        densenet,
-        pool,
-        head: MlpHeadConfig {
-            hidden: hidden(&o, "head", paper.head.hidden.clone())?,
-            dropout: o.float("head_dropout", 0.5)?,
-            seed: 0,
-            momentum: o.float("head_momentum", 0.01)?,
-        },
-        classes: 5,
-        encoding: match o.string("encoding", "cumulative")?.as_str() {
-            "cumulative" => GradeEncoding::Cumulative,
-            "softmax" => GradeEncoding::Softmax,
-            k => {
-                return Err(rt_err(format!(
-                    "encoding: \"cumulative\" or \"softmax\", got \"{k}\""
-                )));
-            }
-        },
-        augment: o.boolean("augment", true)?,
-        schedule: schedule(&o, state, &paper.schedule)?,
-    };
-    let bar = fit_progress(&o, cfg.schedule.epochs, "finetune")?;
+    let o: GradingOptions = options::parse("finetune_grading", m)?;
+    let (init, cfg) = o.resolve(state.seed).rt()?;
+    let bar = fit_progress(&o.common.label, cfg.schedule.epochs, "finetune");
     let r = finetune_classification(
         &init,
         &cfg,
         data,
-        (&train, &test),
+        (&o.common.train, &o.common.test),
         &state.device(),
         &mut |_, loss| {
             bar.message(&format!("loss {loss:.4}"));

@@ -280,6 +280,22 @@ impl Repl {
         }
         for f in found {
             println!("{}\n    {} [{}]", f.signature, f.doc, f.domain);
+            if let Some(options) = f.options {
+                println!("    options (key: type = default, meaning):");
+                for o in options() {
+                    let default = if o.default.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" = {}", o.default)
+                    };
+                    println!(
+                        "      {}: {}{default}  {}",
+                        o.key,
+                        o.ty.replace("\\|", "|"),
+                        o.doc
+                    );
+                }
+            }
         }
     }
 

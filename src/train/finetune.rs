@@ -21,6 +21,7 @@ use crate::nn::{
 };
 use crate::pretext::exemplar::{crop_or_pad, zoom};
 use crate::pretext::grid::{Grid, stack};
+use crate::pretext::model::DenseOptions;
 use crate::streams::{Stream, derive, rng};
 use crate::{Error, Result};
 
@@ -112,6 +113,221 @@ pub struct Schedule {
     pub save: Option<PathBuf>,
 }
 
+impl Schedule {
+    /// Checks the settings that no run could use: no epochs or batch, a warm-up that never
+    /// ends (the encoder would stay frozen throughout), a learning rate that is not positive.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            return Err(Error::arg("epochs", "expected at least 1 epoch"));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::arg("batch", "expected a batch of at least 1 item"));
+        }
+        if self.steps_per_epoch == Some(0) {
+            return Err(Error::arg("steps_per_epoch", "expected at least 1 step"));
+        }
+        if self.warmup_epochs >= self.epochs && self.warmup_epochs > 0 {
+            return Err(Error::arg(
+                "warmup",
+                format!(
+                    "a warm-up of {} epochs in {} keeps the encoder frozen throughout; \
+                     expected fewer warm-up epochs than epochs",
+                    self.warmup_epochs, self.epochs
+                ),
+            ));
+        }
+        if !(self.adam.lr.is_finite() && self.adam.lr > 0.0) {
+            return Err(Error::arg(
+                "lr",
+                format!("expected a positive learning rate, got {}", self.adam.lr),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The options both finetuning functions share, as scripts give them; () takes the paper's
+/// value of the protocol (segmentation or grading).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct FinetuneOptions {
+    /// A pretext checkpoint whose `encoder.` tensors initialise the encoder; "" = random
+    /// initialisation (the baseline).
+    pub init: String,
+    /// The training items (indices into the dataset); required.
+    pub train: Vec<usize>,
+    /// The held-out test items; required, disjoint from `train`.
+    pub test: Vec<usize>,
+    /// Seed of initialisation, batch order, dropout and augmentation; () = the master seed.
+    pub seed: Option<u64>,
+    /// Epochs in all, warm-up included; () = O's (pancreas 400, fundus 20).
+    pub epochs: Option<usize>,
+    /// Leading epochs with the encoder frozen; () = O's (pancreas 25, fundus 3).
+    pub warmup: Option<usize>,
+    /// Items per batch; () = O's (pancreas 2, fundus 32).
+    pub batch: Option<usize>,
+    /// Adam's learning rate; () = O's (pancreas 1e-3, fundus 5e-5).
+    pub lr: Option<f64>,
+    /// Clip each gradient tensor to norm 1 and value 1; () = O's (pancreas yes, fundus no).
+    pub clip: Option<bool>,
+    /// A frozen encoder's BatchNorm runs in inference mode (O); false keeps updating it (S).
+    pub freeze_bn: Option<bool>,
+    /// A fresh Adam over all weights after the warm-up (O); false keeps one optimiser (S).
+    pub fresh_optimizer: Option<bool>,
+    /// At most this many batches per epoch; () = all.
+    pub steps_per_epoch: Option<usize>,
+    /// The name on the progress line.
+    pub label: String,
+    /// Where to save the finetuned model (safetensors); () = not saved.
+    pub save: Option<PathBuf>,
+}
+
+impl FinetuneOptions {
+    /// The encoder's initialisation.
+    pub fn init(&self) -> EncoderInit {
+        if self.init.is_empty() {
+            EncoderInit::Random
+        } else {
+            EncoderInit::Checkpoint(PathBuf::from(&self.init))
+        }
+    }
+
+    /// The schedule: these options over `paper`, `master_seed` for an unset seed; checks it
+    /// and the training and test items (both given, disjoint).
+    pub fn schedule(&self, paper: &Schedule, master_seed: u64) -> Result<Schedule> {
+        if self.train.is_empty() {
+            return Err(Error::arg("train", "finetuning needs at least one training item"));
+        }
+        if self.test.is_empty() {
+            return Err(Error::arg("test", "evaluation needs at least one test item"));
+        }
+        let test: std::collections::BTreeSet<usize> = self.test.iter().copied().collect();
+        let shared: Vec<usize> = self.train.iter().copied().filter(|i| test.contains(i)).collect();
+        if !shared.is_empty() {
+            return Err(Error::arg(
+                "test",
+                format!("items {shared:?} are both training and test items"),
+            ));
+        }
+        let mut adam = AdamConfig {
+            lr: self.lr.unwrap_or(paper.adam.lr),
+            ..paper.adam
+        };
+        match self.clip {
+            Some(true) => adam = adam.clipped(),
+            Some(false) => {
+                adam.clip_norm = None;
+                adam.clip_value = None;
+            }
+            None => {}
+        }
+        let s = Schedule {
+            epochs: self.epochs.unwrap_or(paper.epochs),
+            warmup_epochs: self.warmup.unwrap_or(paper.warmup_epochs),
+            batch_size: self.batch.unwrap_or(paper.batch_size),
+            adam,
+            freeze_bn: self.freeze_bn.unwrap_or(paper.freeze_bn),
+            fresh_optimizer: self.fresh_optimizer.unwrap_or(paper.fresh_optimizer),
+            steps_per_epoch: self.steps_per_epoch.or(paper.steps_per_epoch),
+            seed: self.seed.unwrap_or(master_seed),
+            save: self.save.clone(),
+        };
+        s.validate()?;
+        Ok(s)
+    }
+}
+
+/// The options of `finetune_segmentation` as scripts give them.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(default)]
+pub struct SegmentationOptions {
+    /// Items, initialisation and schedule.
+    #[serde(flatten)]
+    pub common: FinetuneOptions,
+    /// The network (the paper's UNet3D by default).
+    pub unet: UNet3dConfig,
+    /// The Dice loss: O's batch-global one, or S's per-sample one.
+    pub dice: DiceVariant,
+}
+
+impl SegmentationOptions {
+    /// The encoder's initialisation and the configuration, O's where unset.
+    pub fn resolve(&self, master_seed: u64) -> Result<(EncoderInit, SegmentationConfig)> {
+        let paper = SegmentationConfig::paper();
+        Ok((
+            self.common.init(),
+            SegmentationConfig {
+                unet: self.unet,
+                schedule: self.common.schedule(&paper.schedule, master_seed)?,
+                dice: self.dice,
+            },
+        ))
+    }
+}
+
+/// The options of `finetune_grading` as scripts give them.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(default)]
+pub struct GradingOptions {
+    /// Items, initialisation and schedule.
+    #[serde(flatten)]
+    pub common: FinetuneOptions,
+    /// The backbone (DenseNet-121 with global average pooling by default).
+    pub densenet: DenseOptions,
+    /// Widths of the head's hidden layers (O: 1024).
+    pub head: Vec<usize>,
+    /// Dropout after each hidden layer of the head (O: 0.5).
+    pub head_dropout: f64,
+    /// BatchNorm momentum of the head (Keras' 0.99 is 0.01 here).
+    pub head_momentum: f64,
+    /// The target encoding: O's cumulative 5-bit sigmoid, or a 5-way softmax (S).
+    pub encoding: GradeEncoding,
+    /// O's training augmentation (zoom 0.85–1.15, horizontal and vertical flips).
+    pub augment: bool,
+}
+
+impl Default for GradingOptions {
+    fn default() -> Self {
+        let paper = ClassificationConfig::paper();
+        GradingOptions {
+            common: FinetuneOptions::default(),
+            densenet: DenseOptions {
+                net: paper.densenet,
+                pool: None,
+            },
+            head: paper.head.hidden,
+            head_dropout: paper.head.dropout,
+            head_momentum: paper.head.momentum,
+            encoding: paper.encoding,
+            augment: paper.augment,
+        }
+    }
+}
+
+impl GradingOptions {
+    /// The encoder's initialisation and the configuration, O's where unset.
+    pub fn resolve(&self, master_seed: u64) -> Result<(EncoderInit, ClassificationConfig)> {
+        let paper = ClassificationConfig::paper();
+        Ok((
+            self.common.init(),
+            ClassificationConfig {
+                densenet: self.densenet.net.clone(),
+                pool: self.densenet.pool.unwrap_or(paper.pool),
+                head: MlpHeadConfig {
+                    hidden: self.head.clone(),
+                    dropout: self.head_dropout,
+                    seed: 0,
+                    momentum: self.head_momentum,
+                },
+                classes: paper.classes,
+                encoding: self.encoding,
+                augment: self.augment,
+                schedule: self.common.schedule(&paper.schedule, master_seed)?,
+            },
+        ))
+    }
+}
+
 /// Settings of [`finetune_segmentation`].
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SegmentationConfig {
@@ -197,6 +413,14 @@ fn load_encoder(store: &ParamStore, init: &EncoderInit) -> Result<Option<LoadRep
             Ok(Some(r))
         }
     }
+}
+
+/// An empty test set would report a perfect score (every Dice of nothing is 1): refuse it.
+fn require_test_items(test_ids: &[usize]) -> Result<()> {
+    if test_ids.is_empty() {
+        return Err(Error::arg("test", "evaluation needs at least one test item"));
+    }
+    Ok(())
 }
 
 /// Runs the schedule: `loss(batch ids, epoch seed, frozen)` gives a batch's loss.
@@ -307,6 +531,7 @@ pub fn finetune_segmentation(
     dev: &Device,
     on_epoch: &mut dyn FnMut(usize, f64),
 ) -> Result<SegmentationResult> {
+    require_test_items(test_ids)?;
     let unet = UNet3dConfig {
         seed: cfg.schedule.seed,
         ..cfg.unet
@@ -374,7 +599,17 @@ pub fn finetune_segmentation(
 }
 
 /// How grades become targets.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum GradeEncoding {
     /// O: grade g sets the first g+1 of 5 bits; binary cross-entropy on 5 sigmoids; the grade
@@ -465,6 +700,7 @@ pub fn finetune_classification(
     dev: &Device,
     on_epoch: &mut dyn FnMut(usize, f64),
 ) -> Result<ClassificationResult> {
+    require_test_items(test_ids)?;
     let store = ParamStore::new(derive(cfg.schedule.seed, Stream::Init, 0));
     let vb = store.builder(DType::F32, dev);
     let net = DenseNet::new(&cfg.densenet, vb.pp("encoder"))?;

@@ -9,7 +9,17 @@ use crate::{Error, Result};
 pub const DICE_EPS: f64 = 1e-5;
 
 /// How the Dice loss sums over the batch.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum DiceVariant {
     /// O's `weighted_dice_coefficient_loss`: one Dice per class over the whole batch, mean

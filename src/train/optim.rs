@@ -6,7 +6,10 @@ use candle_core::{Tensor, Var};
 use crate::{Error, Result};
 
 /// Settings of [`Adam`].
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdamConfig {
     /// Learning rate.
     pub lr: f64,

@@ -14,8 +14,9 @@ use rand::seq::SliceRandom;
 
 use super::optim::{Adam, AdamConfig};
 use crate::error::FileContext;
-use crate::nn::ParamStore;
-use crate::pretext::{Batch, PretextModel, Sampler, Source};
+use crate::nn::{MlpHeadConfig, ParamStore, UNet3dConfig};
+use crate::pretext::model::{BackboneConfig, DenseOptions};
+use crate::pretext::{Batch, PretextModel, Sampler, Source, Task, TaskConfig, TaskOptions};
 use crate::streams::{Stream, derive};
 use crate::{Error, Result};
 
@@ -38,14 +39,181 @@ pub struct PretrainConfig {
 
 impl Default for PretrainConfig {
     fn default() -> Self {
+        PretrainConfig::paper(false)
+    }
+}
+
+impl PretrainConfig {
+    /// O's settings for volumes, or for images (`planar`): 1000 epochs, O's per-task batch
+    /// sizes, Adam with lr 1e-4 (3D) or 1e-5 (2D) and no clipping, 10 % validation.
+    pub fn paper(planar: bool) -> Self {
         PretrainConfig {
             epochs: 1000,
             batch_size: None,
-            adam: AdamConfig::with_lr(1e-4),
+            adam: AdamConfig::with_lr(if planar { 1e-5 } else { 1e-4 }),
             val_fraction: 0.1,
             steps_per_epoch: None,
             seed: 0,
         }
+    }
+}
+
+/// The options of a pretraining run as scripts give them (`pretrain(task, data, ids, #{..})`);
+/// the defaults are O's, and [`PretrainOptions::resolve`] turns them into the trainer's
+/// configurations.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct PretrainOptions {
+    /// Passes over the training items (O: 1000).
+    pub epochs: usize,
+    /// Items per batch; () = O's per task (3D: rotation 4, jigsaw 8, RPL 32, exemplar 2,
+    /// CPC 1; 2D: 32, 32, 32, 16, 6).
+    pub batch: Option<usize>,
+    /// Adam's learning rate; () = O's 1e-4 for volumes, 1e-5 for images.
+    pub lr: Option<f64>,
+    /// Clip every gradient tensor to norm 1 and value 1 (S); O does not clip.
+    pub clip: bool,
+    /// Share of the items (the last ones) that validate every epoch (O: 0.1).
+    pub val_fraction: f64,
+    /// At most this many training batches per epoch; () = all.
+    pub steps_per_epoch: Option<usize>,
+    /// Seed of initialisation, dropout, batch order and sampling; () = the master seed.
+    pub seed: Option<u64>,
+    /// Folder for `log.jsonl`, `best.safetensors` and `last.safetensors`; () = none written.
+    pub out: Option<PathBuf>,
+    /// The 3D backbone (for volumes).
+    pub unet: UNet3dConfig,
+    /// The 2D backbone (for images).
+    pub densenet: DenseOptions,
+    /// Widths of the pretext head's hidden layers (O: 2048, 1024).
+    pub head: Vec<usize>,
+    /// Dropout after each hidden layer of the head (O: 0.5).
+    pub head_dropout: f64,
+    /// BatchNorm momentum of the head (Keras' 0.99 is 0.01 here).
+    pub head_momentum: f64,
+    /// The task's settings.
+    pub task: TaskOptions,
+    /// The experiment's configuration hash: a finished run in `out` with the same hash and
+    /// epochs is reused instead of trained again.
+    pub config_hash: String,
+    /// The name on the progress line; () = the task's name.
+    pub label: Option<String>,
+}
+
+impl Default for PretrainOptions {
+    fn default() -> Self {
+        let paper = PretrainConfig::paper(false);
+        let head = MlpHeadConfig::pretext();
+        PretrainOptions {
+            epochs: paper.epochs,
+            batch: paper.batch_size,
+            lr: None,
+            clip: false,
+            val_fraction: paper.val_fraction,
+            steps_per_epoch: paper.steps_per_epoch,
+            seed: None,
+            out: None,
+            unet: UNet3dConfig::default(),
+            densenet: DenseOptions::default(),
+            head: head.hidden,
+            head_dropout: head.dropout,
+            head_momentum: head.momentum,
+            task: TaskOptions::default(),
+            config_hash: String::new(),
+            label: None,
+        }
+    }
+}
+
+/// The configurations of one pretraining run.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PretrainPlan {
+    /// The task and its settings.
+    pub task: TaskConfig,
+    /// The backbone.
+    pub backbone: BackboneConfig,
+    /// The pretext head.
+    pub head: MlpHeadConfig,
+    /// The training loop.
+    pub train: PretrainConfig,
+}
+
+impl PretrainOptions {
+    /// The configurations for `task` on volumes or images (`planar`); `master_seed` stands in
+    /// for an unset `seed`.
+    pub fn resolve(
+        &self,
+        task: Task,
+        planar: bool,
+        master_seed: u64,
+    ) -> Result<PretrainPlan> {
+        let seed = self.seed.unwrap_or(master_seed);
+        let paper = PretrainConfig::paper(planar);
+        let mut adam = AdamConfig::with_lr(self.lr.unwrap_or(paper.adam.lr));
+        if self.clip {
+            adam = adam.clipped();
+        }
+        let train = PretrainConfig {
+            epochs: self.epochs,
+            batch_size: self.batch,
+            adam,
+            val_fraction: self.val_fraction,
+            steps_per_epoch: self.steps_per_epoch,
+            seed,
+        };
+        train.validate()?;
+        let backbone = match BackboneConfig::of(
+            planar,
+            &self.unet,
+            &self.densenet,
+        ) {
+            BackboneConfig::Unet(u) => {
+                BackboneConfig::Unet(UNet3dConfig { seed, ..u })
+            }
+            other => other,
+        };
+        Ok(PretrainPlan {
+            task: TaskConfig {
+                task,
+                options: self.task.clone(),
+            },
+            backbone,
+            head: MlpHeadConfig {
+                hidden: self.head.clone(),
+                dropout: self.head_dropout,
+                seed,
+                momentum: self.head_momentum,
+            },
+            train,
+        })
+    }
+}
+
+impl PretrainConfig {
+    /// Checks the settings that no run could use.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            return Err(Error::arg("epochs", "expected at least 1 epoch"));
+        }
+        if self.batch_size == Some(0) {
+            return Err(Error::arg("batch", "expected a batch of at least 1 item"));
+        }
+        if self.steps_per_epoch == Some(0) {
+            return Err(Error::arg("steps_per_epoch", "expected at least 1 step"));
+        }
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            return Err(Error::arg(
+                "val_fraction",
+                format!("expected a share in [0, 1), got {}", self.val_fraction),
+            ));
+        }
+        if !(self.adam.lr.is_finite() && self.adam.lr > 0.0) {
+            return Err(Error::arg(
+                "lr",
+                format!("expected a positive learning rate, got {}", self.adam.lr),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -129,9 +297,9 @@ pub struct Pretrainer {
 impl Pretrainer {
     /// A fresh model of `task` for items of `channels` × `dims`, initialised from `seed`.
     pub fn new(
-        task: &crate::pretext::TaskConfig,
-        backbone: &crate::pretext::model::BackboneConfig,
-        head: &crate::nn::MlpHeadConfig,
+        task: &TaskConfig,
+        backbone: &BackboneConfig,
+        head: &MlpHeadConfig,
         (channels, dims): (usize, [usize; 3]),
         seed: u64,
         device: &Device,

@@ -27,7 +27,8 @@ use crate::error::{Error, Result};
 use crate::progress::Progress;
 
 /// What to generate.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct PhantomConfig {
     /// Labelled cases (`imagesTr` + `labelsTr`).
     pub labelled: usize,
