@@ -62,6 +62,53 @@ fn saving_keeps_an_oblique_affine_and_the_header() {
 }
 
 #[test]
+fn a_scaled_integer_file_saved_in_its_own_type_keeps_nibabels_values_and_its_scaling() {
+    // ct_i16_scaled.nii.gz: int16 with scl_slope 0.5, scl_inter -10 (written by nibabel).
+    // Before, saving wrote slope 1 / inter 0 and rounded the scaled values (errors up to 0.5).
+    let src = Volume::load(fixture("ct_i16_scaled.nii.gz")).unwrap();
+    assert_eq!(src.scaling(), Some((0.5, -10.0)));
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap();
+    let case = expected["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["file"] == "ct_i16_scaled.nii.gz")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["copy.nii.gz", "copy.nii"] {
+        let path = dir.path().join(name);
+        src.save(&path).unwrap();
+        let back = Volume::load(&path).unwrap();
+        assert_eq!(back.dtype(), VoxelType::I16);
+        assert_eq!(back.scaling(), Some((0.5, -10.0)), "{name}");
+        assert_eq!(back.to_vec().unwrap(), src.to_vec().unwrap(), "{name}");
+        // The values nibabel reads from the source, at the positions the fixture lists.
+        let sum: f64 = back.to_vec().unwrap().iter().map(|&v| v as f64).sum();
+        assert_eq!(sum, case["sum"].as_f64().unwrap(), "{name}: sum");
+        let t = back.tensor();
+        for probe in case["voxels"].as_array().unwrap() {
+            let idx: Vec<usize> = probe["index"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as usize)
+                .collect();
+            let got = t
+                .get(idx[0])
+                .unwrap()
+                .get(idx[1])
+                .unwrap()
+                .get(idx[2])
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(got as f64, probe["value"].as_f64().unwrap(), "{name} {idx:?}");
+        }
+    }
+}
+
+#[test]
 fn files_written_by_nibabel_read_as_nibabel_reads_them() {
     let expected: Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap();

@@ -302,9 +302,20 @@ impl Volume {
         self.save_as(path, self.dtype)
     }
 
+    /// The header's intensity scaling `(scl_slope, scl_inter)`, when it has one that nibabel
+    /// applies (a finite slope other than 0, and not the identity).
+    pub fn scaling(&self) -> Option<(f64, f64)> {
+        let (s, i) = (self.header.scl_slope as f64, self.header.scl_inter as f64);
+        let inter = if i.is_finite() { i } else { 0.0 };
+        (s.is_finite() && s != 0.0 && (s != 1.0 || inter != 0.0)).then_some((s, inter))
+    }
+
     /// Writes a `.nii` or `.nii.gz` (by extension) file in `dtype`, keeping spacing, affine
-    /// (as the sform) and the rest of the header. Integer types round to nearest; a value that
-    /// does not fit the type is an error. The write is atomic (temporary file, then rename).
+    /// (as the sform) and the rest of the header. An integer type stores `(v - scl_inter) /
+    /// scl_slope` rounded to nearest when the source had such a scaling (so the values read
+    /// back are the source's), else `v` rounded; a value that does not fit the type is an
+    /// error. Float types store the values with no scaling. The write is atomic (temporary
+    /// file, then rename).
     pub fn save_as(&self, path: impl AsRef<Path>, dtype: VoxelType) -> Result<()> {
         let path = path.as_ref();
         let name = path
@@ -315,7 +326,13 @@ impl Volume {
         if !gz && !name.ends_with(".nii") {
             return Err(Error::file(path, "expected a .nii or .nii.gz file name"));
         }
-        let values = self.to_vec()?;
+        let mut values = self.to_vec()?;
+        let scaling = dtype.range().and(self.scaling());
+        if let Some((slope, inter)) = scaling {
+            values
+                .iter_mut()
+                .for_each(|v| *v = ((*v as f64 - inter) / slope) as f32);
+        }
         let out_of_range = |(lo, hi): (f64, f64)| {
             values
                 .iter()
@@ -353,11 +370,46 @@ impl Volume {
         let written = write_typed(&opts, &shape, &values, dtype);
         written
             .map_err(|e| Error::file(path, format!("cannot write NIfTI: {e}")))
+            .and_then(|_| match scaling {
+                Some((slope, inter)) => set_scaling(&tmp, gz, slope as f32, inter as f32),
+                None => Ok(()),
+            })
             .and_then(|_| std::fs::rename(&tmp, path).with_file(path))
             .inspect_err(|_| {
                 let _ = std::fs::remove_file(&tmp);
             })
     }
+}
+
+/// Sets `scl_slope` and `scl_inter` (bytes 112..120 of the NIfTI-1 header, in the file's byte
+/// order) of a file the `nifti` crate wrote, which always writes 1 and 0.
+fn set_scaling(path: &Path, gz: bool, slope: f32, inter: f32) -> Result<()> {
+    use std::io::{Read, Write};
+    let raw = std::fs::read(path).with_file(path)?;
+    let mut bytes = if gz {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(raw.as_slice())
+            .read_to_end(&mut out)
+            .with_file(path)?;
+        out
+    } else {
+        raw
+    };
+    if bytes.len() < 348 {
+        return Err(Error::file(path, "written header is shorter than 348 bytes"));
+    }
+    let little = i32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) == 348;
+    let enc = |v: f32| if little { v.to_le_bytes() } else { v.to_be_bytes() };
+    bytes[112..116].copy_from_slice(&enc(slope));
+    bytes[116..120].copy_from_slice(&enc(inter));
+    let out = if gz {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&bytes).with_file(path)?;
+        e.finish().with_file(path)?
+    } else {
+        bytes
+    };
+    std::fs::write(path, out).with_file(path)
 }
 
 /// Whether the file starts with a NIfTI-2 header (`sizeof_hdr` = 540, either byte order).

@@ -11,6 +11,7 @@ use candle_nn::VarBuilder;
 
 use super::conv::{Conv3d, ConvConfig, ConvTranspose3d, conv_transpose3d, conv3d};
 use super::dropout::Dropout;
+use super::Mode;
 use super::norm::{BatchNorm, BatchNormConfig, batch_norm};
 use crate::ops::{self, PoolSpec};
 use crate::streams::{Stream, derive};
@@ -118,9 +119,14 @@ impl ConvBlock {
 
     /// Applies the block (`train` selects batch statistics and dropout).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = conv_relu_bn(&self.conv1, &self.bn1, x, train)?;
-        let x = self.drop.forward_t(&x, train)?;
-        conv_relu_bn(&self.conv2, &self.bn2, &x, train)
+        self.forward_mode(x, Mode::train(train))
+    }
+
+    /// Applies the block in `mode`.
+    pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let x = conv_relu_bn(&self.conv1, &self.bn1, x, mode.batch_stats)?;
+        let x = self.drop.forward_t(&x, mode.dropout)?;
+        conv_relu_bn(&self.conv2, &self.bn2, &x, mode.batch_stats)
     }
 }
 
@@ -196,6 +202,11 @@ impl Encoder3d {
 
     /// Encodes `x [N, C, D, H, W]`, keeping the skips.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Encoded> {
+        self.forward_mode(x, Mode::train(train))
+    }
+
+    /// Encodes `x` in `mode`, keeping the skips.
+    pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Encoded> {
         let dims = x.dims();
         if dims.len() != 5
             || dims[1] != self.cfg.in_channels
@@ -214,11 +225,11 @@ impl Encoder3d {
         let mut skips = Vec::with_capacity(self.down.len());
         let mut h = x.clone();
         for block in &self.down {
-            let s = block.forward_t(&h, train)?;
+            let s = block.forward_mode(&h, mode)?;
             h = ops::max_pool3d(&s, PoolSpec::cube(2))?;
             skips.push(s);
         }
-        let b = self.bottleneck.forward_t(&h, train)?;
+        let b = self.bottleneck.forward_mode(&h, mode)?;
         let features = ops::max_pool3d(&b, PoolSpec::cube(2))?;
         Ok(Encoded { features, skips })
     }
@@ -305,10 +316,11 @@ impl UNet3d {
         self.decoder.forward_t(&enc, train)
     }
 
-    /// Logits with a frozen encoder: it runs in inference mode and passes no gradient back,
-    /// while the decoder trains (the warm-up epochs of finetuning).
+    /// Logits with a frozen encoder: it runs as Keras runs a `trainable=False` layer (running
+    /// BatchNorm statistics, dropout active) and passes no gradient back, while the decoder
+    /// trains (the warm-up epochs of finetuning).
     pub fn forward_frozen_encoder(&self, x: &Tensor) -> Result<Tensor> {
-        let enc = self.encoder.forward_t(x, false)?;
+        let enc = self.encoder.forward_mode(x, Mode::FROZEN)?;
         let enc = Encoded {
             features: enc.features.detach(),
             skips: enc.skips.iter().map(Tensor::detach).collect(),

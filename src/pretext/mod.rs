@@ -3,6 +3,7 @@
 //! batches ([`Sampler`]) and the models and losses that learn from them ([`PretextModel`]).
 //! O's constants (the authors' code) are the defaults; S's choices are named options.
 
+pub mod augment;
 pub mod exemplar;
 pub mod grid;
 pub mod model;
@@ -250,6 +251,9 @@ pub struct TaskOptions {
     pub exemplar: ExemplarOptions,
     /// CPC settings.
     pub cpc: CpcOptions,
+    /// 2D: O's loader augmentation of training images before the task (zoom 0.85–1.15, plus
+    /// horizontal and vertical flips for every task but rotation).
+    pub augment_2d: bool,
 }
 
 impl Default for TaskOptions {
@@ -262,6 +266,7 @@ impl Default for TaskOptions {
             permutation_seed: 0,
             exemplar: ExemplarOptions::default(),
             cpc: CpcOptions::default(),
+            augment_2d: true,
         }
     }
 }

@@ -10,6 +10,7 @@ use rand::seq::IndexedRandom;
 use rand::RngExt;
 use rayon::prelude::*;
 
+use super::augment;
 use super::grid::{Grid, assemble, stack};
 use super::patches::PatchGrid;
 use super::permutations::PermutationSet;
@@ -236,7 +237,18 @@ impl Sampler {
     pub fn batch(&self, src: &dyn Source, ids: &[usize], seed: u64, train: bool) -> Result<Batch> {
         // Batches are large and short-lived: keep freed memory in the process.
         crate::ops::cpu::configure_allocator();
-        let grids = self.load(src, ids)?;
+        let mut grids = self.load(src, ids)?;
+        if train && self.planar() && self.cfg.options.augment_2d {
+            let flips = self.cfg.task != Task::Rotation;
+            grids = grids
+                .par_iter()
+                .enumerate()
+                .map(|(k, g)| {
+                    let mut rng = streams::rng(seed, Stream::Augment, k as u64);
+                    Arc::new(augment::zoom_flips_2d(g, flips, &mut rng))
+                })
+                .collect();
+        }
         match self.cfg.task {
             Task::Rotation => self.rotation(&grids, seed),
             Task::Jigsaw => self.jigsaw(&grids, seed, train),

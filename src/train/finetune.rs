@@ -8,8 +8,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{D, DType, Device, Tensor};
-use rand::RngExt;
-use rand::rngs::StdRng;
 
 use super::loss::{DiceVariant, binary_cross_entropy, cross_entropy, dice_loss, one_hot};
 use super::metrics::{Confusion, SoftDice};
@@ -17,9 +15,9 @@ use super::optim::{Adam, AdamConfig};
 use super::pretrain::batches;
 use crate::nn::{
     DenseNet, DenseNetConfig, Encoded, GlobalPool, LoadOptions, LoadReport, MlpHead, MlpHeadConfig,
-    ParamStore, UNet3d, UNet3dConfig,
+    Mode, ParamStore, UNet3d, UNet3dConfig,
 };
-use crate::pretext::exemplar::{crop_or_pad, zoom};
+use crate::pretext::augment::zoom_flips_2d;
 use crate::pretext::grid::{Grid, stack};
 use crate::pretext::model::DenseOptions;
 use crate::streams::{Stream, derive, rng};
@@ -547,7 +545,10 @@ pub fn finetune_segmentation(
         |ids, _seed, frozen| {
             let (x, y) = seg_batch(src, ids, unet.classes, dev)?;
             let logits = if frozen {
-                let enc = net.encoder.forward_t(&x, !freeze_bn)?;
+                // O (Keras `trainable=False`): running BatchNorm statistics, dropout still
+                // active; S keeps updating the statistics.
+                let mode = if freeze_bn { Mode::FROZEN } else { Mode::TRAIN };
+                let enc = net.encoder.forward_mode(&x, mode)?;
                 let enc = Encoded {
                     features: enc.features.detach(),
                     skips: enc.skips.iter().map(Tensor::detach).collect(),
@@ -679,18 +680,6 @@ pub struct ClassificationResult {
     pub log: FitLog,
 }
 
-fn augment(g: &Grid, rng: &mut StdRng) -> Grid {
-    let f = rng.random_range(0.85..1.15);
-    let mut out = crop_or_pad(&zoom(g, [1.0, f, f]), g.dims, rng);
-    if rng.random_bool(0.5) {
-        out = out.flip(2);
-    }
-    if rng.random_bool(0.5) {
-        out = out.flip(1);
-    }
-    out
-}
-
 /// Finetunes a DenseNet grader on `train_ids` of `src` and evaluates it on `test_ids`.
 pub fn finetune_classification(
     init: &EncoderInit,
@@ -728,7 +717,7 @@ pub fn finetune_classification(
                 ));
             }
             grids.push(match seed {
-                Some(s) if cfg.augment => augment(&g, &mut rng(s, Stream::Augment, j as u64)),
+                Some(s) if cfg.augment => zoom_flips_2d(&g, true, &mut rng(s, Stream::Augment, j as u64)),
                 _ => g,
             });
             grades.push(y);
