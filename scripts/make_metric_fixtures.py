@@ -30,9 +30,21 @@ def main():
     pred = np.where(rng.random(4000) < 0.4, rng.integers(0, 3, 4000), truth)
     j = jaccard_score(truth, pred, labels=[0, 1, 2], average=None)
     seg = dict(truth=truth.tolist(), pred=pred.tolist(), dice=(2 * j / (1 + j)).tolist())
+    # A test set without tumour (class 2) in truth and prediction: scikit-learn's Jaccard (and
+    # so O's Dice) of that class is 0 (zero_division's default), not 1.
+    t2 = rng.integers(0, 2, 300)
+    p2 = np.where(rng.random(300) < 0.2, 1 - t2, t2)
+    j2 = jaccard_score(t2, p2, labels=[0, 1, 2], average=None, zero_division=0.0)
+    absent = dict(truth=t2.tolist(), pred=p2.tolist(), dice=(2 * j2 / (1 + j2)).tolist())
+    # Kappa is undefined (scikit-learn: NaN) when truth and prediction are each one class.
+    with np.errstate(all="ignore"):
+        undefined = dict(truth=[2] * 6, pred=[2] * 6,
+                         qwk=cohen_kappa_score([2] * 6, [2] * 6, weights="quadratic", labels=[0, 1, 2, 3, 4]))
     os.makedirs(OUT, exist_ok=True)
     with open(os.path.join(OUT, "metrics.json"), "w") as f:
-        json.dump(dict(classification=cases, segmentation=seg), f)
+        json.dump(dict(classification=cases, segmentation=seg, absent_class=absent,
+                       undefined_kappa=dict(undefined, qwk=None if np.isnan(undefined["qwk"]) else undefined["qwk"],
+                                            qwk_is_nan=bool(np.isnan(undefined["qwk"])))), f)
     print("wrote", os.path.join(OUT, "metrics.json"))
 
 

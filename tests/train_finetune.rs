@@ -75,6 +75,7 @@ fn segmentation_finetuning_learns_the_labels() {
         unet: small_unet(),
         schedule: schedule(25, 0, 2, 1e-2),
         dice: DiceVariant::Batch,
+        absent: Default::default(),
     };
     let train: Vec<usize> = (0..8).collect();
     let r = finetune_segmentation(
@@ -138,6 +139,7 @@ fn a_pretext_encoder_is_loaded_and_stays_frozen_during_the_warm_up() {
         unet: small_unet(),
         schedule: sched,
         dice: DiceVariant::PerSample,
+        absent: Default::default(),
     };
     let r = finetune_segmentation(
         &EncoderInit::Checkpoint(ckpt.clone()),
@@ -264,6 +266,7 @@ fn a_nan_loss_stops_finetuning_and_says_where() {
         unet: small_unet(),
         schedule: schedule(2, 0, 1, 1e-3),
         dice: DiceVariant::Batch,
+        absent: Default::default(),
     };
     let e = finetune_segmentation(
         &EncoderInit::Random,

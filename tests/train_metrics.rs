@@ -81,3 +81,34 @@ fn a_perfect_prediction_has_kappa_and_dice_one() {
     assert_eq!(c.dice(), vec![1.0; 3]);
     assert!(c.add(&[0], &[0, 1]).is_err());
 }
+
+#[test]
+fn a_class_absent_from_truth_and_prediction_has_os_dice_zero_unless_asked_otherwise() {
+    use pretext::train::metrics::AbsentClass;
+    let case = &fixture()["absent_class"];
+    let mut c = Confusion::new(3);
+    c.add(&ints(&case["truth"]), &ints(&case["pred"])).unwrap();
+    let expected: Vec<f64> = case["dice"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(expected[2], 0.0, "scikit-learn's route");
+    for (a, b) in c.dice().iter().zip(&expected) {
+        assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+    }
+    let one = c.dice_with(AbsentClass::One);
+    assert_eq!(one[2], 1.0);
+    assert_eq!(&one[..2], &c.dice()[..2]);
+}
+
+#[test]
+fn an_undefined_kappa_is_nan_as_in_scikit_learn_not_zero() {
+    let case = &fixture()["undefined_kappa"];
+    assert!(case["qwk_is_nan"].as_bool().unwrap());
+    let mut c = Confusion::new(5);
+    c.add(&ints(&case["truth"]), &ints(&case["pred"])).unwrap();
+    assert!(c.quadratic_kappa().is_nan());
+    assert!(Confusion::new(5).quadratic_kappa().is_nan(), "no pairs");
+}

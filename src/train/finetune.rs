@@ -10,7 +10,7 @@ use std::time::Instant;
 use candle_core::{D, DType, Device, Tensor};
 
 use super::loss::{DiceVariant, binary_cross_entropy, cross_entropy, dice_loss, one_hot};
-use super::metrics::{Confusion, SoftDice};
+use super::metrics::{AbsentClass, Confusion, SoftDice};
 use super::optim::{Adam, AdamConfig};
 use super::pretrain::batches;
 use crate::nn::{
@@ -246,6 +246,9 @@ pub struct SegmentationOptions {
     pub unet: UNet3dConfig,
     /// The Dice loss: O's batch-global one, or S's per-sample one.
     pub dice: DiceVariant,
+    /// The reported Dice of a class absent from both truth and prediction: 0 (O, via
+    /// scikit-learn's Jaccard) or 1.
+    pub absent_class: AbsentClass,
 }
 
 impl SegmentationOptions {
@@ -258,6 +261,7 @@ impl SegmentationOptions {
                 unet: self.unet,
                 schedule: self.common.schedule(&paper.schedule, master_seed)?,
                 dice: self.dice,
+                absent: self.absent_class,
             },
         ))
     }
@@ -336,6 +340,8 @@ pub struct SegmentationConfig {
     pub schedule: Schedule,
     /// The Dice loss (O's batch-global one, or S's per-sample one).
     pub dice: DiceVariant,
+    /// The reported Dice of a class absent from both truth and prediction (O: 0).
+    pub absent: AbsentClass,
 }
 
 impl SegmentationConfig {
@@ -355,6 +361,7 @@ impl SegmentationConfig {
                 save: None,
             },
             dice: DiceVariant::Batch,
+            absent: AbsentClass::Zero,
         }
     }
 }
@@ -589,7 +596,7 @@ pub fn finetune_segmentation(
         }
     }
     log.eval_seconds = start.elapsed().as_secs_f64();
-    let dice = confusion.dice();
+    let dice = confusion.dice_with(cfg.absent);
     Ok(SegmentationResult {
         dice_mean: super::metrics::mean(&dice),
         dice,

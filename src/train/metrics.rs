@@ -3,6 +3,28 @@
 
 use crate::{Error, Result};
 
+/// The Dice of a class that neither the truth nor the prediction contains.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum AbsentClass {
+    /// 0, what O's route gives (scikit-learn's per-class Jaccard, whose `zero_division`
+    /// default is 0, then Dice = 2J / (1 + J)): the paper's metric.
+    #[default]
+    Zero,
+    /// 1: nothing to find and nothing found.
+    One,
+}
+
 /// A `k × k` confusion matrix: `counts[truth][prediction]`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Confusion {
@@ -54,15 +76,24 @@ impl Confusion {
         self.counts.iter().flatten().sum()
     }
 
-    /// Hard Dice per class, `2|P∩T| / (|P| + |T|)` (1 for a class absent from both).
+    /// Hard Dice per class, `2|P∩T| / (|P| + |T|)`, with O's 0 for a class absent from both.
     pub fn dice(&self) -> Vec<f64> {
+        self.dice_with(AbsentClass::Zero)
+    }
+
+    /// Hard Dice per class, with `absent` deciding a class absent from both.
+    pub fn dice_with(&self, absent: AbsentClass) -> Vec<f64> {
+        let empty = match absent {
+            AbsentClass::Zero => 0.0,
+            AbsentClass::One => 1.0,
+        };
         (0..self.classes())
             .map(|c| {
                 let tp = self.counts[c][c] as f64;
                 let truth: u64 = self.counts[c].iter().sum();
                 let pred: u64 = self.counts.iter().map(|r| r[c]).sum();
                 let denom = (truth + pred) as f64;
-                if denom == 0.0 { 1.0 } else { 2.0 * tp / denom }
+                if denom == 0.0 { empty } else { 2.0 * tp / denom }
             })
             .collect()
     }
@@ -73,12 +104,14 @@ impl Confusion {
         correct as f64 / self.total().max(1) as f64
     }
 
-    /// Cohen's kappa with quadratic weights (`sklearn.metrics.cohen_kappa_score(weights="quadratic")`).
+    /// Cohen's kappa with quadratic weights (`sklearn.metrics.cohen_kappa_score(weights="quadratic")`);
+    /// NaN where it is undefined, as scikit-learn (no pairs, or truth and prediction each of
+    /// one and the same class): never a silent 0.
     pub fn quadratic_kappa(&self) -> f64 {
         let k = self.classes();
         let n = self.total() as f64;
         if n == 0.0 || k < 2 {
-            return 0.0;
+            return f64::NAN;
         }
         let rows: Vec<f64> = self
             .counts
@@ -97,7 +130,7 @@ impl Confusion {
             }
         }
         if expected == 0.0 {
-            0.0
+            f64::NAN
         } else {
             1.0 - observed / expected
         }
