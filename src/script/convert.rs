@@ -45,7 +45,8 @@ pub fn index(v: INT, what: &str) -> RResult<usize> {
 
 /// A shape given as an array of non-negative integers.
 pub fn shape(arr: &Array, what: &str) -> RResult<Vec<usize>> {
-    arr.iter()
+    let dims = arr
+        .iter()
         .map(|d| match d.as_int() {
             Ok(i) if i >= 0 => Ok(i as usize),
             _ => Err(rt_err(format!(
@@ -53,7 +54,9 @@ pub fn shape(arr: &Array, what: &str) -> RResult<Vec<usize>> {
                 d.type_name()
             ))),
         })
-        .collect()
+        .collect::<RResult<Vec<usize>>>()?;
+    crate::memory::elements(&dims, what).map_err(|e| rt_err(e.to_string()))?;
+    Ok(dims)
 }
 
 /// An array of integers (may be negative).

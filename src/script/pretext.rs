@@ -401,6 +401,21 @@ fn pretrain(state: &HostState, task: &str, data: &Dynamic, ids: &Array, m: &Map)
         .map(|_| o.string("out", ""))
         .transpose()?
         .map(PathBuf::from);
+    // One process at a time writes a pretraining folder; another one waits, then reuses it.
+    let _lock = out
+        .as_deref()
+        .map(|dir| {
+            crate::train::pretrain::lock_run_dir(
+                dir,
+                |h| match h {
+                    Some(h) => eprintln!("pretrain: {} is being written by {h}; waiting", dir.display()),
+                    None => eprintln!("pretrain: {} is being written by another process; waiting", dir.display()),
+                },
+                || state.interrupt.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        })
+        .transpose()
+        .rt()?;
     if let Some(dir) = &out
         && let Some(report) = cached(dir, &hash, epochs)
     {
