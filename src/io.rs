@@ -16,7 +16,13 @@ pub fn temp_name(name: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let host: String = crate::lock::hostname()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!(
         ".{name}{TMP_MARK}{host}-{}-{}",
@@ -45,7 +51,13 @@ pub fn clean_stale_temps(dir: &Path) -> usize {
     };
     let host: String = crate::lock::hostname()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let mut removed = 0;
     for e in entries.flatten() {

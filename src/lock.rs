@@ -66,7 +66,11 @@ impl Holder {
 
 impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "pid {} on host {} since {}", self.pid, self.host, self.since)?;
+        write!(
+            f,
+            "pid {} on host {} since {}",
+            self.pid, self.host, self.since
+        )?;
         if !self.command.is_empty() {
             write!(f, " (`{}`)", self.command)?;
         }
@@ -99,7 +103,10 @@ fn registry_lock() -> MutexGuard<'static, HashMap<PathBuf, Weak<Held>>> {
 
 /// The registry key of a lock file: its folder made absolute, plus its name.
 fn key_of(path: &Path) -> PathBuf {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     dir.join(path.file_name().unwrap_or_default())
 }

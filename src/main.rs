@@ -476,8 +476,7 @@ fn data_command(cmd: DataCommand) -> Result<(), ExitCode> {
                     let cfg = FundusConfig::aptos(n, size, seed);
                     cfg.validate().map_err(failed)?;
                     let p = Progress::new(n as u64, "synth fundus");
-                    write_new(&out, force, |d| fundus::write(&cfg, d, Some(&p)))
-                        .map_err(failed)?;
+                    write_new(&out, force, |d| fundus::write(&cfg, d, Some(&p))).map_err(failed)?;
                     p.finish();
                     n
                 }

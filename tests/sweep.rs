@@ -204,8 +204,15 @@ fn spawn_in(data: &Path, args: &[String]) -> std::process::Child {
 fn wait_for_a_line(path: &Path, child: &mut std::process::Child) {
     let start = Instant::now();
     while std::fs::read_to_string(path).map_or(0, |t| t.lines().count()) < 1 {
-        assert!(start.elapsed() < Duration::from_secs(120), "nothing in {}", path.display());
-        assert!(child.try_wait().unwrap().is_none(), "the first run ended too early");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "nothing in {}",
+            path.display()
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the first run ended too early"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -216,11 +223,19 @@ fn two_identical_sweeps_at_once_one_refuses_and_a_rerun_completes() {
     let out = dir.path().join("fig3");
     let args = fig3(
         &out,
-        &["--set", "finetune.epochs=200", "--set", "finetune.baseline_epochs=200"],
+        &[
+            "--set",
+            "finetune.epochs=200",
+            "--set",
+            "finetune.baseline_epochs=200",
+        ],
     );
     let mut first = spawn_in(dir.path(), &args);
     wait_for_a_line(&out.join("results.jsonl"), &mut first);
-    let second = pretext_in(dir.path(), &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let second = pretext_in(
+        dir.path(),
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     let first = first.wait_with_output().unwrap();
     assert!(first.status.success(), "{}", common::stderr(&first));
     let e = common::stderr(&second);
@@ -231,7 +246,10 @@ fn two_identical_sweeps_at_once_one_refuses_and_a_rerun_completes() {
     );
     let k = keys(&out.join("results.jsonl"));
     assert_eq!(k.len(), 4);
-    let o = pretext_in(dir.path(), &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = pretext_in(
+        dir.path(),
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     assert!(o.status.success(), "{}", common::stderr(&o));
     assert!(common::stdout(&o).contains("4 cells in this shard, 4 done, 0 to run"));
     let mut after = keys(&out.join("results.jsonl"));
@@ -250,7 +268,10 @@ fn three_shards_at_once_into_one_folder_merge_to_every_cell_once() {
         .map(|i| {
             spawn_in(
                 dir.path(),
-                &fig3(&out, &["--set", "seeds=[0,1,2]", "--shard", &format!("{i}/3")]),
+                &fig3(
+                    &out,
+                    &["--set", "seeds=[0,1,2]", "--shard", &format!("{i}/3")],
+                ),
             )
         })
         .collect();
@@ -259,7 +280,11 @@ fn three_shards_at_once_into_one_folder_merge_to_every_cell_once() {
         assert!(o.status.success(), "{}", common::stderr(&o));
     }
     let files: Vec<String> = (0..3)
-        .map(|i| out.join(format!("results.shard-{i}-of-3.jsonl")).display().to_string())
+        .map(|i| {
+            out.join(format!("results.shard-{i}-of-3.jsonl"))
+                .display()
+                .to_string()
+        })
         .collect();
     let merged = out.join("results.jsonl");
     let mut args: Vec<&str> = vec!["merge"];
@@ -274,7 +299,10 @@ fn three_shards_at_once_into_one_folder_merge_to_every_cell_once() {
     for t in ["baseline", "rotation"] {
         for s in 0..3 {
             for f in ["0.500000", "1.000000"] {
-                assert!(k.iter().any(|c| c.starts_with(&format!("{t}|{f}|{s}|"))), "{t} {f} {s}");
+                assert!(
+                    k.iter().any(|c| c.starts_with(&format!("{t}|{f}|{s}|"))),
+                    "{t} {f} {s}"
+                );
             }
         }
     }
@@ -293,7 +321,13 @@ fn a_second_pretraining_into_the_same_folder_waits_and_reuses_the_checkpoint() {
          print(`cached=${{r.cached}} best=${{r.best}}`);",
         run.display()
     );
-    let o = pretext_in(dir.path(), &["eval", "pancreas(#{ root: \"\", shape: [16, 16, 16], synthetic: #{ labelled: 6, unlabelled: 2, shape: [24, 24, 16], seed: 7 } }).len()"]);
+    let o = pretext_in(
+        dir.path(),
+        &[
+            "eval",
+            "pancreas(#{ root: \"\", shape: [16, 16, 16], synthetic: #{ labelled: 6, unlabelled: 2, shape: [24, 24, 16], seed: 7 } }).len()",
+        ],
+    );
     assert!(o.status.success(), "{}", common::stderr(&o));
     let args = vec!["eval".to_string(), code];
     let mut first = spawn_in(dir.path(), &args);
@@ -308,7 +342,11 @@ fn a_second_pretraining_into_the_same_folder_waits_and_reuses_the_checkpoint() {
         "the second reuses the first's checkpoint: {}",
         common::stdout(&second)
     );
-    assert!(common::stderr(&second).contains("waiting"), "{}", common::stderr(&second));
+    assert!(
+        common::stderr(&second).contains("waiting"),
+        "{}",
+        common::stderr(&second)
+    );
     let log = pretext::train::pretrain::read_log(&run.join("log.jsonl")).unwrap();
     assert_eq!(log.len(), 400);
     assert!(log.iter().enumerate().all(|(i, e)| e.epoch == i + 1));
@@ -327,10 +365,22 @@ fn a_lock_left_by_a_killed_run_is_taken_over() {
         "pid": dead, "host": host.trim(), "since": "2026-01-01T00:00:00Z", "command": "pretext run (killed)"
     });
     std::fs::write(out.join("results.jsonl.lock"), record.to_string()).unwrap();
-    let o = pretext_in(dir.path(), &fig3(&out, &[]).iter().map(String::as_str).collect::<Vec<_>>());
+    let o = pretext_in(
+        dir.path(),
+        &fig3(&out, &[])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
     assert!(o.status.success(), "{}", common::stderr(&o));
     let e = common::stderr(&o);
-    assert!(e.contains("stale lock") && e.contains(&format!("pid {dead}")), "{e}");
+    assert!(
+        e.contains("stale lock") && e.contains(&format!("pid {dead}")),
+        "{e}"
+    );
     assert_eq!(keys(&out.join("results.jsonl")).len(), 4);
-    assert!(!out.join("results.jsonl.lock").exists(), "released at the end");
+    assert!(
+        !out.join("results.jsonl.lock").exists(),
+        "released at the end"
+    );
 }

@@ -68,9 +68,8 @@ fn prepare(
     crate::io::clean_stale_temps(dir);
     // Ids name the cache files: they must be plain names that stay inside the cache folder.
     for it in items {
-        crate::io::plain_name(&it.id, "case id").map_err(|m| {
-            Error::file(it.sources.first().map_or(source, PathBuf::as_path), m)
-        })?;
+        crate::io::plain_name(&it.id, "case id")
+            .map_err(|m| Error::file(it.sources.first().map_or(source, PathBuf::as_path), m))?;
     }
     let manifest_path = dir.join(MANIFEST);
     let old: Manifest = std::fs::read_to_string(&manifest_path)

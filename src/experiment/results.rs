@@ -256,7 +256,11 @@ impl ResultsFile {
                      (`pretext run --allow-mixed`)",
                     r.config_hash,
                     cfg_path.display(),
-                    if diff.is_empty() { "none recorded".to_string() } else { diff.join(", ") }
+                    if diff.is_empty() {
+                        "none recorded".to_string()
+                    } else {
+                        diff.join(", ")
+                    }
                 ),
             ));
         }
@@ -357,7 +361,10 @@ fn mixed_error(h1: &str, f1: &Path, h2: &str, f2: &Path) -> Error {
             .map(|r| r.config)
     };
     let diff = match (config_of(f1, h1), config_of(f2, h2)) {
-        (Some(a), Some(b)) => format!("; differing keys: {}", config_differences(&a, &b).join(", ")),
+        (Some(a), Some(b)) => format!(
+            "; differing keys: {}",
+            config_differences(&a, &b).join(", ")
+        ),
         _ => String::new(),
     };
     Error::file(

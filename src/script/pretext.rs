@@ -408,8 +408,14 @@ fn pretrain(state: &HostState, task: &str, data: &Dynamic, ids: &Array, m: &Map)
             crate::train::pretrain::lock_run_dir(
                 dir,
                 |h| match h {
-                    Some(h) => eprintln!("pretrain: {} is being written by {h}; waiting", dir.display()),
-                    None => eprintln!("pretrain: {} is being written by another process; waiting", dir.display()),
+                    Some(h) => eprintln!(
+                        "pretrain: {} is being written by {h}; waiting",
+                        dir.display()
+                    ),
+                    None => eprintln!(
+                        "pretrain: {} is being written by another process; waiting",
+                        dir.display()
+                    ),
                 },
                 || state.interrupt.load(std::sync::atomic::Ordering::Relaxed),
             )

@@ -85,8 +85,8 @@ pub fn class_indices(labels: &Tensor, classes: usize, what: &str) -> Result<Tens
     let flat = labels.flatten_all()?;
     if !matches!(labels.dtype(), DType::U8 | DType::U32) {
         let f = flat.to_dtype(DType::F64)?;
-        // x - x is 0 for finite values, NaN otherwise.
-        let finite = (&f - &f)?.sum_all()?.to_scalar::<f64>()?;
+        // 0·x is 0 for finite values, NaN otherwise.
+        let finite = (&f * 0.0)?.sum_all()?.to_scalar::<f64>()?;
         let min = f.min(0)?.to_scalar::<f64>()?;
         let frac = (&f - f.floor()?)?.abs()?.max(0)?.to_scalar::<f64>()?;
         if !finite.is_finite() || min < 0.0 || frac != 0.0 {

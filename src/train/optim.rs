@@ -50,22 +50,37 @@ impl AdamConfig {
         if !(self.lr.is_finite() && self.lr >= 0.0) {
             return Err(Error::arg(
                 "lr",
-                format!("the learning rate must be a finite number ≥ 0, got {}", self.lr),
+                format!(
+                    "the learning rate must be a finite number ≥ 0, got {}",
+                    self.lr
+                ),
             ));
         }
         for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
             if !(0.0..1.0).contains(&b) {
-                return Err(Error::arg(name, format!("expected a value in [0, 1), got {b}")));
+                return Err(Error::arg(
+                    name,
+                    format!("expected a value in [0, 1), got {b}"),
+                ));
             }
         }
         if !(self.eps.is_finite() && self.eps > 0.0) {
-            return Err(Error::arg("eps", format!("expected a small positive number, got {}", self.eps)));
+            return Err(Error::arg(
+                "eps",
+                format!("expected a small positive number, got {}", self.eps),
+            ));
         }
-        for (name, c) in [("clip_norm", self.clip_norm), ("clip_value", self.clip_value)] {
+        for (name, c) in [
+            ("clip_norm", self.clip_norm),
+            ("clip_value", self.clip_value),
+        ] {
             if let Some(c) = c
                 && !(c.is_finite() && c > 0.0)
             {
-                return Err(Error::arg(name, format!("expected a positive bound, got {c}")));
+                return Err(Error::arg(
+                    name,
+                    format!("expected a positive bound, got {c}"),
+                ));
             }
         }
         Ok(())

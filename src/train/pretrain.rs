@@ -340,8 +340,8 @@ fn pretrain(
 fn first_non_finite(store: &ParamStore) -> Result<Option<(String, f64)>> {
     for (name, v) in store.trainable("") {
         let t = v.as_tensor();
-        // x - x is 0 for finite values and NaN for NaN and ±inf.
-        let s = (t - t)?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        // 0·x is 0 for finite values and NaN for NaN and ±inf.
+        let s = (t * 0.0)?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         if !s.is_finite() {
             let vals = t.flatten_all()?.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
             let bad = vals.into_iter().find(|x| !x.is_finite()).unwrap_or(f64::NAN);

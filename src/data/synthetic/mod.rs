@@ -68,11 +68,7 @@ pub fn ensure(
 /// exists and is not empty is refused unless `force` (then it is replaced as a whole, once
 /// the new dataset is complete).
 pub fn write_new(out: &Path, force: bool, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let non_empty = out.is_dir()
-        && std::fs::read_dir(out)
-            .with_file(out)?
-            .next()
-            .is_some();
+    let non_empty = out.is_dir() && std::fs::read_dir(out).with_file(out)?.next().is_some();
     if out.exists() && !out.is_dir() {
         return Err(Error::file(out, "exists and is not a folder"));
     }
