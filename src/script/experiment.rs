@@ -88,12 +88,21 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
         "results(path: String, opts: Map) -> Results",
         "results(path) for rows of opts.config: recorded as config.json beside the file the first time; rows of another configuration are an error naming both hashes unless opts.allow_mixed (default: --allow-mixed).",
         move |p: &str, o: Map| {
-            let opts = super::opts::Opts::new("results", &o, &["config", "allow_mixed"])?;
+            if let Some(k) = o.keys().find(|k| !["config", "allow_mixed"].contains(&k.as_str())) {
+                return Err(rt_err(format!(
+                    "results: unknown option `{k}`; the options are config, allow_mixed"
+                )));
+            }
             let config = to_json(
                 o.get("config")
                     .ok_or_else(|| rt_err("results: option `config` is required with options"))?,
             )?;
-            let allow = opts.boolean("allow_mixed", s.allow_mixed)?;
+            let allow = match o.get("allow_mixed") {
+                None => s.allow_mixed,
+                Some(v) => v
+                    .as_bool()
+                    .map_err(|t| rt_err(format!("results: option `allow_mixed` must be a bool, got {t}")))?,
+            };
             Ok(Results(Arc::new(Mutex::new(
                 ResultsFile::open_with(p, &config, allow).rt()?,
             ))))
