@@ -360,28 +360,6 @@ fn backbone(o: &Opts, planar: bool, default_pool: GlobalPool) -> RResult<Backbon
     }
 }
 
-/// The lock of the pretraining folder `out`: one process at a time writes it, another one
-/// waits (saying who writes it) and then reuses the finished run.
-fn lock_out(state: &HostState, out: Option<&Path>) -> RResult<Option<crate::lock::Lock>> {
-    let Some(dir) = out else { return Ok(None) };
-    crate::train::pretrain::lock_run_dir(
-        dir,
-        |h| match h {
-            Some(h) => eprintln!(
-                "pretrain: {} is being written by {h}; waiting",
-                dir.display()
-            ),
-            None => eprintln!(
-                "pretrain: {} is being written by another process; waiting",
-                dir.display()
-            ),
-        },
-        || state.interrupt.load(std::sync::atomic::Ordering::Relaxed),
-    )
-    .map(Some)
-    .rt()
-}
-
 /// A finished run's report, when `out` holds one for the same configuration.
 fn cached(out: &Path, hash: &str, epochs: usize) -> Option<Map> {
     let manifest = ParamStore::manifest(out.join("last.safetensors")).ok()?;
@@ -688,4 +666,26 @@ fn grading(state: &HostState, data: &FundusSet, m: &Map) -> RResult<Map> {
     );
     common(&mut out, &r.log, &r.load)?;
     Ok(out)
+}
+
+/// The lock of the pretraining folder `out`: one process at a time writes it, another one
+/// waits (saying who writes it) and then reuses the finished run.
+fn lock_out(state: &HostState, out: Option<&Path>) -> RResult<Option<crate::lock::Lock>> {
+    let Some(dir) = out else { return Ok(None) };
+    crate::train::pretrain::lock_run_dir(
+        dir,
+        |h| match h {
+            Some(h) => eprintln!(
+                "pretrain: {} is being written by {h}; waiting",
+                dir.display()
+            ),
+            None => eprintln!(
+                "pretrain: {} is being written by another process; waiting",
+                dir.display()
+            ),
+        },
+        || state.interrupt.load(std::sync::atomic::Ordering::Relaxed),
+    )
+    .map(Some)
+    .rt()
 }
