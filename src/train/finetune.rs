@@ -112,23 +112,6 @@ pub struct Schedule {
     pub save: Option<PathBuf>,
 }
 
-impl Schedule {
-    /// Checks the settings: at least one item per batch and one step per epoch, and the
-    /// optimiser's settings.
-    pub fn validate(&self) -> Result<()> {
-        if self.batch_size == 0 {
-            return Err(Error::arg("batch", "the batch size must be at least 1, got 0"));
-        }
-        if self.steps_per_epoch == Some(0) {
-            return Err(Error::arg(
-                "steps_per_epoch",
-                "at least one step per epoch is needed, got 0",
-            ));
-        }
-        self.adam.validate()
-    }
-}
-
 /// Settings of [`finetune_segmentation`].
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SegmentationConfig {
@@ -230,6 +213,12 @@ fn fit(
             "finetuning needs at least one labelled item",
         ));
     }
+    if sched.batch_size == 0 || sched.steps_per_epoch == Some(0) {
+        return Err(Error::arg(
+            "batch",
+            "finetuning needs at least one item per batch and one step per epoch",
+        ));
+    }
     let start = Instant::now();
     let warmup = sched.warmup_epochs.min(sched.epochs);
     // O: the warm-up optimiser sees only what is not the encoder, and a fresh one takes over
@@ -324,7 +313,6 @@ pub fn finetune_segmentation(
     dev: &Device,
     on_epoch: &mut dyn FnMut(usize, f64),
 ) -> Result<SegmentationResult> {
-    cfg.schedule.validate()?;
     let unet = UNet3dConfig {
         seed: cfg.schedule.seed,
         ..cfg.unet
@@ -483,7 +471,6 @@ pub fn finetune_classification(
     dev: &Device,
     on_epoch: &mut dyn FnMut(usize, f64),
 ) -> Result<ClassificationResult> {
-    cfg.schedule.validate()?;
     let store = ParamStore::new(derive(cfg.schedule.seed, Stream::Init, 0));
     let vb = store.builder(DType::F32, dev);
     let net = DenseNet::new(&cfg.densenet, vb.pp("encoder"))?;
