@@ -36,32 +36,6 @@ pub struct PretrainConfig {
     pub seed: u64,
 }
 
-impl PretrainConfig {
-    /// Checks the settings: a positive batch size, a validation share in [0, 1) (0: no
-    /// validation), and the optimiser's settings.
-    pub fn validate(&self) -> Result<()> {
-        if self.batch_size == Some(0) {
-            return Err(Error::arg("batch", "the batch size must be at least 1, got 0"));
-        }
-        if self.steps_per_epoch == Some(0) {
-            return Err(Error::arg(
-                "steps_per_epoch",
-                "at least one step per epoch is needed, got 0",
-            ));
-        }
-        if !(0.0..1.0).contains(&self.val_fraction) {
-            return Err(Error::arg(
-                "val_fraction",
-                format!(
-                    "expected a share in [0, 1) (0: no validation), got {}",
-                    self.val_fraction
-                ),
-            ));
-        }
-        self.adam.validate()
-    }
-}
-
 impl Default for PretrainConfig {
     fn default() -> Self {
         PretrainConfig {
@@ -196,6 +170,33 @@ impl Pretrainer {
     }
 }
 
+/// Refuses settings no run could use: a batch or an epoch of no steps, a validation share
+/// outside [0, 1) (0: no validation), and the optimiser's invalid settings.
+fn check_settings(cfg: &PretrainConfig) -> Result<()> {
+    if cfg.batch_size == Some(0) {
+        return Err(Error::arg(
+            "batch",
+            "the batch size must be at least 1, got 0",
+        ));
+    }
+    if cfg.steps_per_epoch == Some(0) {
+        return Err(Error::arg(
+            "steps_per_epoch",
+            "at least one step per epoch is needed, got 0",
+        ));
+    }
+    if !(0.0..1.0).contains(&cfg.val_fraction) {
+        return Err(Error::arg(
+            "val_fraction",
+            format!(
+                "expected a share in [0, 1) (0: no validation), got {}",
+                cfg.val_fraction
+            ),
+        ));
+    }
+    cfg.adam.validate()
+}
+
 fn pretrain(
     p: &Pretrainer,
     data: &dyn Source,
@@ -209,7 +210,7 @@ fn pretrain(
         sampler,
         device: dev,
     } = p;
-    cfg.validate()?;
+    check_settings(cfg)?;
     let planar = sampler.planar();
     let bs = cfg
         .batch_size
