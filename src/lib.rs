@@ -13,6 +13,8 @@ pub mod data;
 pub mod error;
 pub mod experiment;
 pub mod io;
+pub mod lock;
+pub mod memory;
 pub mod nn;
 pub mod ops;
 pub mod parity;

@@ -3,8 +3,30 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// Writes to standard output; when it is closed (`pretext … | head -1`) the process ends
+/// quietly with exit code 0, and any other write error ends it with exit code 1.
+fn out(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = o.write_fmt(args).and_then(|_| o.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
+// `print!`/`println!` through `out` (std's panic on a closed standard output).
+macro_rules! print {
+    ($($t:tt)*) => { out(format_args!($($t)*)) };
+}
+macro_rules! println {
+    ($($t:tt)*) => { out(format_args!("{}\n", format_args!($($t)*))) };
+}
+
 use clap::{Args, Parser, Subcommand};
-use pretext::data::synthetic::{FundusConfig, PhantomConfig, fundus, pancreas};
+use pretext::data::synthetic::{FundusConfig, PhantomConfig, fundus, pancreas, write_new};
 use pretext::progress::Progress;
 use pretext::script::{Host, HostConfig, repl::Repl, values};
 
@@ -62,6 +84,10 @@ enum Command {
         /// Also write the merged rows as CSV here.
         #[arg(long)]
         csv: Option<PathBuf>,
+        /// Keep rows of different configuration hashes side by side (by default an error
+        /// naming both hashes).
+        #[arg(long)]
+        allow_mixed: bool,
     },
 }
 
@@ -72,9 +98,12 @@ enum DataCommand {
         /// What to generate.
         #[arg(value_enum)]
         kind: SynthKind,
-        /// The folder to write (created; existing files are overwritten).
+        /// The folder to write: new or empty (written in a temporary folder, then renamed).
         #[arg(long)]
         out: PathBuf,
+        /// Replace the contents of a non-empty `--out` folder.
+        #[arg(long)]
+        force: bool,
         /// Labelled cases (pancreas) or photographs (fundus, in APTOS's class balance).
         #[arg(long, default_value_t = 8)]
         n: usize,
@@ -216,6 +245,10 @@ struct HostArgs {
     /// `pretext merge`.
     #[arg(long, value_name = "I/N")]
     shard: Option<String>,
+    /// Let a sweep add rows of another configuration to a folder that holds results of a
+    /// different one (by default an error naming both configuration hashes).
+    #[arg(long)]
+    allow_mixed: bool,
 }
 
 impl HostArgs {
@@ -234,6 +267,7 @@ impl HostArgs {
                 .map(pretext::experiment::Shard::parse)
                 .transpose()
                 .map_err(|e| e.to_string())?,
+            allow_mixed: self.allow_mixed,
         }))
     }
 }
@@ -286,7 +320,12 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Data { command } => data_command(command),
-        Command::Merge { inputs, out, csv } => merge(&inputs, &out, csv.as_deref()).map_err(|e| {
+        Command::Merge {
+            inputs,
+            out,
+            csv,
+            allow_mixed,
+        } => merge(&inputs, &out, csv.as_deref(), allow_mixed).map_err(|e| {
             eprintln!("error: {e}");
             ExitCode::from(SCRIPT_ERROR)
         }),
@@ -368,9 +407,13 @@ fn merge(
     inputs: &[PathBuf],
     out: &std::path::Path,
     csv: Option<&std::path::Path>,
+    allow_mixed: bool,
 ) -> pretext::Result<()> {
     use pretext::experiment::results;
-    let rows = pretext::experiment::merge(inputs)?;
+    // The inputs are read, never written; the output is written under its lock, so a merge
+    // into a file that a sweep is writing is refused.
+    let rows = pretext::experiment::merge_with(inputs, allow_mixed)?;
+    let _lock = pretext::lock::Lock::acquire(out, "results file")?;
     results::write_jsonl(out, &rows)?;
     if let Some(c) = csv {
         results::write_csv(c, &rows)?;
@@ -385,6 +428,11 @@ fn merge(
 }
 
 fn script_failed(e: pretext::script::ScriptError) -> ExitCode {
+    if e.kind == pretext::script::ScriptErrorKind::Interrupted
+        && e.message == pretext::script::STDOUT_CLOSED
+    {
+        return ExitCode::SUCCESS;
+    }
     eprintln!("{e}");
     ExitCode::from(SCRIPT_ERROR)
 }
@@ -399,6 +447,7 @@ fn data_command(cmd: DataCommand) -> Result<(), ExitCode> {
         DataCommand::Synth {
             kind,
             out,
+            force,
             n,
             seed,
             unlabelled,
@@ -416,15 +465,18 @@ fn data_command(cmd: DataCommand) -> Result<(), ExitCode> {
                         seed,
                         tumour_share,
                     };
+                    cfg.validate().map_err(failed)?;
                     let p = Progress::new((n + unlabelled) as u64, "synth pancreas");
-                    pancreas::write(&cfg, &out, Some(&p)).map_err(failed)?;
+                    write_new(&out, force, |d| pancreas::write(&cfg, d, Some(&p)))
+                        .map_err(failed)?;
                     p.finish();
                     n + unlabelled
                 }
                 SynthKind::Fundus => {
                     let cfg = FundusConfig::aptos(n, size, seed);
+                    cfg.validate().map_err(failed)?;
                     let p = Progress::new(n as u64, "synth fundus");
-                    fundus::write(&cfg, &out, Some(&p)).map_err(failed)?;
+                    write_new(&out, force, |d| fundus::write(&cfg, d, Some(&p))).map_err(failed)?;
                     p.finish();
                     n
                 }

@@ -166,7 +166,7 @@ fn rotation_pretraining_on_2d_images_with_a_small_densenet_learns() {
     let data = (0..20).map(|s| image(3, 32, s)).collect();
     check(
         "rotation 2d",
-        &run(TaskConfig::new(Task::Rotation), data, dense, 12, 8, None),
+        &run(TaskConfig::new(Task::Rotation), data, dense, 40, 8, None),
         0.25,
         0.45,
     );

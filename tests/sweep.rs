@@ -188,3 +188,199 @@ fn merged_shards_equal_the_unsharded_sweep() {
     assert_eq!(o.status.code(), Some(2), "a bad shard is a usage error");
     assert!(common::stderr(&o).contains("shard"));
 }
+
+fn spawn_in(data: &Path, args: &[String]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_pretext"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("PRETEXT_DATA", data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until `path` has at least one line (and `child` still runs).
+fn wait_for_a_line(path: &Path, child: &mut std::process::Child) {
+    let start = Instant::now();
+    while std::fs::read_to_string(path).map_or(0, |t| t.lines().count()) < 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "nothing in {}",
+            path.display()
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the first run ended too early"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn two_identical_sweeps_at_once_one_refuses_and_a_rerun_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fig3");
+    let args = fig3(
+        &out,
+        &[
+            "--set",
+            "finetune.epochs=200",
+            "--set",
+            "finetune.baseline_epochs=200",
+        ],
+    );
+    let mut first = spawn_in(dir.path(), &args);
+    wait_for_a_line(&out.join("results.jsonl"), &mut first);
+    let second = pretext_in(
+        dir.path(),
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let first = first.wait_with_output().unwrap();
+    assert!(first.status.success(), "{}", common::stderr(&first));
+    let e = common::stderr(&second);
+    assert_eq!(second.status.code(), Some(1), "the second run refuses: {e}");
+    assert!(
+        e.contains("being written by pid") && e.contains("since") && e.contains("host"),
+        "{e}"
+    );
+    let k = keys(&out.join("results.jsonl"));
+    assert_eq!(k.len(), 4);
+    let o = pretext_in(
+        dir.path(),
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(common::stdout(&o).contains("4 cells in this shard, 4 done, 0 to run"));
+    let mut after = keys(&out.join("results.jsonl"));
+    assert_eq!(after, k, "no row lost or added");
+    after.dedup();
+    assert_eq!(after.len(), 4, "no duplicates");
+    let log = pretext::train::pretrain::read_log(&out.join("pretrain/rotation-seed0/log.jsonl"));
+    assert_eq!(log.unwrap().len(), 2, "one pretraining log, intact");
+}
+
+#[test]
+fn three_shards_at_once_into_one_folder_merge_to_every_cell_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fig3");
+    let shards: Vec<_> = (0..3)
+        .map(|i| {
+            spawn_in(
+                dir.path(),
+                &fig3(
+                    &out,
+                    &["--set", "seeds=[0,1,2]", "--shard", &format!("{i}/3")],
+                ),
+            )
+        })
+        .collect();
+    for s in shards {
+        let o = s.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", common::stderr(&o));
+    }
+    let files: Vec<String> = (0..3)
+        .map(|i| {
+            out.join(format!("results.shard-{i}-of-3.jsonl"))
+                .display()
+                .to_string()
+        })
+        .collect();
+    let merged = out.join("results.jsonl");
+    let mut args: Vec<&str> = vec!["merge"];
+    args.extend(files.iter().map(String::as_str));
+    args.extend(["-o", merged.to_str().unwrap()]);
+    let o = pretext_in(dir.path(), &args);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let mut k = keys(&merged);
+    assert_eq!(k.len(), 12, "{k:?}");
+    k.dedup();
+    assert_eq!(k.len(), 12);
+    for t in ["baseline", "rotation"] {
+        for s in 0..3 {
+            for f in ["0.500000", "1.000000"] {
+                assert!(
+                    k.iter().any(|c| c.starts_with(&format!("{t}|{f}|{s}|"))),
+                    "{t} {f} {s}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_second_pretraining_into_the_same_folder_waits_and_reuses_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("pre/rotation-seed0");
+    let code = format!(
+        "let data = pancreas(#{{ root: \"\", shape: [16, 16, 16], synthetic: #{{ labelled: 6, \
+         unlabelled: 2, shape: [24, 24, 16], seed: 7 }} }}); \
+         let r = pretrain(\"rotation\", data, data.labelled + data.unlabelled, #{{ epochs: 400, \
+         steps_per_epoch: 2, batch: 2, lr: 1e-3, val_fraction: 0.2, head: [16], \
+         unet: #{{ filters: 2, depth: 2 }}, out: \"{}\", config_hash: \"h1\" }}); \
+         print(`cached=${{r.cached}} best=${{r.best}}`);",
+        run.display()
+    );
+    let o = pretext_in(
+        dir.path(),
+        &[
+            "eval",
+            "pancreas(#{ root: \"\", shape: [16, 16, 16], synthetic: #{ labelled: 6, unlabelled: 2, shape: [24, 24, 16], seed: 7 } }).len()",
+        ],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let args = vec!["eval".to_string(), code];
+    let mut first = spawn_in(dir.path(), &args);
+    wait_for_a_line(&run.join("log.jsonl"), &mut first);
+    let second = pretext_in(dir.path(), &["eval", &args[1]]);
+    let first = first.wait_with_output().unwrap();
+    assert!(first.status.success(), "{}", common::stderr(&first));
+    assert!(second.status.success(), "{}", common::stderr(&second));
+    assert!(common::stdout(&first).contains("cached=false"));
+    assert!(
+        common::stdout(&second).contains("cached=true"),
+        "the second reuses the first's checkpoint: {}",
+        common::stdout(&second)
+    );
+    assert!(
+        common::stderr(&second).contains("waiting"),
+        "{}",
+        common::stderr(&second)
+    );
+    let log = pretext::train::pretrain::read_log(&run.join("log.jsonl")).unwrap();
+    assert_eq!(log.len(), 400);
+    assert!(log.iter().enumerate().all(|(i, e)| e.epoch == i + 1));
+}
+
+#[test]
+fn a_lock_left_by_a_killed_run_is_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fig3");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut c = Command::new("true").spawn().unwrap();
+    let dead = c.id();
+    c.wait().unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let record = serde_json::json!({
+        "pid": dead, "host": host.trim(), "since": "2026-01-01T00:00:00Z", "command": "pretext run (killed)"
+    });
+    std::fs::write(out.join("results.jsonl.lock"), record.to_string()).unwrap();
+    let o = pretext_in(
+        dir.path(),
+        &fig3(&out, &[])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let e = common::stderr(&o);
+    assert!(
+        e.contains("stale lock") && e.contains(&format!("pid {dead}")),
+        "{e}"
+    );
+    assert_eq!(keys(&out.join("results.jsonl")).len(), 4);
+    assert!(
+        !out.join("results.jsonl.lock").exists(),
+        "released at the end"
+    );
+}

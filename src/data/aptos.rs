@@ -89,6 +89,10 @@ fn scan(root: &Path) -> Result<(Vec<AptosEntry>, Vec<Problem>)> {
             ));
             continue;
         };
+        if let Err(msg) = crate::io::plain_name(&id, "id_code") {
+            problems.push(Problem::new(&csv_path, format!("line {line}: {msg}")));
+            continue;
+        }
         if let Some(first) = seen.insert(id.clone(), line) {
             problems.push(Problem::new(
                 &csv_path,

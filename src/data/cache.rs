@@ -65,6 +65,12 @@ fn prepare(
     work: impl Fn(&Item) -> Result<HashMap<String, Tensor>> + Sync,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_file(dir)?;
+    crate::io::clean_stale_temps(dir);
+    // Ids name the cache files: they must be plain names that stay inside the cache folder.
+    for it in items {
+        crate::io::plain_name(&it.id, "case id")
+            .map_err(|m| Error::file(it.sources.first().map_or(source, PathBuf::as_path), m))?;
+    }
     let manifest_path = dir.join(MANIFEST);
     let old: Manifest = std::fs::read_to_string(&manifest_path)
         .ok()
@@ -142,7 +148,7 @@ fn prepare(
 fn save(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("case");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let tmp = dir.join(crate::io::temp_name(name));
     candle_core::safetensors::save(tensors, &tmp)
         .map_err(|e| Error::file(path, format!("cannot write cache file: {e}")))
         .and_then(|_| std::fs::rename(&tmp, path).with_file(path))
@@ -202,9 +208,22 @@ impl PancreasSet {
         if items.is_empty() {
             return Err(Error::file(ds.root(), "the dataset has no cases"));
         }
+        // The labels dataset.json defines, else background, pancreas and tumour.
+        let allowed: std::collections::BTreeSet<i64> = match ds.labels() {
+            Some(m) => m.keys().map(|&k| k as i64).collect(),
+            None => [0, 1, 2].into(),
+        };
         prepare(&dir, "pancreas", pj, ds.root(), &items, |it| {
             let image = Volume::load(&it.sources[0])?;
             let label = it.sources.get(1).map(Volume::load).transpose()?;
+            // The checks of `pretext data verify`: finite images, whole allowed labels.
+            if let Some(msg) = super::verify::image_problem(&image.to_vec()?, image.shape()) {
+                return Err(Error::file(&it.sources[0], msg));
+            }
+            if let Some(l) = &label {
+                super::verify::label_problem(&l.to_vec()?, l.shape(), Some(&allowed))
+                    .map_err(|(_, msg)| Error::file(&it.sources[1], msg))?;
+            }
             let out = params
                 .apply(&image, label.as_ref())
                 .map_err(|e| Error::file(&it.sources[0], e))?;

@@ -139,26 +139,21 @@ impl Decathlon {
                     .collect::<Result<BTreeMap<_, _>>>()
             })
             .transpose()?;
-        let resolve = |p: &str| {
-            let p = Path::new(p.strip_prefix("./").unwrap_or(p));
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                root.join(p)
-            }
+        // Paths are relative to the dataset folder and stay inside it; ids are plain names.
+        let resolve = |p: &str| -> Result<PathBuf> {
+            crate::io::confined(&root, Path::new(p))
+                .map_err(|m| Error::file(json, format!("{m} (in dataset.json)")))
+        };
+        let case = |image: PathBuf, label: Option<PathBuf>| -> Result<Case> {
+            let id = case_id(&image);
+            crate::io::plain_name(&id, "case id").map_err(|m| Error::file(json, m))?;
+            Ok(Case { id, image, label })
         };
         let labelled = d
             .training
             .iter()
-            .map(|t| {
-                let image = resolve(&t.image);
-                Case {
-                    id: case_id(&image),
-                    image,
-                    label: Some(resolve(&t.label)),
-                }
-            })
-            .collect();
+            .map(|t| case(resolve(&t.image)?, Some(resolve(&t.label)?)))
+            .collect::<Result<Vec<_>>>()?;
         let unlabelled = d
             .test
             .iter()
@@ -167,14 +162,9 @@ impl Decathlon {
                     TestEntry::Path(p) => p,
                     TestEntry::Map { image } => image,
                 };
-                let image = resolve(p);
-                Case {
-                    id: case_id(&image),
-                    image,
-                    label: None,
-                }
+                case(resolve(p)?, None)
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         Ok(Decathlon {
             name: d.name.unwrap_or_else(|| folder_name(&root)),
             root,
@@ -367,6 +357,14 @@ fn verify_case(
                     format!("expected a 3D (or 4D) volume, got shape {:?}", v.shape()),
                 ));
             }
+            match v.to_vec() {
+                Ok(values) => {
+                    if let Some(msg) = super::verify::image_problem(&values, v.shape()) {
+                        problems.push(Problem::new(&c.image, msg));
+                    }
+                }
+                Err(e) => problems.push(Problem::from_error(&c.image, e)),
+            }
             Some(v)
         }
         Err(e) => {
@@ -406,67 +404,14 @@ fn verify_case(
         }
     }
     match label.to_vec() {
-        Ok(values) => match label_values(&values, label.shape()) {
-            Ok(found) => {
-                if let Some(allowed) = allowed {
-                    let bad: Vec<String> = found
-                        .iter()
-                        .filter(|v| !allowed.contains(v))
-                        .map(|v| v.to_string())
-                        .collect();
-                    if !bad.is_empty() {
-                        let ok: Vec<String> = allowed.iter().map(|v| v.to_string()).collect();
-                        problems.push(Problem::new(
-                            label_path,
-                            format!(
-                                "label value(s) {} out of range: dataset.json defines {}",
-                                bad.join(", "),
-                                ok.join(", ")
-                            ),
-                        ));
-                    }
-                }
-                report.labels = Some(found.into_iter().collect());
+        Ok(values) => match super::verify::label_problem(&values, label.shape(), allowed) {
+            Ok(found) => report.labels = Some(found.into_iter().collect()),
+            Err((found, msg)) => {
+                report.labels = found.map(|f| f.into_iter().collect());
+                problems.push(Problem::new(label_path, msg));
             }
-            Err(msg) => problems.push(Problem::new(label_path, msg)),
         },
         Err(e) => problems.push(Problem::from_error(label_path, e)),
     }
     (report, problems, warnings)
-}
-
-/// The distinct values of a label volume, or a message naming the first non-integer voxel.
-fn label_values(values: &[f32], shape: &[usize]) -> std::result::Result<BTreeSet<i64>, String> {
-    let bad = values
-        .par_iter()
-        .position_first(|v| !v.is_finite() || v.fract() != 0.0);
-    if let Some(i) = bad {
-        let mut idx = vec![0; shape.len()];
-        let mut rest = i;
-        for (d, &n) in shape.iter().enumerate().rev() {
-            idx[d] = rest % n;
-            rest /= n;
-        }
-        return Err(format!(
-            "label values must be integers, found {} at voxel {idx:?}",
-            values[i]
-        ));
-    }
-    Ok(values
-        .par_chunks(1 << 16)
-        .map(|c| {
-            let mut s = BTreeSet::new();
-            let mut last = f32::NAN;
-            for &v in c {
-                if v != last {
-                    s.insert(v as i64);
-                    last = v;
-                }
-            }
-            s
-        })
-        .reduce(BTreeSet::new, |mut a, b| {
-            a.extend(b);
-            a
-        }))
 }

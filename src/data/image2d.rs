@@ -89,6 +89,14 @@ impl Image {
                 format!("width and height must be positive, got {w}x{h}"),
             ));
         }
+        if u32::try_from(w).is_err() || u32::try_from(h).is_err() {
+            return Err(Error::arg(
+                "size",
+                format!("{w}x{h} is too large for an image"),
+            ));
+        }
+        // The resampler works on f32 RGBA rows: 16 bytes a pixel.
+        crate::memory::check_shape(&[h, w], 16, "size")?;
         Ok(Image {
             img: self
                 .img

@@ -1,8 +1,10 @@
 //! Dataset verification reports (`pretext data verify DIR`).
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -162,4 +164,94 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<Report> {
              (APTOS)",
         ))
     }
+}
+
+/// The `[x, y, ...]` index of flat (C-order) position `i` in `shape`.
+fn voxel(i: usize, shape: &[usize]) -> Vec<usize> {
+    let mut idx = vec![0; shape.len()];
+    let mut rest = i;
+    for (d, &n) in shape.iter().enumerate().rev() {
+        idx[d] = rest % n.max(1);
+        rest /= n.max(1);
+    }
+    idx
+}
+
+/// What is wrong with an image's values, if anything: NaN or infinite voxels (how many, and
+/// the first). Verification and preparation share this check.
+pub fn image_problem(values: &[f32], shape: &[usize]) -> Option<String> {
+    let first = values.par_iter().position_first(|v| !v.is_finite())?;
+    let n = values.par_iter().filter(|v| !v.is_finite()).count();
+    Some(format!(
+        "{n} of {} image values are NaN or infinite (the first, {}, at voxel {:?})",
+        values.len(),
+        values[first],
+        voxel(first, shape)
+    ))
+}
+
+/// The distinct values of a label volume; or, when a value is not a whole number or (with
+/// `allowed`) not an allowed label, the values found so far and a message naming the first
+/// bad voxel. Verification and preparation share this check.
+#[allow(clippy::type_complexity)]
+pub fn label_problem(
+    values: &[f32],
+    shape: &[usize],
+    allowed: Option<&BTreeSet<i64>>,
+) -> std::result::Result<BTreeSet<i64>, (Option<BTreeSet<i64>>, String)> {
+    let bad = values
+        .par_iter()
+        .position_first(|v| !v.is_finite() || v.fract() != 0.0);
+    if let Some(i) = bad {
+        return Err((
+            None,
+            format!(
+                "label values must be integers, found {} at voxel {:?}",
+                values[i],
+                voxel(i, shape)
+            ),
+        ));
+    }
+    let found = values
+        .par_chunks(1 << 16)
+        .map(|c| {
+            let mut s = BTreeSet::new();
+            let mut last = f32::NAN;
+            for &v in c {
+                if v != last {
+                    s.insert(v as i64);
+                    last = v;
+                }
+            }
+            s
+        })
+        .reduce(BTreeSet::new, |mut a, b| {
+            a.extend(b);
+            a
+        });
+    if let Some(allowed) = allowed {
+        let bad: Vec<String> = found
+            .iter()
+            .filter(|v| !allowed.contains(v))
+            .map(|v| v.to_string())
+            .collect();
+        if !bad.is_empty() {
+            let first = values
+                .par_iter()
+                .position_first(|v| !allowed.contains(&(*v as i64)))
+                .unwrap_or(0);
+            let ok: Vec<String> = allowed.iter().map(|v| v.to_string()).collect();
+            return Err((
+                Some(found),
+                format!(
+                    "label value(s) {} out of range (first at voxel {:?}): the allowed labels \
+                     are {}",
+                    bad.join(", "),
+                    voxel(first, shape),
+                    ok.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(found)
 }

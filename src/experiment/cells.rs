@@ -49,15 +49,28 @@ impl Shard {
 }
 
 /// The cells of `tasks × fractions × seeds` that belong to `shard`, grouped by (seed, task)
-/// in that order, fractions ascending within a group.
+/// in that order, fractions ascending within a group. A task, fraction or seed given twice
+/// counts once (the first time), so no cell is computed twice.
 pub fn cells(tasks: &[String], fractions: &[f64], seeds: &[u64], shard: Shard) -> Vec<Cell> {
     let mut fr = fractions.to_vec();
     fr.sort_by(f64::total_cmp);
     fr.dedup();
+    let mut tasks_once: Vec<&String> = Vec::new();
+    for t in tasks {
+        if !tasks_once.contains(&t) {
+            tasks_once.push(t);
+        }
+    }
+    let mut seeds_once: Vec<u64> = Vec::new();
+    for &s in seeds {
+        if !seeds_once.contains(&s) {
+            seeds_once.push(s);
+        }
+    }
     let mut out = Vec::new();
     let mut group = 0;
-    for &seed in seeds {
-        for task in tasks {
+    for &seed in &seeds_once {
+        for &task in &tasks_once {
             if group % shard.count == shard.index {
                 out.extend(fr.iter().map(|&fraction| Cell {
                     task: task.clone(),

@@ -8,4 +8,4 @@ pub mod stats;
 
 pub use cells::{Cell, Shard, cells};
 pub use plot::{CurvePlot, PaperFigure};
-pub use results::{ResultRow, ResultsFile, config_hash, merge};
+pub use results::{ResultRow, ResultsFile, config_hash, merge, merge_with, read_rows};

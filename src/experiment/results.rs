@@ -15,6 +15,7 @@ pub struct ResultRow {
     /// `baseline` or a pretext task.
     pub task: String,
     /// The share of the labelled training data used.
+    #[serde(with = "crate::io::float")]
     pub fraction: f64,
     /// Labelled items that share was.
     pub n_train: usize,
@@ -22,7 +23,9 @@ pub struct ResultRow {
     pub seed: u64,
     /// Metrics on the test items (`dice_mean`, `dice`, `qwk`, ...).
     pub metrics: BTreeMap<String, serde_json::Value>,
-    /// Seconds spent (`pretrain`, `finetune`, `eval`).
+    /// Seconds spent (`pretrain`, `finetune`, `eval`); a non-finite value is stored as `null`
+    /// and read back as NaN.
+    #[serde(with = "crate::io::float_map")]
     pub timings: BTreeMap<String, f64>,
     /// Hash of everything that defines the cell's computation but the cell itself.
     pub config_hash: String,
@@ -69,57 +72,210 @@ fn canonical(v: &serde_json::Value) -> serde_json::Value {
     }
 }
 
-/// An append-only JSONL file of result rows.
+/// An append-only JSONL file of result rows, open for writing.
+///
+/// A results file has one writer at a time: [`ResultsFile::open`] takes an exclusive lock
+/// (`<file>.lock`, see [`crate::lock`]) that is held until the value is dropped, and a second
+/// writer gets an error naming the holder. Readers ([`read_rows`], [`merge`]) take no lock and
+/// never write.
 #[derive(Debug)]
 pub struct ResultsFile {
     path: PathBuf,
     rows: Vec<ResultRow>,
+    _lock: crate::lock::Lock,
+}
+
+/// The configuration a results file's rows were computed with, recorded beside it as
+/// `config.json` by [`ResultsFile::open_with`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RecordedConfig {
+    /// [`config_hash`] of `config`.
+    pub config_hash: String,
+    /// The configuration.
+    pub config: serde_json::Value,
+}
+
+/// The `config.json` beside a results file.
+pub fn config_path(results: &Path) -> PathBuf {
+    results.with_file_name("config.json")
+}
+
+/// Reads the `config.json` beside a results file, if there is one.
+pub fn recorded_config(results: &Path) -> Result<Option<RecordedConfig>> {
+    let p = config_path(results);
+    if !p.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&p).with_file(&p)?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::file(&p, format!("not a recorded configuration: {e}")))
+}
+
+/// The keys (dotted paths) whose values differ between two configurations, with both values.
+pub fn config_differences(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
+    fn walk(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        use serde_json::Value::Object;
+        match (a, b) {
+            (Object(x), Object(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    let null = serde_json::Value::Null;
+                    match (x.get(k), y.get(k)) {
+                        (Some(u), Some(v)) => walk(&p, u, v, out),
+                        (u, v) => out.push(format!(
+                            "{p}: {} vs {}",
+                            u.unwrap_or(&null),
+                            v.unwrap_or(&null)
+                        )),
+                    }
+                }
+            }
+            _ if a != b => out.push(format!(
+                "{}: {a} vs {b}",
+                if prefix.is_empty() { "(value)" } else { prefix }
+            )),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk("", a, b, &mut out);
+    out
+}
+
+/// The rows of a results file, read without writing or locking: a last line without its
+/// newline (being appended now, or cut short by a kill) is left out; any other unreadable
+/// line is an error naming it.
+pub fn read_rows(path: &Path) -> Result<Vec<ResultRow>> {
+    if !path.exists() {
+        return Err(Error::file(path, "no such results file"));
+    }
+    let text = std::fs::read_to_string(path).with_file(path)?;
+    Ok(parse_rows(path, &text)?.0)
+}
+
+/// The rows of `text`, and the text a writer should leave (without an incomplete last line,
+/// with a final newline) when that differs from `text`.
+fn parse_rows(path: &Path, text: &str) -> Result<(Vec<ResultRow>, Option<String>)> {
+    let mut rows = Vec::new();
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let mut repaired = None;
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<ResultRow>(line) {
+            Ok(r) => {
+                rows.push(r);
+                if !line.ends_with('\n') {
+                    repaired = Some(format!("{text}\n"));
+                }
+            }
+            // The last line without its newline: being written now, or cut short by a kill.
+            Err(_) if i + 1 == lines.len() && !line.ends_with('\n') => {
+                repaired = Some(text[..text.len() - line.len()].to_string());
+            }
+            Err(e) => {
+                return Err(Error::file(
+                    path,
+                    format!("line {}: not a result row: {e}", i + 1),
+                ));
+            }
+        }
+    }
+    Ok((rows, repaired))
 }
 
 impl ResultsFile {
-    /// Opens (or creates) `path` and reads its rows. A last line cut short by a kill is
-    /// dropped (and reported on stderr); any other unreadable line is an error naming it.
+    /// Opens (or creates) `path` for writing and reads its rows. Takes the file's lock (an
+    /// error naming the holder if another process writes it). A last line cut short by a kill
+    /// is removed (atomically, and reported on stderr); any other unreadable line is an error
+    /// naming it.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_file(dir)?;
         }
+        let lock = crate::lock::Lock::acquire(&path, "results file")?;
         let text = if path.exists() {
             std::fs::read_to_string(&path).with_file(&path)?
         } else {
             String::new()
         };
-        let mut rows = Vec::new();
-        let mut valid_len = 0;
-        let lines: Vec<&str> = text.split_inclusive('\n').collect();
-        for (i, line) in lines.iter().enumerate() {
-            if line.trim().is_empty() {
-                valid_len += line.len();
-                continue;
+        let (rows, repaired) = parse_rows(&path, &text)?;
+        if let Some(fixed) = repaired {
+            if fixed.len() < text.len() {
+                eprintln!(
+                    "{}: removing an incomplete last line (an interrupted write)",
+                    path.display()
+                );
             }
-            match serde_json::from_str::<ResultRow>(line) {
-                Ok(r) => {
-                    rows.push(r);
-                    valid_len += line.len();
-                }
-                Err(_) if i + 1 == lines.len() && !line.ends_with('\n') => {
-                    eprintln!(
-                        "{}: dropping an incomplete last line (an interrupted write)",
-                        path.display()
-                    );
-                }
-                Err(e) => {
-                    return Err(Error::file(
-                        &path,
-                        format!("line {}: not a result row: {e}", i + 1),
-                    ));
-                }
-            }
+            crate::io::write_atomic(&path, fixed.as_bytes())?;
         }
-        if valid_len < text.len() {
-            std::fs::write(&path, &text[..valid_len]).with_file(&path)?;
+        Ok(ResultsFile {
+            path,
+            rows,
+            _lock: lock,
+        })
+    }
+
+    /// [`ResultsFile::open`] for rows of `config`: the first time, `config` is recorded as
+    /// `config.json` beside the file (shared by the shard files of one folder); afterwards a
+    /// different configuration, in `config.json` or in the rows already there, is an error
+    /// naming both hashes and the keys that differ, unless `allow_mixed`.
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        config: &serde_json::Value,
+        allow_mixed: bool,
+    ) -> Result<Self> {
+        let f = Self::open(path)?;
+        let hash = config_hash(config);
+        let mine = RecordedConfig {
+            config_hash: hash.clone(),
+            config: canonical(config),
+        };
+        let cfg_path = config_path(&f.path);
+        let text = serde_json::to_string_pretty(&mine).map_err(Error::msg)? + "\n";
+        crate::io::create_atomic(&cfg_path, text.as_bytes())?;
+        let recorded = recorded_config(&f.path)?;
+        if allow_mixed {
+            return Ok(f);
         }
-        Ok(ResultsFile { path, rows })
+        if let Some(r) = recorded.as_ref().filter(|r| r.config_hash != hash) {
+            let diff = config_differences(&r.config, &mine.config);
+            return Err(Error::file(
+                &f.path,
+                format!(
+                    "this folder holds results of configuration {} ({}); this run's is {hash}; \
+                     differing keys: {}. Use another `out` folder, or allow mixing explicitly \
+                     (`pretext run --allow-mixed`)",
+                    r.config_hash,
+                    cfg_path.display(),
+                    if diff.is_empty() {
+                        "none recorded".to_string()
+                    } else {
+                        diff.join(", ")
+                    }
+                ),
+            ));
+        }
+        if let Some(other) = f.rows.iter().find(|r| r.config_hash != hash) {
+            return Err(Error::file(
+                &f.path,
+                format!(
+                    "holds rows of configuration {} (e.g. {} {} seed {}); this run's is {hash}. \
+                     Use another `out` folder, or allow mixing explicitly \
+                     (`pretext run --allow-mixed`)",
+                    other.config_hash, other.task, other.fraction, other.seed
+                ),
+            ));
+        }
+        Ok(f)
     }
 
     /// The file.
@@ -153,14 +309,26 @@ impl ResultsFile {
 }
 
 /// Rows of several files (shards) without duplicate cells, in a stable order (task, fraction,
-/// seed). Two different rows for one cell are an error naming both files.
+/// seed). Two different rows for one cell are an error naming both files; so are rows of
+/// different configurations (see [`merge_with`]).
 pub fn merge(paths: &[PathBuf]) -> Result<Vec<ResultRow>> {
+    merge_with(paths, false)
+}
+
+/// [`merge`]; with `allow_mixed`, rows of different configuration hashes are kept side by
+/// side instead of being an error. Reads without writing or locking.
+pub fn merge_with(paths: &[PathBuf], allow_mixed: bool) -> Result<Vec<ResultRow>> {
     let mut by_key: BTreeMap<String, (ResultRow, PathBuf)> = BTreeMap::new();
+    let mut first_hash: Option<(String, PathBuf)> = None;
     for p in paths {
-        if !p.exists() {
-            return Err(Error::file(p, "no such results file"));
-        }
-        for r in ResultsFile::open(p)?.rows {
+        for r in read_rows(p)? {
+            match &first_hash {
+                None => first_hash = Some((r.config_hash.clone(), p.clone())),
+                Some((h, from)) if *h != r.config_hash && !allow_mixed => {
+                    return Err(mixed_error(h, from, &r.config_hash, p));
+                }
+                Some(_) => {}
+            }
             match by_key.get(&r.key()) {
                 Some((old, from)) if !same_cell_result(old, &r) => {
                     return Err(Error::file(
@@ -182,6 +350,31 @@ pub fn merge(paths: &[PathBuf]) -> Result<Vec<ResultRow>> {
     let mut rows: Vec<ResultRow> = by_key.into_values().map(|(r, _)| r).collect();
     sort_rows(&mut rows);
     Ok(rows)
+}
+
+fn mixed_error(h1: &str, f1: &Path, h2: &str, f2: &Path) -> Error {
+    let config_of = |f: &Path, h: &str| {
+        recorded_config(f)
+            .ok()
+            .flatten()
+            .filter(|r| r.config_hash == h)
+            .map(|r| r.config)
+    };
+    let diff = match (config_of(f1, h1), config_of(f2, h2)) {
+        (Some(a), Some(b)) => format!(
+            "; differing keys: {}",
+            config_differences(&a, &b).join(", ")
+        ),
+        _ => String::new(),
+    };
+    Error::file(
+        f2,
+        format!(
+            "rows of configuration {h2} cannot be merged with those of configuration {h1} \
+             (from {}){diff}; pass --allow-mixed to keep both",
+            f1.display()
+        ),
+    )
 }
 
 fn same_cell_result(a: &ResultRow, b: &ResultRow) -> bool {
@@ -209,7 +402,7 @@ pub fn write_jsonl(path: &Path, rows: &[ResultRow]) -> Result<()> {
 }
 
 /// Writes rows as CSV: task, fraction, n_train, seed, every scalar metric, every timing,
-/// config_hash (atomically).
+/// config_hash (atomically; fields quoted where needed).
 pub fn write_csv(path: &Path, rows: &[ResultRow]) -> Result<()> {
     let mut metrics: Vec<String> = rows
         .iter()
@@ -228,32 +421,36 @@ pub fn write_csv(path: &Path, rows: &[ResultRow]) -> Result<()> {
         .collect();
     timings.sort();
     timings.dedup();
-    let mut out = String::from("task,fraction,n_train,seed");
-    for m in &metrics {
-        out.push_str(&format!(",{m}"));
-    }
-    for t in &timings {
-        out.push_str(&format!(",{t}_s"));
-    }
-    out.push_str(",config_hash\n");
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header: Vec<String> = ["task", "fraction", "n_train", "seed"]
+        .map(String::from)
+        .to_vec();
+    header.extend(metrics.iter().cloned());
+    header.extend(timings.iter().map(|t| format!("{t}_s")));
+    header.push("config_hash".into());
+    w.write_record(&header).with_file(path)?;
     for r in rows {
-        out.push_str(&format!(
-            "{},{},{},{}",
-            r.task, r.fraction, r.n_train, r.seed
-        ));
-        for m in &metrics {
-            out.push(',');
-            if let Some(v) = r.metric(m) {
-                out.push_str(&v.to_string());
-            }
-        }
-        for t in &timings {
-            out.push(',');
-            if let Some(v) = r.timings.get(t) {
-                out.push_str(&format!("{v:.3}"));
-            }
-        }
-        out.push_str(&format!(",{}\n", r.config_hash));
+        let mut rec = vec![
+            r.task.clone(),
+            r.fraction.to_string(),
+            r.n_train.to_string(),
+            r.seed.to_string(),
+        ];
+        rec.extend(
+            metrics
+                .iter()
+                .map(|m| r.metric(m).map(|v| v.to_string()).unwrap_or_default()),
+        );
+        rec.extend(timings.iter().map(|t| {
+            r.timings
+                .get(t)
+                .filter(|v| v.is_finite())
+                .map(|v| format!("{v:.3}"))
+                .unwrap_or_default()
+        }));
+        rec.push(r.config_hash.clone());
+        w.write_record(&rec).with_file(path)?;
     }
-    crate::io::write_atomic(path, out.as_bytes())
+    let bytes = w.into_inner().map_err(|e| Error::file(path, e))?;
+    crate::io::write_atomic(path, &bytes)
 }

@@ -186,7 +186,14 @@ impl ParamStore {
     }
 
     fn create(&self, shape: &Shape, init: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
-        let n = shape.elem_count();
+        // Initial values are drawn as f64; the store as a whole must fit too.
+        let n = crate::memory::check_shape(shape.dims(), 8, "parameter")?;
+        let total: usize = self.vars().values().map(|v| v.elem_count()).sum();
+        crate::memory::check(
+            total.saturating_add(n),
+            dtype.size_in_bytes(),
+            "model parameters",
+        )?;
         let mut rng = self.inner.rng.lock().unwrap_or_else(|e| e.into_inner());
         let values: Vec<f64> = match init {
             Init::Const(v) => vec![v; n],

@@ -50,7 +50,8 @@ pub fn seed(v: INT, what: &str) -> RResult<u64> {
 
 /// A shape given as an array of non-negative integers.
 pub fn shape(arr: &Array, what: &str) -> RResult<Vec<usize>> {
-    arr.iter()
+    let dims = arr
+        .iter()
         .map(|d| match d.as_int() {
             Ok(i) if i >= 0 => Ok(i as usize),
             _ => Err(rt_err(format!(
@@ -58,7 +59,9 @@ pub fn shape(arr: &Array, what: &str) -> RResult<Vec<usize>> {
                 d.type_name()
             ))),
         })
-        .collect()
+        .collect::<RResult<Vec<usize>>>()?;
+    crate::memory::elements(&dims, what).map_err(|e| rt_err(e.to_string()))?;
+    Ok(dims)
 }
 
 /// An array of integers (may be negative).

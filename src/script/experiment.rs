@@ -80,8 +80,46 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
     d.func(
         "results",
         "results(path: String) -> Results",
-        "Opens (or creates) a JSONL results file; an interrupted last line is dropped.",
+        "Opens (or creates) a JSONL results file for appending, under its lock (another process writing it is an error naming it); an interrupted last line is removed.",
         |p: &str| Ok(Results(Arc::new(Mutex::new(ResultsFile::open(p).rt()?)))),
+    );
+    let s = state.clone();
+    d.func(
+        "results",
+        "results(path: String, opts: Map) -> Results",
+        "results(path) for rows of opts.config: recorded as config.json beside the file the first time; rows of another configuration are an error naming both hashes unless opts.allow_mixed (default: --allow-mixed).",
+        move |p: &str, o: Map| {
+            if let Some(k) = o.keys().find(|k| !["config", "allow_mixed"].contains(&k.as_str())) {
+                return Err(rt_err(format!(
+                    "results: unknown option `{k}`; the options are config, allow_mixed"
+                )));
+            }
+            let config = to_json(
+                o.get("config")
+                    .ok_or_else(|| rt_err("results: option `config` is required with options"))?,
+            )?;
+            let allow = match o.get("allow_mixed") {
+                None => s.allow_mixed,
+                Some(v) => v
+                    .as_bool()
+                    .map_err(|t| rt_err(format!("results: option `allow_mixed` must be a bool, got {t}")))?,
+            };
+            Ok(Results(Arc::new(Mutex::new(
+                ResultsFile::open_with(p, &config, allow).rt()?,
+            ))))
+        },
+    );
+    d.func(
+        "read_results",
+        "read_results(path: String) -> Array",
+        "The rows of a results file, read without locking or writing (a last line being written is left out).",
+        |p: &str| {
+            crate::experiment::read_rows(Path::new(p))
+                .rt()?
+                .iter()
+                .map(from_json)
+                .collect::<RResult<Array>>()
+        },
     );
     d.func(
         "has",
@@ -179,13 +217,15 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
         "Writes rows as CSV: task, fraction, n_train, seed, scalar metrics, timings, config_hash.",
         |rows: Dynamic, p: &str| write_csv(Path::new(p), &rows_of(&rows)?).rt(),
     );
+    let s = state.clone();
     d.func(
         "merge_results",
         "merge_results(paths: Array, out: String) -> INT",
         "Merges result files (shards) into one, without duplicate cells; returns the row count.",
-        |paths: Array, out: &str| {
+        move |paths: Array, out: &str| {
             let paths: Vec<PathBuf> = paths.iter().map(|p| PathBuf::from(p.to_string())).collect();
-            let rows = crate::experiment::merge(&paths).rt()?;
+            let rows = crate::experiment::merge_with(&paths, s.allow_mixed).rt()?;
+            let _lock = crate::lock::Lock::acquire(Path::new(out), "results file").rt()?;
             crate::experiment::results::write_jsonl(Path::new(out), &rows).rt()?;
             Ok(rows.len() as INT)
         },

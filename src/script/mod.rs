@@ -42,7 +42,13 @@ pub struct HostState {
     pub interrupt: Arc<AtomicBool>,
     /// This job's share of sweep cells (`--shard i/n`).
     pub shard: crate::experiment::Shard,
+    /// Results of different configurations may share a folder (`--allow-mixed`).
+    pub allow_mixed: bool,
 }
+
+/// The message a script stops with when its standard output was closed (`pretext run … |
+/// head -1`); the command line ends quietly with exit code 0 on it.
+pub const STDOUT_CLOSED: &str = "standard output closed";
 
 impl HostState {
     /// The device new tensors and models go to.
@@ -71,6 +77,8 @@ pub struct HostConfig {
     pub stdlib_dir: Option<PathBuf>,
     /// This job's shard of sweep cells (`--shard i/n`; all cells by default).
     pub shard: Option<crate::experiment::Shard>,
+    /// Results of different configurations may share a folder (`--allow-mixed`).
+    pub allow_mixed: bool,
 }
 
 /// A configured Rhai engine with pretext's domains and their documentation.
@@ -89,13 +97,30 @@ impl Host {
             device: RwLock::new(cfg.device.unwrap_or(Device::Cpu)),
             interrupt: Arc::new(AtomicBool::new(false)),
             shard: cfg.shard.unwrap_or(crate::experiment::Shard::ALL),
+            allow_mixed: cfg.allow_mixed,
         });
         let mut engine = Engine::new();
         engine.set_strict_variables(true);
         engine.set_fail_on_invalid_map_property(true);
         engine.set_max_expr_depths(256, 128);
         let flag = state.interrupt.clone();
+        // `print` to a closed standard output (`| head -1`) stops the script quietly.
+        let closed = Arc::new(AtomicBool::new(false));
+        let closed_print = closed.clone();
+        engine.on_print(move |s| {
+            use std::io::Write;
+            if closed_print.load(Ordering::Relaxed) {
+                return;
+            }
+            let mut out = std::io::stdout().lock();
+            if writeln!(out, "{s}").and_then(|_| out.flush()).is_err() {
+                closed_print.store(true, Ordering::Relaxed);
+            }
+        });
         engine.on_progress(move |_| {
+            if closed.load(Ordering::Relaxed) {
+                return Some(Dynamic::from(STDOUT_CLOSED));
+            }
             flag.swap(false, Ordering::Relaxed)
                 .then(|| Dynamic::from("interrupted by Ctrl-C"))
         });

@@ -279,6 +279,7 @@ fn pretrain(state: &HostState, task: &str, data: &Dynamic, ids: &Array, m: &Map)
     let plan = o
         .resolve(Task::parse(task).rt()?, planar, state.seed)
         .rt()?;
+    let _lock = lock_out(state, o.out.as_deref())?;
     if let Some(dir) = &o.out
         && let Some(report) = cached(dir, &o.config_hash, o.epochs)
     {
@@ -404,4 +405,26 @@ fn grading(state: &HostState, data: &FundusSet, m: &Map) -> RResult<Map> {
     );
     common(&mut out, &r.log, &r.load)?;
     Ok(out)
+}
+
+/// The lock of the pretraining folder `out`: one process at a time writes it, another one
+/// waits (saying who writes it) and then reuses the finished run.
+fn lock_out(state: &HostState, out: Option<&Path>) -> RResult<Option<crate::lock::Lock>> {
+    let Some(dir) = out else { return Ok(None) };
+    crate::train::pretrain::lock_run_dir(
+        dir,
+        |h| match h {
+            Some(h) => eprintln!(
+                "pretrain: {} is being written by {h}; waiting",
+                dir.display()
+            ),
+            None => eprintln!(
+                "pretrain: {} is being written by another process; waiting",
+                dir.display()
+            ),
+        },
+        || state.interrupt.load(std::sync::atomic::Ordering::Relaxed),
+    )
+    .map(Some)
+    .rt()
 }

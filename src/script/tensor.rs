@@ -35,14 +35,14 @@ fn creation(d: &mut Domain, state: &Arc<HostState>) {
         "zeros",
         "zeros(shape: Array) -> Tensor",
         "A tensor of zeros (f32).",
-        move |sh: Array| Tensor::zeros(shape(&sh, "shape")?, DType::F32, &s.device()).rt(),
+        move |sh: Array| Tensor::zeros(alloc_shape(&sh, "zeros")?, DType::F32, &s.device()).rt(),
     );
     let s = state.clone();
     d.func(
         "ones",
         "ones(shape: Array) -> Tensor",
         "A tensor of ones (f32).",
-        move |sh: Array| Tensor::ones(shape(&sh, "shape")?, DType::F32, &s.device()).rt(),
+        move |sh: Array| Tensor::ones(alloc_shape(&sh, "ones")?, DType::F32, &s.device()).rt(),
     );
     let s = state.clone();
     d.func(
@@ -51,7 +51,7 @@ fn creation(d: &mut Domain, state: &Arc<HostState>) {
         "A tensor filled with `value` (f32).",
         move |sh: Array, v: Dynamic| {
             let v = number(&v, "value")?;
-            Tensor::full(v as f32, shape(&sh, "shape")?, &s.device()).rt()
+            Tensor::full(v as f32, alloc_shape(&sh, "full")?, &s.device()).rt()
         },
     );
     let s = state.clone();
@@ -111,20 +111,34 @@ fn creation(d: &mut Domain, state: &Arc<HostState>) {
     });
 }
 
+/// A shape for a new f32 tensor: non-negative, countable and under the allocation limit.
+fn alloc_shape(sh: &Array, what: &str) -> RResult<Vec<usize>> {
+    let dims = shape(sh, "shape")?;
+    crate::memory::check_shape(&dims, 4, what).rt()?;
+    Ok(dims)
+}
+
 fn arange(start: f64, end: f64, step: f64, dev: &Device) -> RResult<Tensor> {
     if step == 0.0 || !step.is_finite() || !start.is_finite() || !end.is_finite() {
         return Err(rt_err(format!(
             "arange: expected finite start/end and a non-zero step, got {start}, {end}, {step}"
         )));
     }
-    let n = ((end - start) / step).ceil().max(0.0) as usize;
+    let nf = ((end - start) / step).ceil().max(0.0);
+    if !nf.is_finite() || nf > (1u64 << 52) as f64 {
+        return Err(rt_err(format!(
+            "arange({start}, {end}, {step}): {nf:e} elements are too many"
+        )));
+    }
+    let n = nf as usize;
+    crate::memory::check(n, 4, "arange").rt()?;
     let v: Vec<f32> = (0..n).map(|i| (start + step * i as f64) as f32).collect();
     Tensor::from_vec(v, n, dev).rt()
 }
 
 fn random(sh: &Array, seed: INT, normal: bool, dev: &Device) -> RResult<Tensor> {
     let dims = shape(sh, "shape")?;
-    let n: usize = dims.iter().product();
+    let n = crate::memory::check_shape(&dims, 4, if normal { "randn" } else { "rand" }).rt()?;
     let seed = u64::try_from(seed)
         .map_err(|_| crate::Error::arg("seed", format!("expected a seed ≥ 0, got {seed}")))
         .rt()?;

@@ -442,6 +442,12 @@ fn fit(
             "finetuning needs at least one labelled item",
         ));
     }
+    if sched.batch_size == 0 || sched.steps_per_epoch == Some(0) {
+        return Err(Error::arg(
+            "batch",
+            "finetuning needs at least one item per batch and one step per epoch",
+        ));
+    }
     let start = Instant::now();
     let warmup = sched.warmup_epochs.min(sched.epochs);
     // O: the warm-up optimiser sees only what is not the encoder, and a fresh one takes over

@@ -61,14 +61,7 @@ pub fn dice_loss(p: &Tensor, y: &Tensor, variant: DiceVariant) -> Result<Tensor>
 /// One-hot encoding of integer labels `[N, ...]` into `[N, classes, ...]` (dtype `dtype`);
 /// labels outside `0..classes` are an error.
 pub fn one_hot(labels: &Tensor, classes: usize, dtype: DType) -> Result<Tensor> {
-    let l = labels.to_dtype(DType::U32)?;
-    let max = l.flatten_all()?.max(0)?.to_scalar::<u32>()? as usize;
-    if max >= classes {
-        return Err(Error::arg(
-            "labels",
-            format!("label {max} is outside 0..{classes}"),
-        ));
-    }
+    let l = class_indices(labels, classes, "labels")?;
     let mut shape = l.dims().to_vec();
     shape.insert(1, 1);
     let mut ids_shape = vec![1; shape.len()];
@@ -89,10 +82,51 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
             ),
         ));
     }
-    Ok(candle_nn::loss::cross_entropy(
-        logits,
-        &targets.to_dtype(DType::U32)?,
-    )?)
+    let t = class_indices(targets, logits.dims()[1], "targets")?;
+    Ok(candle_nn::loss::cross_entropy(logits, &t)?)
+}
+
+/// Class indices as u32, checked: every value a whole number in `0..classes` (a negative,
+/// fractional or non-finite label is an error, not class 0).
+pub fn class_indices(labels: &Tensor, classes: usize, what: &str) -> Result<Tensor> {
+    if labels.elem_count() == 0 {
+        return Ok(labels.to_dtype(DType::U32)?);
+    }
+    let flat = labels.flatten_all()?;
+    if !matches!(labels.dtype(), DType::U8 | DType::U32) {
+        let f = flat.to_dtype(DType::F64)?;
+        // 0·x is 0 for finite values, NaN otherwise.
+        let finite = (&f * 0.0)?.sum_all()?.to_scalar::<f64>()?;
+        let min = f.min(0)?.to_scalar::<f64>()?;
+        let frac = (&f - f.floor()?)?.abs()?.max(0)?.to_scalar::<f64>()?;
+        if !finite.is_finite() || min < 0.0 || frac != 0.0 {
+            let bad = f
+                .to_vec1::<f64>()?
+                .into_iter()
+                .find(|v| !v.is_finite() || *v < 0.0 || v.fract() != 0.0)
+                .unwrap_or(min);
+            return Err(Error::arg(
+                what,
+                format!("label {bad} is not a class index (a whole number in 0..{classes})"),
+            ));
+        }
+        let max = f.max(0)?.to_scalar::<f64>()?;
+        if max >= classes as f64 {
+            return Err(Error::arg(
+                what,
+                format!("label {max} is outside 0..{classes}"),
+            ));
+        }
+    }
+    let l = labels.to_dtype(DType::U32)?;
+    let max = l.flatten_all()?.max(0)?.to_scalar::<u32>()? as usize;
+    if max >= classes {
+        return Err(Error::arg(
+            what,
+            format!("label {max} is outside 0..{classes}"),
+        ));
+    }
+    Ok(l)
 }
 
 /// Mean binary cross-entropy of logits against targets in `[0, 1]` of the same shape.

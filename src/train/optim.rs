@@ -47,6 +47,48 @@ impl AdamConfig {
         }
     }
 
+    /// Checks the settings: a finite learning rate ≥ 0, decays in [0, 1), a positive `eps`,
+    /// positive clipping bounds.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            return Err(Error::arg(
+                "lr",
+                format!(
+                    "the learning rate must be a finite number ≥ 0, got {}",
+                    self.lr
+                ),
+            ));
+        }
+        for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return Err(Error::arg(
+                    name,
+                    format!("expected a value in [0, 1), got {b}"),
+                ));
+            }
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return Err(Error::arg(
+                "eps",
+                format!("expected a small positive number, got {}", self.eps),
+            ));
+        }
+        for (name, c) in [
+            ("clip_norm", self.clip_norm),
+            ("clip_value", self.clip_value),
+        ] {
+            if let Some(c) = c
+                && !(c.is_finite() && c > 0.0)
+            {
+                return Err(Error::arg(
+                    name,
+                    format!("expected a positive bound, got {c}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The same with per-tensor clipping to norm 1 and value 1 (O's finetuning).
     pub fn clipped(self) -> Self {
         AdamConfig {
@@ -75,6 +117,7 @@ pub struct Adam {
 impl Adam {
     /// An optimiser for `vars` (name, variable), with zeroed moments.
     pub fn new(vars: Vec<(String, Var)>, cfg: AdamConfig) -> Result<Self> {
+        cfg.validate()?;
         let slots = vars
             .into_iter()
             .map(|(name, var)| {
@@ -149,9 +192,16 @@ impl Adam {
             }
             updates.push((i, g));
         }
-        self.t += 1;
-        let t = self.t;
+        let t = self.t + 1;
         let step = cfg.lr * (1.0 - cfg.beta2.powi(t)).sqrt() / (1.0 - cfg.beta1.powi(t));
+        if !step.is_finite() {
+            return Err(Error::NonFinite {
+                what: format!("step size (learning rate {})", cfg.lr),
+                value: step,
+                at: format!("optimiser step {t}"),
+            });
+        }
+        self.t = t;
         for (i, g) in updates {
             let s = &mut self.slots[i];
             s.m = ((&s.m * cfg.beta1)? + (&g * (1.0 - cfg.beta1))?)?;

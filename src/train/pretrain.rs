@@ -223,14 +223,19 @@ pub struct EpochLog {
     /// The epoch, from 1.
     pub epoch: usize,
     /// Mean training loss.
+    #[serde(with = "crate::io::float")]
     pub loss: f64,
     /// Mean training accuracy.
+    #[serde(with = "crate::io::float")]
     pub accuracy: f64,
-    /// Mean validation loss (`NaN` without a validation split).
+    /// Mean validation loss (`NaN` without a validation split; `null` in the JSONL log).
+    #[serde(with = "crate::io::float")]
     pub val_loss: f64,
-    /// Mean validation accuracy.
+    /// Mean validation accuracy (`NaN`/`null` without a validation split).
+    #[serde(with = "crate::io::float")]
     pub val_accuracy: f64,
     /// Wall time of the epoch, seconds.
+    #[serde(with = "crate::io::float")]
     pub seconds: f64,
 }
 
@@ -333,6 +338,33 @@ impl Pretrainer {
     }
 }
 
+/// Refuses settings no run could use: a batch or an epoch of no steps, a validation share
+/// outside [0, 1) (0: no validation), and the optimiser's invalid settings.
+fn check_settings(cfg: &PretrainConfig) -> Result<()> {
+    if cfg.batch_size == Some(0) {
+        return Err(Error::arg(
+            "batch",
+            "the batch size must be at least 1, got 0",
+        ));
+    }
+    if cfg.steps_per_epoch == Some(0) {
+        return Err(Error::arg(
+            "steps_per_epoch",
+            "at least one step per epoch is needed, got 0",
+        ));
+    }
+    if !(0.0..1.0).contains(&cfg.val_fraction) {
+        return Err(Error::arg(
+            "val_fraction",
+            format!(
+                "expected a share in [0, 1) (0: no validation), got {}",
+                cfg.val_fraction
+            ),
+        ));
+    }
+    cfg.adam.validate()
+}
+
 fn pretrain(
     p: &Pretrainer,
     data: &dyn Source,
@@ -346,6 +378,7 @@ fn pretrain(
         sampler,
         device: dev,
     } = p;
+    check_settings(cfg)?;
     let planar = sampler.planar();
     let bs = cfg
         .batch_size
@@ -407,6 +440,32 @@ fn pretrain(
                 epoch,
             )?
         };
+        // A non-finite loss stops the run; the checkpoints of earlier epochs stay as they are.
+        let kept = || match &report.best_checkpoint {
+            Some(p) => format!(" (the best checkpoint so far, {}, is kept)", p.display()),
+            None => String::new(),
+        };
+        if !loss.is_finite() {
+            return Err(Error::NonFinite {
+                what: "training loss".into(),
+                value: loss,
+                at: format!("epoch {epoch}{}", kept()),
+            });
+        }
+        if !val_ids.is_empty() && !val_loss.is_finite() {
+            return Err(Error::NonFinite {
+                what: "validation loss".into(),
+                value: val_loss,
+                at: format!("epoch {epoch}{}", kept()),
+            });
+        }
+        if let Some((name, value)) = first_non_finite(store)? {
+            return Err(Error::NonFinite {
+                what: format!("parameter {name}"),
+                value,
+                at: format!("the end of epoch {epoch}{}", kept()),
+            });
+        }
         let entry = EpochLog {
             epoch,
             loss,
@@ -424,7 +483,7 @@ fn pretrain(
             .with_file(&*path)?;
             file.flush().with_file(&*path)?;
         }
-        let score = if val_loss.is_nan() { loss } else { val_loss };
+        let score = if val_ids.is_empty() { loss } else { val_loss };
         if let Some(f) = files {
             let manifest = with_epoch(&f.manifest, &entry);
             if score < best {
@@ -444,6 +503,32 @@ fn pretrain(
         report.epochs.push(entry);
     }
     Ok(report)
+}
+
+/// The first parameter holding a NaN or an infinity, with one such value.
+fn first_non_finite(store: &ParamStore) -> Result<Option<(String, f64)>> {
+    for (name, v) in store.trainable("") {
+        let t = v.as_tensor();
+        // 0·x is 0 for finite values and NaN for NaN and ±inf.
+        let s = (t * 0.0)?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        if !s.is_finite() {
+            let vals = t.flatten_all()?.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+            let bad = vals.into_iter().find(|x| !x.is_finite()).unwrap_or(f64::NAN);
+            return Ok(Some((name, bad)));
+        }
+    }
+    Ok(None)
+}
+
+/// Locks the pretraining folder `dir` for this process, waiting while another process writes
+/// it (`on_wait` is told who, once). Callers then reuse the folder's finished run or start
+/// afresh; the lock is released when the value is dropped.
+pub fn lock_run_dir(
+    dir: &Path,
+    on_wait: impl FnMut(Option<&crate::lock::Holder>),
+    stop: impl Fn() -> bool,
+) -> Result<crate::lock::Lock> {
+    crate::lock::Lock::wait(dir, "pretraining folder", on_wait, stop)
 }
 
 fn with_epoch(manifest: &serde_json::Value, e: &EpochLog) -> serde_json::Value {

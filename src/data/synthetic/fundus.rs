@@ -97,6 +97,8 @@ impl FundusConfig {
         if self.n() == 0 {
             return Err(Error::arg("n", "at least one photograph is needed"));
         }
+        // A photograph holds a few RGB planes while it is drawn: about 64 bytes a pixel.
+        crate::memory::check_shape(&[self.size, self.size], 64, "size")?;
         Ok(())
     }
 

@@ -70,6 +70,9 @@ impl PhantomConfig {
         if self.labelled + self.unlabelled == 0 {
             return Err(Error::arg("n", "at least one case is needed"));
         }
+        // A phantom holds a few arrays of its shape (HU values, labels, noise): about 32 bytes
+        // a voxel.
+        crate::memory::check_shape(&self.shape, 32, "shape")?;
         if !(0.0..=1.0).contains(&self.tumour_share) {
             return Err(Error::arg(
                 "tumour_share",
