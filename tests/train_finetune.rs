@@ -42,6 +42,9 @@ fn schedule(epochs: usize, warmup: usize, bs: usize, lr: f64) -> Schedule {
         steps_per_epoch: None,
         seed: 0,
         save: None,
+        steps: None,
+        warmup_steps: 0,
+        lr_schedule: Default::default(),
     }
 }
 
@@ -294,4 +297,47 @@ fn a_nan_loss_stops_finetuning_and_says_where() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("/nonexistent/ckpt.safetensors"), "{e}");
+}
+
+#[test]
+fn a_step_budget_gives_every_fraction_the_same_number_of_steps_and_the_lr_decays() {
+    use pretext::train::finetune::LrSchedule;
+    let data = labelled(10, 16);
+    let mut sched = schedule(1, 0, 2, 1e-2);
+    sched.steps = Some(7);
+    sched.warmup_steps = 3;
+    sched.lr_schedule = LrSchedule::Cosine;
+    // 1 item: 7 passes of one step; 8 items: 2 passes (4 + 3 steps).
+    assert_eq!(sched.budget(1), (7, 3));
+    assert_eq!(sched.passes(1), 7);
+    assert_eq!(sched.budget(8), (7, 3));
+    assert_eq!(sched.passes(8), 2);
+    for (n, passes) in [(1usize, 7usize), (8, 2)] {
+        let cfg = SegmentationConfig {
+            unet: small_unet(),
+            schedule: sched.clone(),
+            dice: DiceVariant::Batch,
+            absent: Default::default(),
+        };
+        let train: Vec<usize> = (0..n).collect();
+        let r = finetune_segmentation(
+            &EncoderInit::Random,
+            &cfg,
+            &data,
+            (&train, &[8, 9]),
+            &Device::Cpu,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(r.log.losses.len(), passes, "{n} items");
+    }
+    // In epochs, the warm-up counts epochs as before.
+    let e = schedule(4, 1, 2, 1e-2);
+    assert_eq!(e.budget(8), (16, 4));
+    assert_eq!(LrSchedule::Cosine.at(1.0, 0, 10), 1.0);
+    assert!((LrSchedule::Cosine.at(1.0, 5, 10) - 0.5).abs() < 1e-12);
+    assert!((LrSchedule::Linear.at(2.0, 9, 10) - 0.2).abs() < 1e-12);
+    let mut bad = sched.clone();
+    bad.warmup_steps = 7;
+    assert!(bad.validate().unwrap_err().to_string().contains("warm-up of 7 steps in 7"));
 }

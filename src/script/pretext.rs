@@ -335,7 +335,7 @@ fn fit_progress(label: &str, epochs: usize, what: &str) -> Progress {
 fn segmentation(state: &HostState, data: &PancreasSet, m: &Map) -> RResult<Map> {
     let o: SegmentationOptions = options::parse("finetune_segmentation", m)?;
     let (init, cfg) = o.resolve(state.seed).rt()?;
-    let bar = fit_progress(&o.common.label, cfg.schedule.epochs, "finetune");
+    let bar = fit_progress(&o.common.label, cfg.schedule.passes(o.common.train.len()), "finetune");
     let r = finetune_segmentation(
         &init,
         &cfg,
@@ -382,7 +382,7 @@ fn common(
 fn grading(state: &HostState, data: &FundusSet, m: &Map) -> RResult<Map> {
     let o: GradingOptions = options::parse("finetune_grading", m)?;
     let (init, cfg) = o.resolve(state.seed).rt()?;
-    let bar = fit_progress(&o.common.label, cfg.schedule.epochs, "finetune");
+    let bar = fit_progress(&o.common.label, cfg.schedule.passes(o.common.train.len()), "finetune");
     let r = finetune_classification(
         &init,
         &cfg,

@@ -109,13 +109,97 @@ pub struct Schedule {
     /// Where to save the final model (safetensors), if anywhere.
     #[serde(default)]
     pub save: Option<PathBuf>,
+    /// A budget in optimiser steps instead of epochs: the run is exactly this many steps
+    /// whatever the number of items (passes over the shuffled items repeat as needed), and
+    /// the warm-up is `warmup_steps`; `epochs` and `warmup_epochs` are then unused.
+    #[serde(default)]
+    pub steps: Option<usize>,
+    /// Leading steps with the encoder frozen, when `steps` is set.
+    #[serde(default)]
+    pub warmup_steps: usize,
+    /// How the learning rate changes over the run.
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+}
+
+/// How the learning rate changes over a run of `T` optimiser steps (step `t` from 0).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// The same rate throughout (O).
+    #[default]
+    Constant,
+    /// Cosine decay to zero: `lr · (1 + cos(π t / T)) / 2`.
+    Cosine,
+    /// Linear decay to zero: `lr · (1 - t / T)`.
+    Linear,
+}
+
+impl LrSchedule {
+    /// The rate at step `t` of `total`, for base rate `lr`.
+    pub fn at(self, lr: f64, t: usize, total: usize) -> f64 {
+        let x = t as f64 / total.max(1) as f64;
+        match self {
+            LrSchedule::Constant => lr,
+            LrSchedule::Cosine => lr * 0.5 * (1.0 + (std::f64::consts::PI * x).cos()),
+            LrSchedule::Linear => lr * (1.0 - x),
+        }
+    }
 }
 
 impl Schedule {
+    /// Optimiser steps in all and of them with the encoder frozen, for `items` training items.
+    pub fn budget(&self, items: usize) -> (usize, usize) {
+        let per_epoch = self.steps_per_pass(items);
+        match self.steps {
+            Some(s) => (s, self.warmup_steps.min(s)),
+            None => {
+                let warmup = self.warmup_epochs.min(self.epochs);
+                (self.epochs * per_epoch, warmup * per_epoch)
+            }
+        }
+    }
+
+    /// Passes over the items (epochs) the run makes for `items` training items.
+    pub fn passes(&self, items: usize) -> usize {
+        self.budget(items).0.div_ceil(self.steps_per_pass(items))
+    }
+
+    fn steps_per_pass(&self, items: usize) -> usize {
+        batches(&(0..items).collect::<Vec<_>>(), self.batch_size.max(1), None)
+            .len()
+            .min(self.steps_per_epoch.unwrap_or(usize::MAX))
+            .max(1)
+    }
+
     /// Checks the settings that no run could use: no epochs or batch, a warm-up that never
     /// ends (the encoder would stay frozen throughout), a learning rate that is not positive.
     pub fn validate(&self) -> Result<()> {
-        if self.epochs == 0 {
+        if let Some(steps) = self.steps {
+            if steps == 0 {
+                return Err(Error::arg("steps", "expected at least 1 step"));
+            }
+            if self.warmup_steps >= steps && self.warmup_steps > 0 {
+                return Err(Error::arg(
+                    "warmup_steps",
+                    format!(
+                        "a warm-up of {} steps in {steps} keeps the encoder frozen throughout; \
+                         expected fewer warm-up steps than steps",
+                        self.warmup_steps
+                    ),
+                ));
+            }
+        } else if self.epochs == 0 {
             return Err(Error::arg("epochs", "expected at least 1 epoch"));
         }
         if self.batch_size == 0 {
@@ -124,7 +208,7 @@ impl Schedule {
         if self.steps_per_epoch == Some(0) {
             return Err(Error::arg("steps_per_epoch", "expected at least 1 step"));
         }
-        if self.warmup_epochs >= self.epochs && self.warmup_epochs > 0 {
+        if self.steps.is_none() && self.warmup_epochs >= self.epochs && self.warmup_epochs > 0 {
             return Err(Error::arg(
                 "warmup",
                 format!(
@@ -178,6 +262,13 @@ pub struct FinetuneOptions {
     pub label: String,
     /// Where to save the finetuned model (safetensors); () = not saved.
     pub save: Option<PathBuf>,
+    /// A budget of this many optimiser steps whatever the number of training items (then
+    /// `epochs` and `warmup` are unused); () = count epochs, as O.
+    pub steps: Option<usize>,
+    /// Leading steps with the encoder frozen when `steps` is set.
+    pub warmup_steps: usize,
+    /// The learning-rate schedule over the run ("constant" as O, or decay to 0).
+    pub lr_schedule: LrSchedule,
 }
 
 impl FinetuneOptions {
@@ -229,6 +320,9 @@ impl FinetuneOptions {
             steps_per_epoch: self.steps_per_epoch.or(paper.steps_per_epoch),
             seed: self.seed.unwrap_or(master_seed),
             save: self.save.clone(),
+            steps: self.steps,
+            warmup_steps: self.warmup_steps,
+            lr_schedule: self.lr_schedule,
         };
         s.validate()?;
         Ok(s)
@@ -359,6 +453,9 @@ impl SegmentationConfig {
                 steps_per_epoch: None,
                 seed: 0,
                 save: None,
+                steps: None,
+                warmup_steps: 0,
+                lr_schedule: LrSchedule::Constant,
             },
             dice: DiceVariant::Batch,
             absent: AbsentClass::Zero,
@@ -449,7 +546,7 @@ fn fit(
         ));
     }
     let start = Instant::now();
-    let warmup = sched.warmup_epochs.min(sched.epochs);
+    let (total, warmup) = sched.budget(train_ids.len());
     // O: the warm-up optimiser sees only what is not the encoder, and a fresh one takes over
     // everything afterwards. S: one optimiser over everything throughout (the frozen encoder
     // simply has no gradients while frozen).
@@ -465,21 +562,24 @@ fn fit(
         all()?
     };
     let mut log = FitLog::default();
-    for epoch in 0..sched.epochs {
-        let frozen = epoch < warmup;
-        if epoch == warmup && warmup > 0 && sched.fresh_optimizer {
-            opt = all()?;
-        }
+    let mut t = 0;
+    let mut epoch = 0;
+    while t < total {
         let e = epoch as u64;
         let order = derive(sched.seed, Stream::EpochOrder, e);
         let mut plan = batches(train_ids, sched.batch_size, Some(order));
         if let Some(n) = sched.steps_per_epoch {
             plan.truncate(n.max(1));
         }
+        plan.truncate(total - t);
         let mut sum = 0.0;
         for (step, ids) in plan.iter().enumerate() {
+            if t == warmup && warmup > 0 && sched.fresh_optimizer {
+                opt = all()?;
+            }
+            opt.set_lr(sched.lr_schedule.at(sched.adam.lr, t, total));
             let batch_seed = derive(derive(sched.seed, Stream::EpochBatches, e), Stream::Batch, step as u64);
-            let l = loss(ids, batch_seed, frozen)?;
+            let l = loss(ids, batch_seed, t < warmup)?;
             sum += opt.backward_step(&l).map_err(|e| match e {
                 Error::NonFinite { what, value, .. } => Error::NonFinite {
                     what,
@@ -488,16 +588,18 @@ fn fit(
                 },
                 e => e,
             })?;
+            t += 1;
         }
         let mean = sum / plan.len().max(1) as f64;
         log.losses.push(mean);
-        on_epoch(epoch + 1, mean);
+        epoch += 1;
+        on_epoch(epoch, mean);
     }
     log.train_seconds = start.elapsed().as_secs_f64();
     if let Some(path) = &sched.save {
         store.save(
             path,
-            &serde_json::json!({"finetuned": true, "epochs": sched.epochs, "seed": sched.seed}),
+            &serde_json::json!({"finetuned": true, "steps": total, "seed": sched.seed}),
         )?;
     }
     Ok(log)
@@ -673,6 +775,9 @@ impl ClassificationConfig {
                 steps_per_epoch: None,
                 seed: 0,
                 save: None,
+                steps: None,
+                warmup_steps: 0,
+                lr_schedule: LrSchedule::Constant,
             },
         }
     }
