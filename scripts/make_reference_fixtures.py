@@ -43,10 +43,7 @@ def save(name, tensors):
     path = os.path.join(OUT, name + ".safetensors")
     t = {}
     for k, v in tensors.items():
-        v = torch.as_tensor(v).detach().contiguous()
-        if v.dtype == torch.float64 and not name.endswith("_f64"):
-            v = v.float()
-        t[k] = v
+        t[k] = torch.as_tensor(v).detach().contiguous()
     save_file(t, path)
     print(f"{path}: {sum(v.numel() for v in t.values())} values, {os.path.getsize(path)} bytes")
 
@@ -177,7 +174,7 @@ def adam():
         for t, ps in enumerate(keras_adam(params, grads, lr, cn, cv)):
             for i, p in enumerate(ps):
                 out[f"{key}.param{i}_after{t}"] = torch.tensor(p)
-    out["lr"] = torch.tensor([lr])
+    out["lr"] = np.array([lr], dtype=np.float64)
     save("adam_keras_f64", {k: torch.as_tensor(v, dtype=torch.float64) for k, v in out.items()})
 
 
