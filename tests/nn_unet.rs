@@ -212,3 +212,86 @@ fn inference_under_no_grad_gives_the_same_logits_and_records_no_graph() {
     let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(values(&tracked), values(&free));
 }
+
+/// A tiny UNet (2 filters, depth 2) holding the weights of `scripts/unet_reference.py`'s
+/// independent reference (written from method.md §2.1 only, torch's own initialisation).
+fn from_independent_reference(f: &Fixture, dtype: DType) -> (ParamStore, UNet3d) {
+    let store = ParamStore::new(0);
+    let net = UNet3d::new(&tiny(), store.builder(dtype, &Device::Cpu)).unwrap();
+    assert_eq!(f.keys_with("param.").len(), store.all().len());
+    for name in f.keys_with("param.") {
+        let var = store
+            .get(&name)
+            .unwrap_or_else(|| panic!("the model has no {name}"));
+        var.set(&f.get(&format!("param.{name}")).to_dtype(dtype).unwrap())
+            .unwrap();
+    }
+    (store, net)
+}
+
+#[test]
+fn unet3d_matches_an_independent_reference_from_the_method_in_eval_mode() {
+    let f = Fixture::load("unet_reference");
+    for (dtype, tol) in [(DType::F64, 1e-6), (DType::F32, 1e-4)] {
+        let (_, net) = from_independent_reference(&f, dtype);
+        let x = f.get("x").to_dtype(dtype).unwrap();
+        let enc = net.encoder.forward_t(&x, false).unwrap();
+        assert_close(
+            &enc.features,
+            &f.get("encoded_eval"),
+            tol,
+            &format!("{dtype:?} encoder output (after the extra pooling)"),
+        );
+        let logits = net.forward_t(&x, false).unwrap();
+        assert_close(
+            &logits,
+            &f.get("logits_eval"),
+            tol,
+            &format!("{dtype:?} logits"),
+        );
+        let logits = pretext::ops::no_grad(|| net.forward_t(&x, false)).unwrap();
+        assert_close(
+            &logits,
+            &f.get("logits_eval"),
+            tol,
+            &format!("{dtype:?} logits under no_grad"),
+        );
+    }
+}
+
+#[test]
+fn unet3d_matches_an_independent_reference_from_the_method_in_train_mode() {
+    let f = Fixture::load("unet_reference");
+    let (store, net) = from_independent_reference(&f, DType::F64);
+    let logits = net
+        .forward_t(&f.get("x").to_dtype(DType::F64).unwrap(), true)
+        .unwrap();
+    // The reference's outputs are stored in f32.
+    assert_close(&logits, &f.get("logits_train"), 1e-6, "logits");
+    let loss = logits.sqr().unwrap().mean_all().unwrap();
+    assert_close(
+        &loss.reshape(1).unwrap(),
+        &f.get("loss_train"),
+        1e-10,
+        "loss",
+    );
+    let grads = loss.backward().unwrap();
+    let trainable = store.trainable("");
+    assert_eq!(trainable.len(), f.keys_with("grad.").len());
+    for (name, var) in &trainable {
+        assert_close(
+            grads.get(var.as_tensor()).unwrap(),
+            &f.get(&format!("grad.{name}")),
+            1e-8,
+            &format!("gradient of {name}"),
+        );
+    }
+    for name in f.keys_with("after.") {
+        assert_close(
+            store.get(&name).unwrap().as_tensor(),
+            &f.get(&format!("after.{name}")),
+            1e-10,
+            &format!("{name} after one training pass"),
+        );
+    }
+}
