@@ -177,7 +177,7 @@ fn a_fundus_set_serves_resized_photographs_with_their_grades() {
         .unwrap()
         .abs()
         .unwrap()
-        .max_all()
+        .sum_all() // not max_all, which skips NaN
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
