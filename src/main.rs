@@ -581,7 +581,14 @@ fn bench_preprocess(a: &BenchArgs) -> pretext::Result<()> {
             .iter()
             .zip(&want)
             .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+            // NaN-propagating (`f32::max` would drop a NaN difference).
+            .fold(0f32, |m, d| {
+                if m.is_nan() || d.is_nan() {
+                    f32::NAN
+                } else {
+                    m.max(d)
+                }
+            });
         println!("max |pretext - reference| = {d:.2e}");
     }
     Ok(())

@@ -28,7 +28,8 @@ pub struct Check {
     pub tol: f64,
     /// Whether `rel_err <= tol`.
     pub ok: bool,
-    /// The output or gradient with the largest error.
+    /// The output or gradient with the largest error; when the error is infinite, also why (a
+    /// NaN or an infinity and its position, a missing gradient, a shape mismatch).
     pub worst: String,
 }
 
@@ -39,27 +40,109 @@ fn randn(shape: &[usize], seed: u64) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
 }
 
-fn max_abs(t: &Tensor) -> Result<f64> {
+fn values(t: &Tensor) -> Result<Vec<f64>> {
     Ok(t.to_device(&Device::Cpu)?
         .to_dtype(DType::F64)?
         .flatten_all()?
-        .abs()?
-        .max(0)?
-        .to_scalar::<f64>()?)
+        .to_vec1::<f64>()?)
 }
 
-/// `max |a - b| / max(max |b|, floor)`.
-fn rel_err(a: &Tensor, b: &Tensor, floor: f64) -> Result<f64> {
-    if a.dims() != b.dims() {
-        return Ok(f64::INFINITY);
+/// The multi-index of flat position `i` in a tensor of shape `dims`.
+fn position(dims: &[usize], mut i: usize) -> Vec<usize> {
+    let mut pos = vec![0; dims.len()];
+    for (p, &d) in pos.iter_mut().zip(dims).rev() {
+        *p = i % d.max(1);
+        i /= d.max(1);
     }
-    let diff =
-        max_abs(&(a.to_device(&Device::Cpu)?.to_dtype(DType::F64)? - b.to_dtype(DType::F64)?)?)?;
-    Ok(diff / max_abs(b)?.max(floor).max(1e-30))
+    pos
+}
+
+/// `max |t|`, or the first NaN or infinity of `t` described with its position (every element
+/// is visited: candle's `max` skips NaN).
+fn max_abs(t: &Tensor) -> Result<std::result::Result<f64, String>> {
+    let v = values(t)?;
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Ok(Err(format!("{} at {:?}", v[i], position(t.dims(), i))));
+    }
+    Ok(Ok(v.iter().fold(0f64, |m, x| m.max(x.abs()))))
+}
+
+/// `max |a - b| / max(max |b|, floor)`, or why it is infinite: the shapes differ or either
+/// side holds a NaN or an infinity.
+fn rel_err(a: &Tensor, b: &Tensor, floor: f64) -> Result<std::result::Result<f64, String>> {
+    if a.dims() != b.dims() {
+        return Ok(Err(format!("shape {:?} vs {:?}", a.dims(), b.dims())));
+    }
+    let scale = match (max_abs(a)?, max_abs(b)?) {
+        (Err(at), _) => return Ok(Err(format!("candidate has {at}"))),
+        (_, Err(at)) => return Ok(Err(format!("reference has {at}"))),
+        (Ok(_), Ok(s)) => s,
+    };
+    let diff = (a.to_device(&Device::Cpu)?.to_dtype(DType::F64)? - b.to_dtype(DType::F64)?)?;
+    Ok(max_abs(&diff)?.map(|d| d / scale.max(floor).max(1e-30)))
+}
+
+/// Compares a candidate's outputs and gradients with the reference's, named alike and in the
+/// same order: the largest relative error and the tensor it was measured on. A NaN or an
+/// infinity on either side, a missing gradient (`None`, on either side or both), or differing
+/// names, counts or shapes give an infinite error, and the description says which tensor and
+/// where.
+pub fn compare(
+    candidate: &[(String, Option<Tensor>)],
+    reference: &[(String, Option<Tensor>)],
+) -> Result<(f64, String)> {
+    if candidate.len() != reference.len() {
+        let (a, b) = (candidate.len(), reference.len());
+        return Ok((
+            f64::INFINITY,
+            format!("{a} tensors vs {b} in the reference"),
+        ));
+    }
+    // A gradient far smaller than the case's largest (a bias feeding a BatchNorm is a sum
+    // that nearly cancels) is measured against a thousandth of the largest.
+    let mut largest: f64 = 0.0;
+    for (what, b) in reference {
+        if let (true, Some(b)) = (what.starts_with("gradient"), b)
+            && let Ok(m) = max_abs(b)?
+        {
+            largest = largest.max(m);
+        }
+    }
+    let mut err: f64 = 0.0;
+    let mut worst = String::new();
+    for ((what, a), (ref_what, b)) in candidate.iter().zip(reference) {
+        if what != ref_what {
+            return Ok((
+                f64::INFINITY,
+                format!("{what} vs {ref_what} in the reference"),
+            ));
+        }
+        let (a, b) = match (a, b) {
+            (Some(a), Some(b)) => (a, b),
+            (None, None) => return Ok((f64::INFINITY, format!("{what}: missing on both paths"))),
+            (None, _) => return Ok((f64::INFINITY, format!("{what}: missing on the candidate"))),
+            (_, None) => return Ok((f64::INFINITY, format!("{what}: missing on the reference"))),
+        };
+        let floor = if what.starts_with("gradient") {
+            1e-3 * largest
+        } else {
+            0.0
+        };
+        match rel_err(a, b, floor)? {
+            Err(why) => return Ok((f64::INFINITY, format!("{what}: {why}"))),
+            Ok(e) if e > err || worst.is_empty() => {
+                err = err.max(e);
+                worst = what.clone();
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok((err, worst))
 }
 
 /// A computation on a device: from inputs (on that device) to outputs and gradients.
-type Case = Box<dyn Fn(&Device) -> Result<Vec<(String, Tensor)>>>;
+/// A gradient is `None` when backpropagation produced none for its input or parameter.
+type Case = Box<dyn Fn(&Device) -> Result<Vec<(String, Option<Tensor>)>>>;
 
 /// `op(inputs)` and the gradients of `sum(op · g)` with respect to every input.
 fn op_case(shapes: Vec<Vec<usize>>, op: impl Fn(&[Tensor]) -> Result<Tensor> + 'static) -> Case {
@@ -73,11 +156,11 @@ fn op_case(shapes: Vec<Vec<usize>>, op: impl Fn(&[Tensor]) -> Result<Tensor> + '
         let y = op(&xs)?;
         let g = randn(y.dims(), 99)?.to_device(dev)?;
         let grads = (&y * &g)?.sum_all()?.backward()?;
-        let mut out = vec![("output".to_string(), y)];
+        let mut out = vec![("output".to_string(), Some(y))];
         for (i, v) in vars.iter().enumerate() {
             out.push((
                 format!("gradient of input {i}"),
-                grads.get(v.as_tensor()).cloned().unwrap_or(v.zeros_like()?),
+                grads.get(v.as_tensor()).cloned(),
             ));
         }
         Ok(out)
@@ -90,11 +173,11 @@ fn model_case(build: impl Fn(&ParamStore, &Device) -> Result<Tensor> + 'static) 
         let store = ParamStore::new(3);
         let loss = build(&store, dev)?;
         let grads = loss.backward()?;
-        let mut out = vec![("loss".to_string(), loss)];
+        let mut out = vec![("loss".to_string(), Some(loss))];
         for (n, v) in store.trainable("") {
             out.push((
                 format!("gradient of {n}"),
-                grads.get(v.as_tensor()).cloned().unwrap_or(v.zeros_like()?),
+                grads.get(v.as_tensor()).cloned(),
             ));
         }
         Ok(out)
@@ -198,7 +281,7 @@ fn cases() -> Vec<(&'static str, f64, Case)> {
                     t(&[4], 23)?,
                 );
                 let y = ops::no_grad(|| ops::bias_relu_affine(&x, &b, &sc, &sh))?;
-                Ok(vec![("output".to_string(), y)])
+                Ok(vec![("output".to_string(), Some(y))])
             }),
         ),
         (
@@ -282,14 +365,11 @@ fn task_case(task: Task) -> Case {
         batch.x = batch.x.to_dtype(DType::F64)?;
         let out = model.step(&batch, dev, true)?;
         let grads = out.loss.backward()?;
-        let mut v = vec![("loss".to_string(), out.loss.clone())];
+        let mut v = vec![("loss".to_string(), Some(out.loss.clone()))];
         for (n, var) in store.trainable("") {
             v.push((
                 format!("gradient of {n}"),
-                grads
-                    .get(var.as_tensor())
-                    .cloned()
-                    .unwrap_or(var.zeros_like()?),
+                grads.get(var.as_tensor()).cloned(),
             ));
         }
         Ok(v)
@@ -317,32 +397,7 @@ pub fn parity(dev: &Device) -> Result<Vec<Check>> {
         } else {
             case(dev)?
         };
-        let mut err: f64 = if candidate.len() == reference.len() {
-            0.0
-        } else {
-            f64::INFINITY
-        };
-        let mut worst = String::new();
-        // A gradient far smaller than the case's largest (a bias feeding a BatchNorm is a sum
-        // that nearly cancels) is measured against a thousandth of the largest.
-        let mut largest: f64 = 0.0;
-        for (what, b) in &reference {
-            if what.starts_with("gradient") {
-                largest = largest.max(max_abs(b)?);
-            }
-        }
-        for ((what, a), (_, b)) in candidate.iter().zip(&reference) {
-            let floor = if what.starts_with("gradient") {
-                1e-3 * largest
-            } else {
-                0.0
-            };
-            let e = rel_err(a, b, floor)?;
-            if e > err || worst.is_empty() {
-                err = err.max(e);
-                worst = what.clone();
-            }
-        }
+        let (err, worst) = compare(&candidate, &reference)?;
         out.push(Check {
             name,
             rel_err: err,

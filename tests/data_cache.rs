@@ -177,10 +177,76 @@ fn a_fundus_set_serves_resized_photographs_with_their_grades() {
         .unwrap()
         .abs()
         .unwrap()
-        .max_all()
+        .sum_all() // not max_all, which skips NaN
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
     assert_eq!(d, 0.0);
     assert!(set.grade(5).is_err());
+}
+
+#[test]
+fn a_same_size_rewrite_with_the_old_modification_time_is_prepared_again() {
+    let dir = pancreas_dir();
+    let root = dir.path().join("ds");
+    let cache = dir.path().join("cache");
+    let set = PancreasSet::open(&root, &params(), &cache).unwrap();
+    let files = cache_files(&set);
+    let before: Vec<SystemTime> = files.iter().map(|f| mtime(f)).collect();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    // Rewrite case 2's image in place (same inode, same size: one byte of the gzip header's
+    // timestamp), then put its modification time back: size and mtime are as recorded.
+    let src = root.join("imagesTr/case_002.nii.gz");
+    let (size, old_mtime) = (std::fs::metadata(&src).unwrap().len(), mtime(&src));
+    let mut bytes = std::fs::read(&src).unwrap();
+    bytes[4] ^= 0x5a;
+    {
+        use std::io::{Seek, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        f.write_all(&bytes).unwrap();
+        f.set_modified(old_mtime).unwrap();
+    }
+    assert_eq!(std::fs::metadata(&src).unwrap().len(), size);
+    assert_eq!(mtime(&src), old_mtime);
+    PancreasSet::open(&root, &params(), &cache).unwrap();
+    let now: Vec<SystemTime> = files.iter().map(|f| mtime(f)).collect();
+    let changed: Vec<usize> = (0..5).filter(|&i| now[i] != before[i]).collect();
+    assert_eq!(
+        changed,
+        vec![2],
+        "only the rewritten case is prepared again"
+    );
+}
+
+#[test]
+fn threads_opening_one_set_at_once_all_get_valid_cache_files() {
+    // Every thread prepares the same cases into the same folder: their temporary files must
+    // not collide (a name made of the process id alone is shared by all of them).
+    let dir = pancreas_dir();
+    let root = dir.path().join("ds");
+    let cache = dir.path().join("cache");
+    let sets: Vec<PancreasSet> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| PancreasSet::open(&root, &params(), &cache)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap().unwrap())
+            .collect()
+    });
+    let want = PancreasSet::open(&root, &params(), &dir.path().join("fresh")).unwrap();
+    for set in &sets {
+        for i in 0..set.len() {
+            let a = set.image(i).unwrap().flatten_all().unwrap();
+            let b = want.image(i).unwrap().flatten_all().unwrap();
+            assert_eq!(a.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
+        }
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(sets[0].cache_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }

@@ -7,6 +7,8 @@
 //! pipeline, which normalises twice) leave room for other CPUs while any real deviation (a
 //! wrong sigma, a shifted grid, another border mode) shows as ≥ 1e-3.
 
+mod common;
+use common::torch::max_abs_diff;
 use std::path::{Path, PathBuf};
 
 use pretext::data::preprocess::{FundusFilter, FundusPreprocess, PancreasPreprocess};
@@ -37,14 +39,6 @@ fn shape_of(v: &Value) -> [usize; 3] {
         .map(|x| x.as_u64().unwrap() as usize)
         .collect();
     [s[0], s[1], s[2]]
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 #[test]

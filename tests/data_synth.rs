@@ -77,21 +77,27 @@ fn phantoms_have_ct_values_and_a_hypodense_tumour_inside_the_pancreas() {
 
 #[test]
 fn the_tumour_share_is_respected() {
-    let cfg = PhantomConfig {
-        labelled: 60,
-        unlabelled: 0,
-        shape: [16, 16, 8],
-        seed: 3,
-        tumour_share: 0.5,
-    };
-    let with = (0..60)
-        .filter(|&i| pancreas::phantom(&cfg, i).unwrap().tumour)
-        .count();
-    // Binomial(60, 0.5): mean 30, sd 3.9.
-    assert!(
-        (16..=44).contains(&with),
-        "{with} of 60 cases have a tumour"
-    );
+    // n = 400 cases per share: Binomial(400, p) has sd at most 10, so ±4 sd is at most ±0.1
+    // of the share; a share off by 0.2 (0.3 or 0.7 for 0.5) fails.
+    let n = 400;
+    for share in [0.0, 0.2, 0.5, 0.8, 1.0] {
+        let cfg = PhantomConfig {
+            labelled: n,
+            unlabelled: 0,
+            shape: [16, 16, 8],
+            seed: 3,
+            tumour_share: share,
+        };
+        let with = (0..n)
+            .filter(|&i| pancreas::phantom(&cfg, i).unwrap().tumour)
+            .count();
+        let (mean, sd) = (n as f64 * share, (n as f64 * share * (1.0 - share)).sqrt());
+        assert!(
+            (with as f64 - mean).abs() <= 4.0 * sd,
+            "share {share}: {with} of {n} cases have a tumour (expected {mean} ± {})",
+            4.0 * sd
+        );
+    }
 }
 
 #[test]

@@ -1,8 +1,14 @@
-//! Every bundled example runs to the end under its `test` profile (or small settings).
+//! Every bundled example runs to the end under its `test` profile (or small settings), and what
+//! it writes is checked: the quickstart's numbers against a recomputation, the figures' rows
+//! (cells, metrics, CSV), the pretraining demo's summary against its logs and checkpoints.
 
 mod common;
 use std::path::Path;
 use std::process::Command;
+
+use pretext::experiment::ResultsFile;
+use pretext::nn::ParamStore;
+use pretext::train::pretrain::read_log;
 
 fn run_example(name: &str, args: &[&str], cwd: &Path) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -29,7 +35,76 @@ fn run_example(name: &str, args: &[&str], cwd: &Path) -> String {
 fn quickstart_runs() {
     let dir = tempfile::tempdir().unwrap();
     run_example("quickstart.rhai", &[], dir.path());
-    assert!(dir.path().join("runs/quickstart/summary.json").is_file());
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("runs/quickstart/summary.json")).unwrap(),
+    )
+    .unwrap();
+    // A 32³ phantom: the foreground is the sphere of radius 32/3 around the centre (the
+    // noise, 10 HU, never crosses the -500 HU threshold), at about 40 HU.
+    let n = 32;
+    let c = (n as f64 - 1.0) / 2.0;
+    let mut sphere = 0usize;
+    for x in 0..n {
+        for y in 0..n {
+            for z in 0..n {
+                let d: f64 = [x, y, z].map(|k| (k as f64 - c).powi(2)).iter().sum();
+                sphere += (d.sqrt() < n as f64 / 3.0) as usize;
+            }
+        }
+    }
+    assert_eq!(summary["shape"], serde_json::json!([32, 32, 32]));
+    assert_eq!(
+        summary["foreground_voxels"].as_f64().unwrap(),
+        sphere as f64
+    );
+    let ml = sphere as f64 * (0.8f32 as f64).powi(2) * 2.5 / 1000.0;
+    assert!((summary["foreground_ml"].as_f64().unwrap() - ml).abs() < 1e-9);
+    assert!((summary["mean_inside_hu"].as_f64().unwrap() - 40.0).abs() < 1.0);
+    let e = summary["round_trip_max_error"].as_f64().unwrap();
+    assert!(e > 0.0 && e <= 0.5, "{e}");
+}
+
+/// The rows of a figure's sweep: one per (task, fraction) of the test profile (baseline and
+/// rotation at 50 % and 100 %, seed 0), with `metrics` in range, and the CSV beside them.
+fn check_rows(dir: &Path, metrics: &[(&str, f64, f64)]) {
+    let rows = ResultsFile::open(dir.join("results.jsonl"))
+        .unwrap()
+        .rows()
+        .to_vec();
+    let mut cells: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| (r.task.clone(), format!("{}", r.fraction)))
+        .collect();
+    cells.sort();
+    let want: Vec<(String, String)> = [
+        ("baseline", "0.5"),
+        ("baseline", "1"),
+        ("rotation", "0.5"),
+        ("rotation", "1"),
+    ]
+    .map(|(t, f)| (t.to_string(), f.to_string()))
+    .to_vec();
+    assert_eq!(cells, want, "{}", dir.display());
+    for r in &rows {
+        for (m, lo, hi) in metrics {
+            let v = r
+                .metric(m)
+                .unwrap_or_else(|| panic!("{}: {} has no {m}", dir.display(), r.key()));
+            assert!((*lo..=*hi).contains(&v), "{}: {m} = {v}", r.key());
+        }
+        if r.task != "baseline" {
+            let ckpt = r.extra["checkpoint"].as_str().unwrap();
+            assert!(ckpt.ends_with("best.safetensors"), "{ckpt}");
+        }
+    }
+    let csv = std::fs::read_to_string(dir.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), rows.len() + 1);
+    for (m, _, _) in metrics {
+        assert!(
+            csv.lines().next().unwrap().split(',').any(|h| h == *m),
+            "{m}"
+        );
+    }
 }
 
 #[test]
@@ -44,6 +119,17 @@ fn both_figures_run_under_the_test_profile() {
     ] {
         assert!(dir.path().join(f).is_file(), "{f}");
     }
+    let dice = [
+        ("dice_mean", 0.0, 1.0),
+        ("dice_background", 0.0, 1.0),
+        ("dice_pancreas", 0.0, 1.0),
+        ("dice_tumour", 0.0, 1.0),
+    ];
+    check_rows(&dir.path().join("runs/test/fig3"), &dice);
+    check_rows(
+        &dir.path().join("runs/test/fig4"),
+        &[("qwk", -1.0, 1.0), ("accuracy", 0.0, 1.0)],
+    );
 }
 
 #[test]
@@ -52,6 +138,14 @@ fn each_figure_example_runs_on_its_own() {
     run_example("fig3_pancreas.rhai", &["--set", "profile=test"], dir.path());
     run_example("fig4_fundus.rhai", &["--set", "profile=test"], dir.path());
     assert!(dir.path().join("runs/test/fig4/fig4.svg").is_file());
+    check_rows(
+        &dir.path().join("runs/test/fig3"),
+        &[("dice_mean", 0.0, 1.0)],
+    );
+    check_rows(
+        &dir.path().join("runs/test/fig4"),
+        &[("qwk", -1.0, 1.0), ("accuracy", 0.0, 1.0)],
+    );
 }
 
 #[test]
@@ -67,4 +161,38 @@ fn the_pretraining_demo_runs_every_task() {
         );
     }
     assert!(dir.path().join("runs/pretrain_demo/curves.png").is_file());
+    // The summary agrees with each task's log and checkpoints: first and last training
+    // accuracy, and the best epoch is the one of the lowest validation loss.
+    let demo = dir.path().join("runs/pretrain_demo");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(demo.join("summary.json")).unwrap()).unwrap();
+    for task in ["rotation", "jigsaw", "rpl", "exemplar", "cpc"] {
+        let log = read_log(&demo.join(task).join("log.jsonl")).unwrap();
+        let s = &summary[task];
+        let num = |k: &str| {
+            s[k].as_f64()
+                .unwrap_or_else(|| panic!("{task}: {k} in {s}"))
+        };
+        assert_eq!(num("first"), log[0].accuracy, "{task}");
+        assert_eq!(num("last"), log.last().unwrap().accuracy, "{task}");
+        let best = log
+            .iter()
+            .min_by(|a, b| a.val_loss.total_cmp(&b.val_loss))
+            .unwrap();
+        assert_eq!(num("best_epoch") as usize, best.epoch, "{task}");
+        let ckpt = dir.path().join(s["checkpoint"].as_str().unwrap());
+        assert_eq!(
+            ParamStore::manifest(&ckpt).unwrap()["epoch"],
+            best.epoch,
+            "{task}"
+        );
+        let printed: Vec<f64> = log
+            .iter()
+            .map(|e| (e.accuracy * 100.0).round() / 100.0)
+            .collect();
+        assert!(
+            out.contains(&format!("{task}: accuracy by epoch {printed:?}")),
+            "{task}: {printed:?} in {out}"
+        );
+    }
 }

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use pretext::experiment::plot::{CurvePlot, PaperFigure, data_efficiency, pretext_curves};
+use pretext::experiment::plot::{
+    CurvePlot, PaperFigure, data_efficiency, pretext_curves, summarise,
+};
 use pretext::experiment::results::{write_csv, write_jsonl};
 use pretext::experiment::{ResultRow, ResultsFile, Shard, cells, config_hash, merge};
 use pretext::train::pretrain::EpochLog;
@@ -115,6 +117,20 @@ fn merged_shards_equal_the_unsharded_results_and_export_to_csv() {
         "{text}"
     );
     assert_eq!(text.lines().count(), 5);
+    // Each line holds its row's values, in the header's columns.
+    for (line, r) in text.lines().skip(1).zip(&merged) {
+        let want = format!(
+            "{},{},{},{},{},{:.3},{}",
+            r.task,
+            r.fraction,
+            r.n_train,
+            r.seed,
+            r.metric("dice_mean").unwrap(),
+            r.timings["finetune"],
+            r.config_hash
+        );
+        assert_eq!(line, want);
+    }
     write_jsonl(&dir.path().join("m.jsonl"), &merged).unwrap();
     let mut conflict = ResultsFile::open(dir.path().join("c.jsonl")).unwrap();
     conflict.append(row("rotation", 0.1, 0, 0.99)).unwrap();
@@ -152,11 +168,37 @@ fn figures_are_written_as_png_and_svg() {
         paper: Some(PaperFigure::Fig3),
         size: (900, 600),
     };
+    // What is plotted: per task and fraction (in %), the mean over seeds and the band from the
+    // smallest to the largest value (here seed 1 is 0.01 above seed 0).
+    let series = summarise(&rows, "dice_mean");
+    assert_eq!(series.len(), 3);
+    for (t, base) in [("baseline", 0.3), ("rotation", 0.35), ("cpc", 0.4)] {
+        let pts = &series[t];
+        assert_eq!(pts.len(), 5, "{t}");
+        for (i, (p, f)) in pts.iter().zip([5.0, 10.0, 25.0, 50.0, 100.0]).enumerate() {
+            let lo = base + 0.05 * i as f64;
+            let want = (f, lo + 0.005, lo, lo + 0.01);
+            let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+            assert!(
+                close(p.0, want.0)
+                    && close(p.1, want.1)
+                    && close(p.2, want.2)
+                    && close(p.3, want.3),
+                "{t}: {p:?} vs {want:?}"
+            );
+        }
+    }
     let files = data_efficiency(&rows, &cfg, &dir.path().join("fig3")).unwrap();
     let png = image::open(&files[0]).unwrap();
     assert_eq!((png.width(), png.height()), (900, 600));
     let svg = std::fs::read_to_string(&files[1]).unwrap();
-    assert!(svg.contains("<svg") && svg.contains("rotation") && svg.contains("Pancreas"));
+    assert!(svg.contains("<svg") && svg.contains("Pancreas"));
+    // One marker per task and fraction, one band per task, every task in the legend.
+    assert_eq!(svg.matches("<circle").count(), 15);
+    assert_eq!(svg.matches("<polygon").count(), 3);
+    for t in ["baseline", "rotation", "cpc"] {
+        assert!(svg.lines().any(|l| l.trim() == t), "{t} not in the legend");
+    }
     let missing = CurvePlot {
         metric: "qwk".into(),
         ..cfg
@@ -188,8 +230,10 @@ fn figures_are_written_as_png_and_svg() {
     assert!(
         files
             .iter()
-            .all(|f| std::fs::metadata(f).unwrap().len() > 1000)
+            .all(|f| std::fs::metadata(f).unwrap().len() > 1000 && f.starts_with(dir.path()))
     );
-    std::fs::copy(&files[0], "/tmp/pretext_curves.png").ok();
-    std::fs::copy(dir.path().join("fig3.png"), "/tmp/fig3_test.png").ok();
+    let svg = std::fs::read_to_string(&files[1]).unwrap();
+    for t in ["rotation train", "jigsaw train"] {
+        assert!(svg.lines().any(|l| l.trim() == t), "{t} not in the legend");
+    }
 }

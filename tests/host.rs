@@ -44,9 +44,29 @@ fn a_bad_json_file_is_an_error_naming_it() {
 
 #[test]
 fn progress_counts_steps_in_a_script_loop() {
-    let code = "let p = progress(3, \"epochs\"); for i in 0..3 { p.tick(); } p.message(\"done\"); p.finish(); 1";
-    assert_eq!(eval_f64(code), 1.0);
+    // Without a terminal the display prints `label: done/total (seconds) message` lines, the
+    // last one when the count reaches the total: it must say 3/3 after three ticks, 5/5 after
+    // inc(2), tick(), inc(2), and nothing about reaching the total before it does.
+    let code = "let p = progress(3, \"epochs\"); p.message(\"training\"); \
+                for i in 0..3 { p.tick(); } p.finish(); \
+                let q = progress(5, \"items\"); q.inc(2); q.tick(); q.inc(2); q.finish(); 1";
+    let o = common::pretext(&["eval", code], None);
+    let err = common::stderr(&o);
+    assert!(o.status.success(), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("epochs: 3/3 (") && l.ends_with(") training")),
+        "{err}"
+    );
+    assert!(lines.iter().any(|l| l.starts_with("items: 5/5 (")), "{err}");
+    assert!(
+        !err.contains("epochs: 4/") && !err.contains("items: 6/"),
+        "{err}"
+    );
     assert!(eval_err("progress(-1, \"x\")").contains("non-negative"));
+    assert!(eval_err("progress(2, \"x\").inc(-1)").contains("non-negative"));
 }
 
 #[test]

@@ -254,3 +254,61 @@ fn f32_same_convolution_gives_identical_results_with_one_and_two_threads() {
     assert_close(&dx2, &dx1, 0.0, "dx");
     assert_close(&dw2, &dw1, 0.0, "dw");
 }
+
+/// The `[forward, weight gradient]` calls of the direct AVX-512 kernels made by `f` on this
+/// thread.
+fn direct_calls_during(f: impl FnOnce()) -> [usize; 2] {
+    let before = pretext::ops::cpu::direct_kernel_calls();
+    f();
+    let after = pretext::ops::cpu::direct_kernel_calls();
+    [after[0] - before[0], after[1] - before[1]]
+}
+
+/// PyTorch fixtures above the direct kernels' threshold (>= 512 positions, >= 64 vectors for
+/// the weight gradient): on the kernel path every pass of a "same" f32 convolution (output,
+/// input gradient, weight gradient) must go through the AVX-512 kernels where the CPU has them;
+/// on the composed path none may.
+fn check_direct(name: &str) {
+    let spec = ConvSpec::uniform(1, 1);
+    let kernel = direct_calls_during(|| check(name, |x, w| ops::conv3d(x, w, spec).unwrap()));
+    if pretext::ops::cpu::direct_kernels_available() {
+        // check() runs the kernel path once: forward + input gradient, weight gradient.
+        assert_eq!(kernel, [2, 1], "{name}: the direct kernels were not taken");
+    } else {
+        eprintln!("note: {name}: this CPU has no AVX-512; the direct kernels were not exercised");
+        assert_eq!(kernel, [0, 0]);
+    }
+    let f = Fixture::load(name);
+    let composed = direct_calls_during(|| {
+        ops::with_composed(|| {
+            let y = ops::conv3d(&f.get("x"), &f.get("w"), spec).unwrap();
+            assert_close(&y, &f.get("y"), TOL, &format!("{name} composed y"));
+        })
+    });
+    assert_eq!(
+        composed,
+        [0, 0],
+        "{name}: the composed path ran a CPU kernel"
+    );
+}
+
+#[test]
+fn conv3d_on_the_direct_kernels_with_one_input_channel_matches_pytorch() {
+    check_direct("conv3d_direct_c1_o16");
+}
+
+#[test]
+fn conv3d_on_the_direct_kernels_with_17_input_channels_and_two_samples_matches_pytorch() {
+    check_direct("conv3d_direct_c17_o5");
+}
+
+#[test]
+fn the_existing_small_fixtures_stay_below_the_direct_kernels_threshold() {
+    // What the fixtures above add: conv3d_k3 (2 × 6·7·5 = 420 positions) takes im2col + GEMM.
+    let calls = direct_calls_during(|| {
+        check("conv3d_k3", |x, w| {
+            ops::conv3d(x, w, ConvSpec::uniform(1, 1)).unwrap()
+        })
+    });
+    assert_eq!(calls, [0, 0]);
+}

@@ -1,5 +1,7 @@
-//! Training-mode batch normalisation against PyTorch's BatchNorm3d: output, the three
-//! gradients and the batch statistics, through the kernel and the composed implementation.
+//! Batch normalisation against PyTorch's BatchNorm3d: training mode (output, the three
+//! gradients and the batch statistics) and inference mode on running statistics (the layer, and
+//! the fused bias + ReLU + BatchNorm inference kernel), through the kernel and the composed
+//! implementation.
 
 mod common;
 use candle_core::DType;
@@ -256,4 +258,74 @@ fn inference_bias_relu_affine_equals_the_separate_ops_on_kernel_and_composed_pat
         .unwrap_err()
         .to_string();
     assert!(e.contains("3 channels"), "{e}");
+}
+
+/// An `nn::BatchNorm` (Keras eps 1e-3) of `channels` channels holding the fixture's weight,
+/// bias and running statistics.
+fn layer_from(f: &Fixture, channels: usize) -> pretext::nn::BatchNorm {
+    use pretext::nn::{BatchNormConfig, ParamStore, batch_norm};
+    let store = ParamStore::new(0);
+    let vb = store.builder(DType::F32, &candle_core::Device::Cpu);
+    let bn = batch_norm(channels, BatchNormConfig::KERAS, vb.pp("bn")).unwrap();
+    for name in ["weight", "bias", "running_mean", "running_var"] {
+        store
+            .get(&format!("bn.{name}"))
+            .unwrap()
+            .set(&f.get(name))
+            .unwrap();
+    }
+    bn
+}
+
+/// Runs `f` on the kernel path, the composed path, and both again under `ops::no_grad`.
+fn on_every_path(f: impl Fn(&str)) {
+    f("kernel");
+    ops::with_composed(|| f("composed"));
+    ops::no_grad(|| f("kernel, no_grad"));
+    ops::with_composed(|| ops::no_grad(|| f("composed, no_grad")));
+}
+
+#[test]
+fn inference_batch_norm_on_the_running_statistics_matches_pytorch() {
+    // x_eval/y_eval: PyTorch's eval-mode output after the one training step of the fixture.
+    let f = Fixture::load("batch_norm3d");
+    let bn = layer_from(&f, 4);
+    on_every_path(|path| {
+        let y = bn.forward_t(&f.get("x_eval"), false).unwrap();
+        assert_close(&y, &f.get("y_eval"), 1e-5, &format!("{path} y_eval"));
+    });
+    // Random running statistics far from (0, 1), so the affine map is not near the identity.
+    let f = Fixture::load("batch_norm3d_eval");
+    let bn = layer_from(&f, 5);
+    on_every_path(|path| {
+        let y = bn.forward_t(&f.get("x"), false).unwrap();
+        assert_close(&y, &f.get("y"), 1e-5, &format!("{path} y"));
+    });
+    // Inference mode leaves the running statistics alone.
+    let store_check = bn.forward_t(&f.get("x"), false).unwrap();
+    assert_close(&store_check, &f.get("y"), 1e-5, "second call");
+}
+
+#[test]
+fn fused_bias_relu_batch_norm_inference_matches_pytorch() {
+    // y_bias_relu = bn.eval()(relu(x + conv_bias)): the block tail of the UNet at inference.
+    let f = Fixture::load("batch_norm3d_eval");
+    let bn = layer_from(&f, 5);
+    let (x, b, want) = (f.get("x"), f.get("conv_bias"), f.get("y_bias_relu"));
+    on_every_path(|path| {
+        let y = bn.forward_bias_relu_t(&x, &b, false).unwrap();
+        assert_close(&y, &want, 1e-5, &format!("{path} layer"));
+    });
+    // The kernel itself, with scale = γ/√(var+ε) and shift = β − mean·scale from the fixture.
+    let eps = 1e-3;
+    let scale = ((f.get("running_var") + eps).unwrap().sqrt().unwrap())
+        .recip()
+        .unwrap()
+        .mul(&f.get("weight"))
+        .unwrap();
+    let shift = (f.get("bias") - f.get("running_mean").mul(&scale).unwrap()).unwrap();
+    on_every_path(|path| {
+        let y = ops::bias_relu_affine(&x, &b, &scale, &shift).unwrap();
+        assert_close(&y, &want, 1e-5, &format!("{path} bias_relu_affine"));
+    });
 }

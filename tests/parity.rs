@@ -1,9 +1,17 @@
 //! `pretext bench parity` on the CPU: every op and model through the composed implementation
-//! (what GPUs run) equals the CPU kernels, outputs and gradients.
+//! (what GPUs run) equals the CPU kernels, outputs and gradients. Also the comparison helpers
+//! themselves (`parity::compare` and the tests' `common::torch`): a NaN, an infinity or a
+//! missing gradient anywhere must fail, with its position.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use common::torch::{assert_close, max_abs_diff, try_max_abs_diff, try_rel_err};
+use pretext::parity::compare;
 
 #[test]
 fn the_composed_paths_equal_the_cpu_kernels_for_every_op_and_model() {
-    let checks = pretext::parity::parity(&candle_core::Device::Cpu).unwrap();
+    let checks = pretext::parity::parity(&Device::Cpu).unwrap();
     assert!(checks.len() >= 18);
     for c in &checks {
         assert!(
@@ -12,4 +20,135 @@ fn the_composed_paths_equal_the_cpu_kernels_for_every_op_and_model() {
             c.name, c.rel_err, c.tol, c.worst
         );
     }
+}
+
+/// A [2, 3, 4] tensor of distinct values with `v` at flat index `at`.
+fn with_value(at: Option<usize>, v: f32) -> Tensor {
+    let mut data: Vec<f32> = (0..24).map(|i| (i as f32 * 0.37).sin()).collect();
+    if let Some(i) = at {
+        data[i] = v;
+    }
+    Tensor::from_vec(data, (2, 3, 4), &Device::Cpu).unwrap()
+}
+
+fn named(v: Vec<(&str, Option<Tensor>)>) -> Vec<(String, Option<Tensor>)> {
+    v.into_iter().map(|(n, t)| (n.to_string(), t)).collect()
+}
+
+#[test]
+fn parity_compare_fails_on_one_nan_or_infinity_on_either_side_and_names_its_position() {
+    let clean = with_value(None, 0.0);
+    let reference = named(vec![
+        ("output", Some(clean.clone())),
+        ("gradient of input 0", Some(clean.clone())),
+    ]);
+    let (e, _) = compare(&reference, &reference).unwrap();
+    assert_eq!(e, 0.0);
+    // Flat index 17 of [2, 3, 4] is [1, 1, 1]; index 23 (the last) is [1, 2, 3].
+    for (at, pos) in [(17, "[1, 1, 1]"), (23, "[1, 2, 3]"), (0, "[0, 0, 0]")] {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for slot in 0..2 {
+                let mut candidate = reference.clone();
+                candidate[slot].1 = Some(with_value(Some(at), bad));
+                let (e, worst) = compare(&candidate, &reference).unwrap();
+                assert!(e.is_infinite(), "{bad} at {at} in slot {slot}: {e}");
+                assert!(
+                    worst.contains(pos) && worst.contains("candidate"),
+                    "{bad} at {at}: {worst}"
+                );
+                assert!(worst.starts_with(&candidate[slot].0), "{worst}");
+                // The same value in the reference fails too.
+                let (e, worst) = compare(&reference, &candidate).unwrap();
+                assert!(e.is_infinite() && worst.contains("reference") && worst.contains(pos));
+                // And on both sides at once (NaN == NaN must not count as agreement).
+                let (e, _) = compare(&candidate, &candidate).unwrap();
+                assert!(e.is_infinite(), "{bad} on both sides compared equal");
+            }
+        }
+    }
+}
+
+#[test]
+fn parity_compare_fails_on_a_missing_gradient_even_when_both_paths_miss_it() {
+    let t = with_value(None, 0.0);
+    let full = named(vec![
+        ("loss", Some(t.clone())),
+        ("gradient of w", Some(t.clone())),
+    ]);
+    let missing = named(vec![("loss", Some(t.clone())), ("gradient of w", None)]);
+    for (a, b, side) in [
+        (&missing, &missing, "both"),
+        (&missing, &full, "candidate"),
+        (&full, &missing, "reference"),
+    ] {
+        let (e, worst) = compare(a, b).unwrap();
+        assert!(e.is_infinite(), "{side}: {e}");
+        assert!(
+            worst.contains("gradient of w") && worst.contains(side),
+            "{side}: {worst}"
+        );
+    }
+    // Fewer tensors, other names or other shapes fail too.
+    let (e, _) = compare(&full[..1], &full).unwrap();
+    assert!(e.is_infinite());
+    let renamed = named(vec![
+        ("loss", Some(t.clone())),
+        ("gradient of v", Some(t.clone())),
+    ]);
+    assert!(compare(&renamed, &full).unwrap().0.is_infinite());
+    let reshaped = named(vec![
+        ("loss", Some(t.clone())),
+        ("gradient of w", Some(t.reshape((6, 4)).unwrap())),
+    ]);
+    assert!(compare(&reshaped, &full).unwrap().0.is_infinite());
+}
+
+#[test]
+fn parity_compare_measures_the_relative_error_of_the_worst_tensor() {
+    let t = with_value(None, 0.0);
+    let reference = named(vec![
+        ("output", Some(t.clone())),
+        ("other", Some(t.clone())),
+    ]);
+    let candidate = named(vec![
+        ("output", Some(t.clone())),
+        ("other", Some((&t * 1.01).unwrap())),
+    ]);
+    let (e, worst) = compare(&candidate, &reference).unwrap();
+    assert!((e - 0.01).abs() < 1e-6, "{e}");
+    assert_eq!(worst, "other");
+}
+
+#[test]
+fn torch_comparison_helpers_fail_on_one_nan_or_infinity_with_its_position() {
+    let clean = with_value(None, 0.0);
+    assert_eq!(try_rel_err(&clean, &clean), Ok(0.0));
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        for at in [0, 17, 23] {
+            let dirty = with_value(Some(at), bad);
+            let pos = format!("{:?}", common::torch::position(&[2, 3, 4], at));
+            for (a, b, side) in [(&dirty, &clean, "result"), (&clean, &dirty, "reference")] {
+                let e = try_rel_err(a, b).unwrap_err();
+                assert!(e.contains(&pos) && e.contains(side), "{bad} at {at}: {e}");
+                let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    assert_close(a, b, 1e9, "case")
+                }))
+                .expect_err("assert_close passed a non-finite value");
+                let msg = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+                assert!(msg.contains("case") && msg.contains(&pos), "{msg}");
+            }
+            assert!(try_rel_err(&dirty, &dirty).is_err());
+            // The slice helper (preprocessing fixtures).
+            let (d, c) = (
+                dirty.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                clean.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            for (a, b) in [(&d, &c), (&c, &d), (&d, &d)] {
+                let e = try_max_abs_diff(a, b).unwrap_err();
+                assert!(e.contains(&format!("index {at}")), "{e}");
+            }
+        }
+    }
+    assert_eq!(max_abs_diff(&[1.0, 2.0], &[1.5, 2.0]), 0.5);
+    assert!(try_rel_err(&clean, &clean.reshape((6, 4)).unwrap()).is_err());
 }

@@ -61,6 +61,33 @@ fn rotation_batches_hold_the_labelled_rotation_of_each_volume() {
         assert_eq!(&rotate_3d(v, r as usize).unwrap().data, x);
     }
     assert_eq!(s.classes(), 10);
+    // The labels are drawn uniformly from all ten classes, and a volume rotated by a class
+    // other than 0 is not the volume itself.
+    let ids: Vec<usize> = (0..300).map(|i| i % 6).collect();
+    let b = s.batch(&data, &ids, 8, true).unwrap();
+    let y = labels(&b);
+    let mut counts = [0usize; 10];
+    for &r in &y {
+        counts[r as usize] += 1;
+    }
+    // 30 expected per class; 12 and 50 are beyond 3.4 standard deviations.
+    assert!(counts.iter().all(|&c| (12..=50).contains(&c)), "{counts:?}");
+    for ((x, &r), &i) in items(&b.x).iter().zip(&y).zip(&ids).take(60) {
+        assert_eq!(r == 0, x == &data[i].data, "class {r} of item {i}");
+    }
+    // 2D: four classes, np.rot90 by k.
+    let imgs: Vec<Grid> = (0..4).map(|s| image(3, 10, s)).collect();
+    let s2 = Sampler::new(&TaskConfig::new(Task::Rotation), 3, [1, 10, 10]).unwrap();
+    assert_eq!(s2.classes(), 4);
+    let ids: Vec<usize> = (0..200).map(|i| i % 4).collect();
+    // Validation batches: training ones apply O's 2D zoom augmentation first.
+    let b = s2.batch(&imgs, &ids, 5, false).unwrap();
+    let mut counts = [0usize; 4];
+    for ((x, &k), &i) in items(&b.x).iter().zip(&labels(&b)).zip(&ids) {
+        assert_eq!(&rotate_2d(&imgs[i], k as usize).unwrap().data, x);
+        counts[k as usize] += 1;
+    }
+    assert!(counts.iter().all(|&c| (28..=72).contains(&c)), "{counts:?}");
 }
 
 #[test]
@@ -226,8 +253,33 @@ fn batches_are_deterministic_by_seed_and_thread_count() {
         let a = one.install(|| s.batch(&data, &[0, 1, 2, 3], 9, true).unwrap());
         let b = s.batch(&data, &[0, 1, 2, 3], 9, true).unwrap();
         let c = s.batch(&data, &[0, 1, 2, 3], 10, true).unwrap();
-        assert_eq!(items(&a.x), items(&b.x), "{task:?}");
+        // Everything a batch holds: inputs, labels, CPC's context and target indices.
+        let ints = |t: &Option<candle_core::Tensor>| {
+            t.as_ref()
+                .map(|t| t.flatten_all().unwrap().to_vec1::<u32>().unwrap())
+        };
+        let whole = |x: &pretext::pretext::Batch| {
+            (
+                items(&x.x),
+                ints(&x.y),
+                ints(&x.context),
+                ints(&x.targets),
+                x.items,
+            )
+        };
+        let (wa, wb) = (whole(&a), whole(&b));
+        assert!(
+            wa == wb,
+            "{task:?}: batches differ (inputs {}, labels {}, context {}, targets {})",
+            wa.0 == wb.0,
+            wa.1 == wb.1,
+            wa.2 == wb.2,
+            wa.3 == wb.3
+        );
         assert_ne!(items(&a.x), items(&c.x), "{task:?} seed matters");
+        if task != Task::Exemplar {
+            assert!(a.y.is_some(), "{task:?} has labels");
+        }
     }
 }
 

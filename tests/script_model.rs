@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::eval_f64;
+use common::{eval_f64, eval_show};
 
 #[test]
 fn predict_equals_an_eval_forward_of_the_same_unet() {
@@ -12,21 +12,26 @@ fn predict_equals_an_eval_forward_of_the_same_unet() {
         let x = rand([1, 1, 16, 16, 16], 7);
         let a = m.forward(x, false);
         let b = m.predict(x);
-        (a - b).abs().max().to_float()
+        (a - b).abs().sum().to_float()
         "#,
     );
+    // A sum, not a max: a NaN anywhere makes it NaN and fails.
     assert_eq!(d, 0.0);
 }
 
 #[test]
 fn predict_gives_class_logits_per_voxel() {
-    let n = eval_f64(
+    // A non-cubic input, so that a permuted or cropped axis shows.
+    let shown = eval_show(
         r#"
         let m = unet3d(#{ filters: 2, depth: 2, classes: 3, seed: 1 });
-        let y = m.predict(zeros([2, 1, 16, 16, 16]));
-        let s = y.shape;
-        s[0] * 1000 + s[1] * 100 + s[2]
+        let y = m.predict(rand([2, 1, 16, 8, 24], 3));
+        let p = y.softmax(1);
+        [y.shape, m.encode(zeros([2, 1, 16, 8, 24]), false).shape,
+         (p.sum(1) - 1.0).abs().max().to_float() < 1e-5, (y.sum(1) - 1.0).abs().max().to_float() > 1e-3]
         "#,
     );
-    assert_eq!(n, 2316.0);
+    // Logits [N, classes, D, H, W] (not probabilities); the encoder's flattened features are
+    // 8 channels × (16/8 · 8/8 · 24/8) after the extra pooling.
+    assert_eq!(shown, "[[2, 3, 16, 8, 24], [2, 48], true, true]");
 }

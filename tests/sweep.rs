@@ -57,24 +57,66 @@ fn a_tiny_sweep_writes_rows_a_csv_and_the_figure() {
         .rows()
         .to_vec();
     assert_eq!(rows.len(), 4);
+    // The training cases of the split this run saved; a fraction trains on its nested share.
+    let splits: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("splits/seed0/splits.json")).unwrap(),
+    )
+    .unwrap();
+    let n_train = splits["train"].as_array().unwrap().len();
+    let n_test = splits["test"].as_array().unwrap().len();
+    assert_eq!(n_train + n_test, 6, "the test profile's 6 labelled cases");
     for task in ["baseline", "rotation"] {
         for f in [0.5, 1.0] {
             let r = rows
                 .iter()
                 .find(|r| r.task == task && r.fraction == f)
                 .unwrap_or_else(|| panic!("{task} {f}"));
+            assert_eq!(
+                r.n_train,
+                pretext::data::split::fraction_size(n_train, f).unwrap(),
+                "{task} {f}"
+            );
+            // dice_mean is the mean of the three classes' Dice (background included).
             let d = r.metric("dice_mean").unwrap();
-            assert!((0.0..=1.0).contains(&d) && r.n_train >= 1);
+            let classes: Vec<f64> = ["dice_background", "dice_pancreas", "dice_tumour"]
+                .iter()
+                .map(|k| r.metric(k).unwrap_or_else(|| panic!("{task} {f}: no {k}")))
+                .collect();
+            assert!(
+                classes.iter().all(|c| (0.0..=1.0).contains(c)),
+                "{classes:?}"
+            );
+            assert!(
+                (d - classes.iter().sum::<f64>() / 3.0).abs() < 1e-9,
+                "{task} {f}: dice_mean {d} vs {classes:?}"
+            );
+            assert!(r.metric("soft_dice_mean").is_some());
         }
     }
-    assert!(image::open(out.join("fig3.png")).unwrap().width() > 500);
-    assert_eq!(
-        std::fs::read_to_string(out.join("results.csv"))
-            .unwrap()
-            .lines()
-            .count(),
-        5
-    );
+    // The CSV holds the same numbers as the JSONL rows.
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    for line in lines {
+        let cells: Vec<&str> = line.split(',').collect();
+        let fraction: f64 = cells[col("fraction")].parse().unwrap();
+        let r = rows
+            .iter()
+            .find(|r| r.task == cells[col("task")] && r.fraction == fraction)
+            .unwrap();
+        for m in ["dice_mean", "dice_pancreas", "dice_tumour"] {
+            let v: f64 = cells[col(m)].parse().unwrap();
+            assert!((v - r.metric(m).unwrap()).abs() < 1e-9, "{line}: {m}");
+        }
+        assert_eq!(cells[col("n_train")], r.n_train.to_string());
+    }
+    // The figure: both tasks in the SVG's legend (the plotted values are checked in
+    // tests/experiment_results.rs).
+    let svg = std::fs::read_to_string(out.join("fig3.svg")).unwrap();
+    for task in ["baseline", "rotation"] {
+        assert!(svg.lines().any(|l| l.trim() == task), "{task} not in the legend");
+    }
     assert!(out.join("splits/seed0/splits.json").is_file());
     assert!(
         out.join("pretrain/rotation-seed0/best.safetensors")

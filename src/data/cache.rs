@@ -2,9 +2,9 @@
 //! then read case by case, so a set is never held in memory as a whole.
 //!
 //! The folder is `<cache>/<kind>-<key>/`, `key` a hash of the preprocessing parameters and the
-//! dataset folder's path; its `manifest.json` records, per case, the identity (size and
-//! modification time) of the source files. Opening a set again prepares only the cases whose
-//! sources changed or that are missing, in parallel, with a progress display.
+//! dataset folder's path; its `manifest.json` records, per case, the identity of the source
+//! files (see [`identity`]). Opening a set again prepares only the cases whose sources changed
+//! or that are missing, in parallel, with a progress display.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -36,16 +36,60 @@ struct Entry {
     file: String,
 }
 
-/// A file's identity for the cache: its size and modification time.
-fn identity(path: &Path) -> Result<String> {
-    let m = std::fs::metadata(path).with_file(path)?;
-    let t = m
-        .modified()
-        .ok()
+/// Files changed less than this long before they are recorded are "racy": a rewrite within the
+/// same timestamp tick (up to 2 s on some file systems) would leave their times unchanged.
+const RACY_NS: u128 = 2_000_000_000;
+
+fn nanos(t: std::io::Result<std::time::SystemTime>) -> u128 {
+    t.ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    Ok(format!("{}:{t}", m.len()))
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// A file's identity for the cache, compared with the one recorded before (`old`): its size,
+/// modification time and (on Unix) change time, device and inode, so that a same-size
+/// rewrite, a replaced file or a restored modification time is seen; plus, when the file
+/// changed within [`RACY_NS`] of now, a SHA-256 of its contents (`meta#hash`), so that a
+/// rewrite within one timestamp tick is seen too (as git does for "racily clean" entries).
+/// Returns the identity to record and whether the file is unchanged since `old`.
+fn identity(path: &Path, old: Option<&str>) -> Result<(String, bool)> {
+    let m = std::fs::metadata(path).with_file(path)?;
+    let mtime = nanos(m.modified());
+    #[cfg(unix)]
+    let (meta, changed) = {
+        use std::os::unix::fs::MetadataExt;
+        let ctime = m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128;
+        let meta = format!("{}:{mtime}:{ctime}:{}:{}", m.len(), m.dev(), m.ino());
+        (meta, mtime.max(ctime.max(0) as u128))
+    };
+    #[cfg(not(unix))]
+    let (meta, changed) = (format!("{}:{mtime}", m.len()), mtime);
+    let mut digest: Option<String> = None;
+    let mut hash = || -> Result<String> {
+        if digest.is_none() {
+            use sha2::{Digest, Sha256};
+            let bytes = std::fs::read(path).with_file(path)?;
+            let d = Sha256::digest(&bytes);
+            digest = Some(d.iter().map(|b| format!("{b:02x}")).collect());
+        }
+        Ok(digest.clone().unwrap_or_default())
+    };
+    let (old_meta, old_hash) = match old.map(|o| o.split_once('#').unwrap_or((o, ""))) {
+        Some((m, h)) => (Some(m), (!h.is_empty()).then_some(h)),
+        None => (None, None),
+    };
+    let unchanged = old_meta == Some(meta.as_str())
+        && match old_hash {
+            Some(h) => hash()? == h,
+            None => true,
+        };
+    let racy = nanos(Ok(std::time::SystemTime::now())).saturating_sub(changed) < RACY_NS;
+    let id = if racy {
+        format!("{meta}#{}", hash()?)
+    } else {
+        meta
+    };
+    Ok((id, unchanged))
 }
 
 /// One case to prepare: its id and source files.
@@ -77,27 +121,33 @@ fn prepare(
         .and_then(|t| serde_json::from_str(&t).ok())
         .filter(|m: &Manifest| m.params == params)
         .unwrap_or_default();
-    let wanted: Vec<(usize, Entry)> = items
+    // Each case with whether its recorded entry still holds.
+    let wanted: Vec<(usize, Entry, bool)> = items
         .iter()
         .enumerate()
         .map(|(i, it)| {
+            let before = old.cases.get(&it.id);
+            let file = format!("{}.safetensors", it.id);
+            let mut same =
+                before.is_some_and(|b| b.sources.len() == it.sources.len() && b.file == file);
             let sources = it
                 .sources
                 .iter()
-                .map(|p| identity(p))
+                .enumerate()
+                .map(|(k, p)| {
+                    let recorded = before.and_then(|b| b.sources.get(k)).map(String::as_str);
+                    let (id, unchanged) = identity(p, recorded)?;
+                    same &= unchanged;
+                    Ok(id)
+                })
                 .collect::<Result<Vec<_>>>()?;
-            Ok((
-                i,
-                Entry {
-                    sources,
-                    file: format!("{}.safetensors", it.id),
-                },
-            ))
+            Ok((i, Entry { sources, file }, same))
         })
         .collect::<Result<_>>()?;
-    let todo: Vec<&(usize, Entry)> = wanted
+    let todo: Vec<(usize, &Entry)> = wanted
         .iter()
-        .filter(|(i, e)| old.cases.get(&items[*i].id) != Some(e) || !dir.join(&e.file).is_file())
+        .filter(|(_, e, same)| !same || !dir.join(&e.file).is_file())
+        .map(|(i, e, _)| (*i, e))
         .collect();
     let progress =
         (!todo.is_empty()).then(|| Progress::new(todo.len() as u64, &format!("prepare {kind}")));
@@ -121,12 +171,14 @@ fn prepare(
         source: source.to_path_buf(),
         cases: wanted
             .into_iter()
-            .filter(|(i, _)| !failed.contains(i))
-            .map(|(i, e)| (items[i].id.clone(), e))
+            .filter(|(i, _, _)| !failed.contains(i))
+            .map(|(i, e, _)| (items[i].id.clone(), e))
             .collect(),
     };
     let text = serde_json::to_string_pretty(&manifest).map_err(Error::msg)?;
-    crate::io::write_atomic(&manifest_path, text.as_bytes())?;
+    replace(&manifest_path, |tmp| {
+        std::fs::write(tmp, text.as_bytes()).with_file(tmp)
+    })?;
     match failures.len() {
         0 => Ok(()),
         n => {
@@ -144,17 +196,25 @@ fn prepare(
     }
 }
 
-/// Writes tensors to a safetensors file atomically.
-fn save(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+/// Writes `path` atomically: `write` fills a temporary file beside it (named by
+/// `io::temp_name`, so threads writing the same file do not collide), which then replaces it.
+fn replace(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("case");
     let tmp = dir.join(crate::io::temp_name(name));
-    candle_core::safetensors::save(tensors, &tmp)
-        .map_err(|e| Error::file(path, format!("cannot write cache file: {e}")))
+    write(&tmp)
         .and_then(|_| std::fs::rename(&tmp, path).with_file(path))
         .inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
         })
+}
+
+/// Writes tensors to a safetensors file atomically.
+fn save(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    replace(path, |tmp| {
+        candle_core::safetensors::save(tensors, tmp)
+            .map_err(|e| Error::file(path, format!("cannot write cache file: {e}")))
+    })
 }
 
 /// Reads one tensor of a cache file.
@@ -434,5 +494,19 @@ impl FundusSet {
             ));
         }
         rgb8_tensor(t.flatten_all()?.to_vec1::<u8>()?, self.size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn temporary_names_differ_between_calls_and_threads() {
+        let a = crate::io::temp_name("case_000.safetensors");
+        let b = crate::io::temp_name("case_000.safetensors");
+        let c = std::thread::spawn(|| crate::io::temp_name("case_000.safetensors"))
+            .join()
+            .unwrap();
+        assert!(a != b && b != c && a != c, "{a} {b} {c}");
+        assert!(a.starts_with(".case_000.safetensors"), "{a}");
     }
 }

@@ -7,7 +7,7 @@ use candle_core::{D, DType, Device, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 
 use super::sampler::{Batch, Sampler};
-use super::{CpcLoss, Negatives, Task, TaskConfig, TripletLoss};
+use super::{CpcLoss, ExemplarOptions, Negatives, Task, TaskConfig, TripletLoss};
 use crate::nn::{
     DenseNet, DenseNetConfig, Encoder3d, GlobalPool, Gru, MlpHead, MlpHeadConfig, UNet3dConfig,
     gru, linear,
@@ -243,7 +243,6 @@ impl PretextModel {
     }
 
     fn exemplar(&self, feats: &Tensor, heads: &[Linear], b: usize) -> Result<StepOutput> {
-        let o = &self.task.options.exemplar;
         let code = |i: usize, part: usize| -> Result<Tensor> {
             let h = &heads[part.min(heads.len() - 1)];
             Ok(candle_nn::ops::sigmoid(&h.forward(&feats.narrow(
@@ -253,57 +252,12 @@ impl PretextModel {
             )?)?)?)
         };
         let (a, p) = (code(0, 0)?, code(1, 1)?);
-        let dataset = feats.dims()[0] == 3 * b;
-        let dist = |u: &Tensor, v: &Tensor| -> Result<Tensor> {
-            let sq = (u - v)?.sqr()?;
-            Ok(match o.loss {
-                TripletLoss::MeanSquared => sq.mean(D::Minus1)?,
-                TripletLoss::Euclidean => (sq.sum(D::Minus1)? + 1e-12)?.sqrt()?,
-            })
-        };
-        let d_ap = dist(&a, &p)?;
-        let d_an = if o.hardest {
-            // The nearest other item among the positives (and the sampled negatives).
-            let mut pool = vec![p.clone()];
-            if dataset {
-                pool.push(code(2, 2)?);
-            }
-            let pool = Tensor::cat(&pool, 0)?;
-            let n = pool.dims()[0];
-            let da = a.unsqueeze(1)?.broadcast_sub(&pool.unsqueeze(0)?)?.sqr()?;
-            let d = match o.loss {
-                TripletLoss::MeanSquared => da.mean(D::Minus1)?,
-                TripletLoss::Euclidean => (da.sum(D::Minus1)? + 1e-12)?.sqrt()?,
-            };
-            // Exclude each anchor's own positive.
-            let own: Vec<f32> = (0..b)
-                .flat_map(|i| (0..n).map(move |j| if j == i { 1e9 } else { 0.0 }))
-                .collect();
-            let own = Tensor::from_vec(own, (b, n), d.device())?.to_dtype(d.dtype())?;
-            (d + own)?.min(D::Minus1)?
-        } else if o.negatives == Negatives::Dataset && dataset {
-            dist(&a, &code(2, 2)?)?
+        let n = if feats.dims()[0] == 3 * b {
+            Some(code(2, 2)?)
         } else {
-            if b < 2 {
-                return Err(Error::arg(
-                    "exemplar",
-                    "in-batch negatives need at least two items per batch",
-                ));
-            }
-            // S: the positive of another item (rolled by one, so no item is its own negative).
-            let rolled = Tensor::cat(&[p.narrow(0, 1, b - 1)?, p.narrow(0, 0, 1)?], 0)?;
-            dist(&a, &rolled)?
+            None
         };
-        let loss = crate::ops::relu(&((&d_ap - &d_an)? + o.margin)?)?.mean_all()?;
-        let acc = d_ap
-            .lt(&d_an)?
-            .to_dtype(DType::F64)?
-            .mean_all()?
-            .to_scalar::<f64>()?;
-        Ok(StepOutput {
-            loss,
-            accuracy: acc,
-        })
+        triplet_loss(&a, &p, n.as_ref(), &self.task.options.exemplar)
     }
 
     fn cpc(
@@ -318,78 +272,160 @@ impl PretextModel {
         let ctx = batch.context.as_ref().ok_or_else(missing)?.to_device(dev)?;
         let tgt = batch.targets.as_ref().ok_or_else(missing)?.to_device(dev)?;
         let y = batch.y.as_ref().ok_or_else(missing)?.to_device(dev)?;
-        let (e, l) = ctx.dims2()?;
-        let k = tgt.dims()[1];
-        let code = codes.dims()[1];
-        let context = codes
-            .index_select(&ctx.flatten_all()?, 0)?
-            .reshape((e, l, code))?;
-        let c = gru.forward(&context)?;
-        let preds: Vec<Tensor> = predict
-            .iter()
-            .take(k)
-            .map(|p| p.forward(&c))
-            .collect::<candle_core::Result<_>>()?;
-        let target = |j: usize| -> Result<Tensor> {
-            Ok(codes.index_select(&tgt.narrow(1, j, 1)?.flatten_all()?, 0)?)
+        cpc_loss(codes, gru, predict, (&ctx, &tgt, &y), self.task.options.cpc.loss)
+    }
+}
+
+/// The exemplar triplet loss of anchor and positive codes `a`, `p` `[B, code]` and, when the
+/// batch sampled them, negative codes `n` (method.md §3.4): `mean max(0, d(a,p) − d(a,n) +
+/// margin)` with `d` the mean squared (O) or Euclidean (S) distance, the negative being the
+/// sampled one (O), another item's positive (S: item i gets positive i+1), or the nearest of
+/// the other positives and the sampled negatives (`hardest`). Also the share of triplets with
+/// `d(a,p) < d(a,n)`.
+pub fn triplet_loss(
+    a: &Tensor,
+    p: &Tensor,
+    n: Option<&Tensor>,
+    o: &ExemplarOptions,
+) -> Result<StepOutput> {
+    let b = a.dims()[0];
+    let dist = |u: &Tensor, v: &Tensor| -> Result<Tensor> {
+        let sq = (u - v)?.sqr()?;
+        Ok(match o.loss {
+            TripletLoss::MeanSquared => sq.mean(D::Minus1)?,
+            TripletLoss::Euclidean => (sq.sum(D::Minus1)? + 1e-12)?.sqrt()?,
+        })
+    };
+    let d_ap = dist(a, p)?;
+    let d_an = if o.hardest {
+        // The nearest other item among the positives (and the sampled negatives).
+        let mut pool = vec![p.clone()];
+        if let Some(n) = n {
+            pool.push(n.clone());
+        }
+        let pool = Tensor::cat(&pool, 0)?;
+        let m = pool.dims()[0];
+        let da = a.unsqueeze(1)?.broadcast_sub(&pool.unsqueeze(0)?)?.sqr()?;
+        let d = match o.loss {
+            TripletLoss::MeanSquared => da.mean(D::Minus1)?,
+            TripletLoss::Euclidean => (da.sum(D::Minus1)? + 1e-12)?.sqrt()?,
         };
-        match self.task.options.cpc.loss {
-            CpcLoss::Binary => {
-                let mut score: Option<Tensor> = None;
-                for (j, p) in preds.iter().enumerate() {
-                    let s = (p * target(j)?)?.mean(D::Minus1)?;
-                    score = Some(match score {
-                        None => s,
-                        Some(t) => (t + s)?,
-                    });
-                }
-                let logit = (score.expect("at least one prediction step") / k as f64)?;
-                let yf = y.to_dtype(logit.dtype())?;
-                let loss = binary_cross_entropy(&logit, &yf)?;
-                let acc = accuracy(
-                    &logit.gt(0.0)?.to_dtype(DType::U32)?,
-                    &y.to_dtype(DType::U32)?,
-                )?;
-                Ok(StepOutput {
-                    loss,
-                    accuracy: acc,
-                })
+        // Exclude each anchor's own positive.
+        let own: Vec<f32> = (0..b)
+            .flat_map(|i| (0..m).map(move |j| if j == i { 1e9 } else { 0.0 }))
+            .collect();
+        let own = Tensor::from_vec(own, (b, m), d.device())?.to_dtype(d.dtype())?;
+        (d + own)?.min(D::Minus1)?
+    } else if let (Negatives::Dataset, Some(n)) = (o.negatives, n) {
+        dist(a, n)?
+    } else {
+        if b < 2 {
+            return Err(Error::arg(
+                "exemplar",
+                "in-batch negatives need at least two items per batch",
+            ));
+        }
+        // S: the positive of another item (rolled by one, so no item is its own negative).
+        let rolled = Tensor::cat(&[p.narrow(0, 1, b - 1)?, p.narrow(0, 0, 1)?], 0)?;
+        dist(a, &rolled)?
+    };
+    let loss = crate::ops::relu(&((&d_ap - &d_an)? + o.margin)?)?.mean_all()?;
+    let acc = d_ap
+        .lt(&d_an)?
+        .to_dtype(DType::F64)?
+        .mean_all()?
+        .to_scalar::<f64>()?;
+    Ok(StepOutput {
+        loss,
+        accuracy: acc,
+    })
+}
+
+/// O's CPC loss (method.md §3.5) on patch codes `codes [M, code]`: for each example, the GRU's
+/// last state over the context codes `ctx [E, L]` (indices into `codes`) predicts the codes of
+/// the targets `tgt [E, K]` with one linear map per step. Binary: the score
+/// `mean_k mean_d(pred_k · target_k)` is a logit, with binary cross-entropy against the labels
+/// `y [E]`; InfoNCE: over the positive examples, `pred_k · target_kᵀ / code` averaged over k,
+/// cross-entropy against the diagonal. Also the share of correctly scored examples.
+pub fn cpc_loss(
+    codes: &Tensor,
+    gru: &Gru,
+    predict: &[Linear],
+    (ctx, tgt, y): (&Tensor, &Tensor, &Tensor),
+    loss_kind: CpcLoss,
+) -> Result<StepOutput> {
+    let dev = codes.device();
+    let (e, l) = ctx.dims2()?;
+    let k = tgt.dims()[1];
+    let code = codes.dims()[1];
+    let context = codes
+        .index_select(&ctx.flatten_all()?, 0)?
+        .reshape((e, l, code))?;
+    let c = gru.forward(&context)?;
+    let preds: Vec<Tensor> = predict
+        .iter()
+        .take(k)
+        .map(|p| p.forward(&c))
+        .collect::<candle_core::Result<_>>()?;
+    let target = |j: usize| -> Result<Tensor> {
+        Ok(codes.index_select(&tgt.narrow(1, j, 1)?.flatten_all()?, 0)?)
+    };
+    match loss_kind {
+        CpcLoss::Binary => {
+            let mut score: Option<Tensor> = None;
+            for (j, p) in preds.iter().enumerate() {
+                let s = (p * target(j)?)?.mean(D::Minus1)?;
+                score = Some(match score {
+                    None => s,
+                    Some(t) => (t + s)?,
+                });
             }
-            CpcLoss::InfoNce => {
-                let labels: Vec<u32> = y.to_dtype(DType::U32)?.to_vec1()?;
-                let pos: Vec<u32> = labels
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, v)| **v == 1)
-                    .map(|(i, _)| i as u32)
-                    .collect();
-                if pos.len() < 2 {
-                    return Err(Error::arg(
-                        "cpc",
-                        "InfoNCE needs at least two positive examples per batch",
-                    ));
-                }
-                let pos = Tensor::new(pos.as_slice(), dev)?;
-                let mut scores: Option<Tensor> = None;
-                for (j, p) in preds.iter().enumerate() {
-                    let pj = p.index_select(&pos, 0)?;
-                    let tj = target(j)?.index_select(&pos, 0)?;
-                    let s = (pj.matmul(&tj.t()?)? / code as f64)?;
-                    scores = Some(match scores {
-                        None => s,
-                        Some(t) => (t + s)?,
-                    });
-                }
-                let scores = (scores.expect("at least one prediction step") / k as f64)?;
-                let n = scores.dims()[0];
-                let diag = Tensor::arange(0u32, n as u32, dev)?;
-                let loss = cross_entropy(&scores, &diag)?;
-                let acc = accuracy(&scores.argmax(D::Minus1)?, &diag)?;
-                Ok(StepOutput {
-                    loss,
-                    accuracy: acc,
-                })
+            let logit = (score.expect("at least one prediction step") / k as f64)?;
+            let yf = y.to_dtype(logit.dtype())?;
+            let loss = binary_cross_entropy(&logit, &yf)?;
+            let acc = accuracy(
+                &logit.gt(0.0)?.to_dtype(DType::U32)?,
+                &y.to_dtype(DType::U32)?,
+            )?;
+            Ok(StepOutput {
+                loss,
+                accuracy: acc,
+            })
+        }
+        CpcLoss::InfoNce => {
+            let labels: Vec<u32> = y.to_dtype(DType::U32)?.to_vec1()?;
+            let pos: Vec<u32> = labels
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| **v == 1)
+                .map(|(i, _)| i as u32)
+                .collect();
+            if pos.len() < 2 {
+                return Err(Error::arg(
+                    "cpc",
+                    "InfoNCE needs at least two positive examples per batch",
+                ));
             }
+            let pos = Tensor::new(pos.as_slice(), dev)?;
+            let mut scores: Option<Tensor> = None;
+            for (j, p) in preds.iter().enumerate() {
+                let pj = p.index_select(&pos, 0)?;
+                let tj = target(j)?.index_select(&pos, 0)?;
+                let s = (pj.matmul(&tj.t()?)? / code as f64)?;
+                scores = Some(match scores {
+                    None => s,
+                    Some(t) => (t + s)?,
+                });
+            }
+            let scores = (scores.expect("at least one prediction step") / k as f64)?;
+            let n = scores.dims()[0];
+            let diag = Tensor::arange(0u32, n as u32, dev)?;
+            let loss = cross_entropy(&scores, &diag)?;
+            let acc = accuracy(&scores.argmax(D::Minus1)?, &diag)?;
+            Ok(StepOutput {
+                loss,
+                accuracy: acc,
+            })
         }
     }
 }

@@ -736,6 +736,25 @@ pub enum GradeEncoding {
     Softmax,
 }
 
+/// O's cumulative targets of `grades`, `[grades.len() × k]` row-major: grade g sets the first
+/// g+1 of the `k` bits.
+pub fn cumulative_bits(grades: &[u8], k: usize) -> Vec<f32> {
+    grades
+        .iter()
+        .flat_map(|&g| (0..k).map(move |b| if b <= g as usize { 1.0 } else { 0.0 }))
+        .collect()
+}
+
+/// O's decoding of cumulative logits `[N, k]`: the number of sigmoids above 0.5, minus one
+/// (-1 when none is; the bits need not be monotone).
+pub fn decode_cumulative(logits: &Tensor) -> Result<Vec<i64>> {
+    let above = candle_nn::ops::sigmoid(logits)?
+        .gt(0.5)?
+        .to_dtype(DType::F32)?
+        .sum(D::Minus1)?;
+    Ok((above - 1.0)?.to_dtype(DType::I64)?.to_vec1()?)
+}
+
 /// Settings of [`finetune_classification`].
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ClassificationConfig {
@@ -856,13 +875,10 @@ pub fn finetune_classification(
             };
             let logits = head.forward_t(&feats, true)?;
             match cfg.encoding {
-                GradeEncoding::Cumulative => {
-                    let bits: Vec<f32> = grades
-                        .iter()
-                        .flat_map(|&g| (0..k).map(move |b| if b <= g as usize { 1.0 } else { 0.0 }))
-                        .collect();
-                    binary_cross_entropy(&logits, &Tensor::from_vec(bits, (ids.len(), k), dev)?)
-                }
+                GradeEncoding::Cumulative => binary_cross_entropy(
+                    &logits,
+                    &Tensor::from_vec(cumulative_bits(&grades, k), (ids.len(), k), dev)?,
+                ),
                 GradeEncoding::Softmax => cross_entropy(
                     &logits,
                     &Tensor::from_vec(
@@ -882,13 +898,7 @@ pub fn finetune_classification(
         let logits =
             crate::ops::no_grad(|| head.forward_t(&net.embed(&x, cfg.pool, false)?, false))?;
         let pred: Vec<i64> = match cfg.encoding {
-            GradeEncoding::Cumulative => {
-                let above = candle_nn::ops::sigmoid(&logits)?
-                    .gt(0.5)?
-                    .to_dtype(DType::F32)?
-                    .sum(D::Minus1)?;
-                (above - 1.0)?.to_dtype(DType::I64)?.to_vec1()?
-            }
+            GradeEncoding::Cumulative => decode_cumulative(&logits)?,
             GradeEncoding::Softmax => logits.argmax(D::Minus1)?.to_dtype(DType::I64)?.to_vec1()?,
         };
         confusion.add(&grades.iter().map(|&g| g as i64).collect::<Vec<_>>(), &pred)?;

@@ -46,7 +46,7 @@ const MIN_POSITIONS: usize = 512;
 const MIN_WGRAD_VECTORS: usize = 64;
 
 /// Whether this CPU has the instructions the kernels use.
-fn cpu_ok() -> bool {
+pub(super) fn cpu_ok() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512vl")
 }

@@ -10,8 +10,45 @@ pub mod norm;
 pub mod pool;
 pub mod resample;
 
+use std::cell::Cell;
+
 use conv::Geom;
 use rayon::prelude::*;
+
+thread_local! {
+    /// Convolutions the direct kernels computed on this thread: [forward, weight gradient].
+    static DIRECT_CALLS: Cell<[usize; 2]> = const { Cell::new([0, 0]) };
+}
+
+/// How many convolutions the direct AVX-512 kernels have computed for calls made on the
+/// calling thread: `[forward, weight gradient]` (a "same" convolution's input gradient is a
+/// forward convolution and counts as one). Tests read it before and after an op to know that
+/// the fast path, not im2col + GEMM, was taken.
+pub fn direct_kernel_calls() -> [usize; 2] {
+    DIRECT_CALLS.with(Cell::get)
+}
+
+/// Whether this CPU has the instructions the direct convolution kernels need (x86-64 with
+/// AVX-512F and AVX-512VL); without them every convolution takes im2col + GEMM.
+pub fn direct_kernels_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        direct::cpu_ok()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn count_direct(which: usize) {
+    DIRECT_CALLS.with(|c| {
+        let mut v = c.get();
+        v[which] += 1;
+        c.set(v);
+    });
+}
 
 /// Makes glibc's allocator keep freed memory in the process, once per process: no `mmap` for
 /// large blocks, no trimming of the heap, one arena.
@@ -70,6 +107,7 @@ impl Real for f32 {
     fn direct_conv(x: &[f32], w: &[f32], g: &Geom) -> Option<Vec<f32>> {
         #[cfg(target_arch = "x86_64")]
         if direct::supports(g) {
+            count_direct(0);
             return Some(direct::forward(x, w, g));
         }
         let _ = (x, w, g);
@@ -79,6 +117,7 @@ impl Real for f32 {
     fn direct_conv_weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Option<Vec<f32>> {
         #[cfg(target_arch = "x86_64")]
         if direct::supports_weight_grad(g) {
+            count_direct(1);
             return Some(direct::weight_grad(x, dy, g));
         }
         let _ = (x, dy, g);
