@@ -44,6 +44,11 @@ enum Command {
     Run {
         /// The script file.
         script: PathBuf,
+        /// Run the script's sweeps as N shard processes at once (one per core by default
+        /// threads split between them), then once more to gather their results and draw the
+        /// figures. Results are the same as with one job.
+        #[arg(long, value_name = "N")]
+        jobs: Option<usize>,
         #[command(flatten)]
         host: HostArgs,
     },
@@ -253,6 +258,11 @@ struct HostArgs {
 
 impl HostArgs {
     fn host(&self) -> Result<Host, String> {
+        self.host_gathering(0)
+    }
+
+    /// The host of the run that gathers the result files of `gather` shards (0: none).
+    fn host_gathering(&self, gather: usize) -> Result<Host, String> {
         let args = values::parse_set(&self.set).map_err(|e| e.to_string())?;
         let device =
             pretext::script::convert::parse_device(&self.device).map_err(|e| e.to_string())?;
@@ -268,6 +278,7 @@ impl HostArgs {
                 .transpose()
                 .map_err(|e| e.to_string())?,
             allow_mixed: self.allow_mixed,
+            gather,
         }))
     }
 }
@@ -284,13 +295,22 @@ fn main() -> ExitCode {
         })
     };
     let result = match cli.command {
-        Command::Run { script, host } => host_of(&host).and_then(|h| {
+        Command::Run { script, jobs, host } => {
             if !script.is_file() {
                 eprintln!("error: {}: no such script file", script.display());
-                return Err(ExitCode::from(USAGE_ERROR));
+                Err(ExitCode::from(USAGE_ERROR))
+            } else if let Some(n) = jobs.filter(|&n| n > 1) {
+                run_jobs(&script, n, &host).and_then(|()| {
+                    let h = host.host_gathering(n).map_err(|e| {
+                        eprintln!("error: {e}");
+                        ExitCode::from(USAGE_ERROR)
+                    })?;
+                    h.run_file(&script).map(|_| ()).map_err(script_failed)
+                })
+            } else {
+                host_of(&host).and_then(|h| h.run_file(&script).map(|_| ()).map_err(script_failed))
             }
-            h.run_file(&script).map(|_| ()).map_err(script_failed)
-        }),
+        }
         Command::Eval { code, host } => host_of(&host).and_then(|h| {
             let v = h.eval(&code, "<eval>").map_err(script_failed)?;
             if !v.is_unit() {
@@ -401,6 +421,52 @@ fn bench_parity(dev: &candle_core::Device, json: bool) -> pretext::Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Runs `script` as `n` shard processes at once (`--shard i/n`), splitting the cores between
+/// them unless `RAYON_NUM_THREADS` is set, and waits for all; an error names the failed shards.
+fn run_jobs(script: &std::path::Path, n: usize, host: &HostArgs) -> Result<(), ExitCode> {
+    if host.shard.is_some() {
+        eprintln!("error: --jobs runs the shards itself; give either --jobs or --shard");
+        return Err(ExitCode::from(USAGE_ERROR));
+    }
+    let exe = std::env::current_exe().map_err(failed)?;
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let threads = (cores / n).max(1).to_string();
+    let mut children = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.arg("run").arg(script).arg("--shard").arg(format!("{i}/{n}"));
+        cmd.arg("--seed").arg(host.seed.to_string());
+        cmd.arg("--device").arg(&host.device);
+        for s in &host.set {
+            cmd.arg("--set").arg(s);
+        }
+        if host.allow_mixed {
+            cmd.arg("--allow-mixed");
+        }
+        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+            cmd.env("RAYON_NUM_THREADS", &threads);
+        }
+        children.push((i, cmd.spawn().map_err(failed)?));
+    }
+    let failed_shards: Vec<String> = children
+        .into_iter()
+        .filter_map(|(i, mut c)| match c.wait() {
+            Ok(s) if s.success() => None,
+            _ => Some(format!("{i}/{n}")),
+        })
+        .collect();
+    if failed_shards.is_empty() {
+        Ok(())
+    } else {
+        eprintln!(
+            "error: shard(s) {} failed (their messages are above); rerunning the same command \
+             resumes where they stopped",
+            failed_shards.join(", ")
+        );
+        Err(ExitCode::from(SCRIPT_ERROR))
+    }
 }
 
 fn merge(

@@ -52,6 +52,7 @@ fn run(
         val_fraction: 0.15,
         steps_per_epoch: None,
         seed: 1,
+        steps: None,
     };
     p.run(&data, &pc, files, &mut |_, _| {}).unwrap()
 }
@@ -243,4 +244,40 @@ fn rotation_pretraining_on_2d_images_with_a_small_densenet_learns() {
     // This run's best validation epoch is neither the last nor the lowest training loss's, so
     // a checkpoint chosen by either would fail.
     assert!(check_checkpoints(dir.path(), &r, "rotation 2d"));
+}
+
+#[test]
+fn a_step_budget_gives_every_task_the_same_number_of_updates_and_marks_the_final_epoch() {
+    let cfg = PretrainConfig {
+        epochs: 1,
+        batch_size: Some(4),
+        adam: AdamConfig::with_lr(1e-3),
+        val_fraction: 0.0,
+        steps_per_epoch: None,
+        seed: 1,
+        steps: Some(5),
+    };
+    // 8 items in batches of 4: 2 steps per epoch, so 3 epochs (2 + 2 + 1 steps).
+    assert_eq!(cfg.budget(8, 4), (3, 5));
+    // Batches of 32 over 49 items (RPL's): 2 steps per epoch, the same 5 steps in all.
+    assert_eq!(cfg.budget(49, 32), (3, 5));
+    let dir = tempfile::tempdir().unwrap();
+    let files = RunFiles {
+        dir: dir.path().to_path_buf(),
+        manifest: serde_json::json!({"task": "rotation"}),
+    };
+    let data: Vec<Grid> = (0..8).map(|s| volume(16, s)).collect();
+    let p = Pretrainer::new(
+        &TaskConfig::new(Task::Rotation),
+        &unet(),
+        &head(),
+        (1, [16; 3]),
+        3,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let report = p.run(&data, &cfg, Some(&files), &mut |_, _| {}).unwrap();
+    assert_eq!(report.epochs.len(), 3);
+    let last = ParamStore::manifest(dir.path().join("last.safetensors")).unwrap();
+    assert_eq!((last["epoch"].as_u64(), last["final"].as_bool()), (Some(3), Some(true)));
 }

@@ -185,6 +185,7 @@ fn pretrain_cfg(epochs: usize, lr: f64, val_fraction: f64) -> PretrainConfig {
         val_fraction,
         steps_per_epoch: Some(2),
         seed: 1,
+        steps: None,
     }
 }
 

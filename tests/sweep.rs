@@ -229,6 +229,16 @@ fn merged_shards_equal_the_unsharded_sweep() {
     );
     assert_eq!(o.status.code(), Some(2), "a bad shard is a usage error");
     assert!(common::stderr(&o).contains("shard"));
+    // `run --jobs 2` runs the two shards at once, gathers them and draws the figure: the
+    // same rows, bit for bit, as the single run (which used the default thread count).
+    let jobs = dir.path().join("jobs");
+    run(&jobs, &["--jobs", "2"]);
+    let c = merge(&[jobs.join("results.jsonl")]).unwrap();
+    assert_eq!(c.len(), b.len());
+    for (x, y) in c.iter().zip(&b) {
+        assert_eq!((x.key(), &x.metrics), (y.key(), &y.metrics));
+    }
+    assert!(jobs.join("fig3.png").is_file());
 }
 
 fn spawn_in(data: &Path, args: &[String]) -> std::process::Child {

@@ -66,7 +66,17 @@ fn cell_of(m: &Map) -> RResult<(String, f64, u64)> {
     let seed = get("seed")?
         .as_int()
         .map_err(|_| rt_err("cell: seed must be an integer"))?;
-    Ok((task, fraction, seed.max(0) as u64))
+    Ok((task, fraction, super::convert::seed(seed, "cell: seed")?))
+}
+
+/// The options of `results(path, opts)`.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+struct ResultsOptions {
+    /// The configuration the rows belong to (required); recorded as config.json.
+    config: serde_json::Value,
+    /// Accept rows of another configuration in the same folder; () = `--allow-mixed`.
+    allow_mixed: Option<bool>,
 }
 
 /// Builds the `experiment` domain.
@@ -89,26 +99,17 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
         "results(path: String, opts: Map) -> Results",
         "results(path) for rows of opts.config: recorded as config.json beside the file the first time; rows of another configuration are an error naming both hashes unless opts.allow_mixed (default: --allow-mixed).",
         move |p: &str, o: Map| {
-            if let Some(k) = o.keys().find(|k| !["config", "allow_mixed"].contains(&k.as_str())) {
-                return Err(rt_err(format!(
-                    "results: unknown option `{k}`; the options are config, allow_mixed"
-                )));
+            let o: ResultsOptions = options::parse("results", &o)?;
+            if o.config.is_null() {
+                return Err(rt_err("results: option `config` is required with options"));
             }
-            let config = to_json(
-                o.get("config")
-                    .ok_or_else(|| rt_err("results: option `config` is required with options"))?,
-            )?;
-            let allow = match o.get("allow_mixed") {
-                None => s.allow_mixed,
-                Some(v) => v
-                    .as_bool()
-                    .map_err(|t| rt_err(format!("results: option `allow_mixed` must be a bool, got {t}")))?,
-            };
+            let allow = o.allow_mixed.unwrap_or(s.allow_mixed);
             Ok(Results(Arc::new(Mutex::new(
-                ResultsFile::open_with(p, &config, allow).rt()?,
+                ResultsFile::open_with(p, &o.config, allow).rt()?,
             ))))
         },
-    );
+    )
+    .options::<ResultsOptions>();
     d.func(
         "read_results",
         "read_results(path: String) -> Array",
@@ -197,6 +198,30 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
         "shard() -> String",
         "This job's shard, \"i/n\" (\"0/1\" without --shard).",
         move || Ok(format!("{}/{}", s.shard.index, s.shard.count)),
+    );
+    let s = state.clone();
+    d.func(
+        "gathering",
+        "gathering() -> INT",
+        "N in the run that gathers the result files of the N shards `run --jobs N` ran, else 0.",
+        move || Ok(s.gather as INT),
+    );
+    d.func(
+        "absorb",
+        "res.absorb(path: String) -> INT",
+        "Appends the rows of another results file (e.g. a shard's) that this one does not have yet; returns how many. The other file is only read.",
+        |r: &mut Results, p: &str| {
+            let rows = crate::experiment::read_rows(Path::new(p)).rt()?;
+            let mut f = r.0.lock().map_err(|_| rt_err("results: poisoned"))?;
+            let mut added = 0;
+            for row in rows {
+                if !f.has(&row.key()) {
+                    f.append(row).rt()?;
+                    added += 1;
+                }
+            }
+            Ok(added as INT)
+        },
     );
     let s = state.clone();
     d.func(

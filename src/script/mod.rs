@@ -44,6 +44,8 @@ pub struct HostState {
     pub shard: crate::experiment::Shard,
     /// Results of different configurations may share a folder (`--allow-mixed`).
     pub allow_mixed: bool,
+    /// After `run --jobs N` ran N shards, the run that gathers their result files (N), else 0.
+    pub gather: usize,
 }
 
 /// The message a script stops with when its standard output was closed (`pretext run … |
@@ -79,6 +81,8 @@ pub struct HostConfig {
     pub shard: Option<crate::experiment::Shard>,
     /// Results of different configurations may share a folder (`--allow-mixed`).
     pub allow_mixed: bool,
+    /// The number of shards whose result files this run gathers (`run --jobs N`), else 0.
+    pub gather: usize,
 }
 
 /// A configured Rhai engine with pretext's domains and their documentation.
@@ -98,6 +102,7 @@ impl Host {
             interrupt: Arc::new(AtomicBool::new(false)),
             shard: cfg.shard.unwrap_or(crate::experiment::Shard::ALL),
             allow_mixed: cfg.allow_mixed,
+            gather: cfg.gather,
         });
         let mut engine = Engine::new();
         engine.set_strict_variables(true);

@@ -246,10 +246,13 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
 /// A finished run's report, when `out` holds one for the same configuration.
 fn cached(out: &Path, hash: &str, epochs: usize) -> Option<Map> {
     let manifest = ParamStore::manifest(out.join("last.safetensors")).ok()?;
-    if hash.is_empty()
-        || manifest["config_hash"] != hash
-        || manifest["epoch"].as_u64()? as usize != epochs
-    {
+    // Runs record whether their last epoch was the final one (a step budget decides the
+    // epochs); older ones are finished when their last epoch is `epochs`.
+    let finished = match manifest.get("final") {
+        Some(f) => f.as_bool()?,
+        None => manifest["epoch"].as_u64()? as usize == epochs,
+    };
+    if hash.is_empty() || manifest["config_hash"] != hash || !finished {
         return None;
     }
     let best = out.join("best.safetensors");

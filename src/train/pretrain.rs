@@ -35,6 +35,11 @@ pub struct PretrainConfig {
     pub steps_per_epoch: Option<usize>,
     /// Seed of batch order and sampling.
     pub seed: u64,
+    /// A budget in optimiser steps instead of epochs: epochs run until this many training
+    /// steps are done (the last one cut short), so every task gets the same number of
+    /// updates whatever its batch size; `epochs` is then unused.
+    #[serde(default)]
+    pub steps: Option<usize>,
 }
 
 impl Default for PretrainConfig {
@@ -54,6 +59,7 @@ impl PretrainConfig {
             val_fraction: 0.1,
             steps_per_epoch: None,
             seed: 0,
+            steps: None,
         }
     }
 }
@@ -77,6 +83,9 @@ pub struct PretrainOptions {
     pub val_fraction: f64,
     /// At most this many training batches per epoch; () = all.
     pub steps_per_epoch: Option<usize>,
+    /// A budget of this many training steps for every task whatever its batch size (epochs
+    /// then run until it is spent); () = count `epochs`, as O.
+    pub steps: Option<usize>,
     /// Seed of initialisation, dropout, batch order and sampling; () = the master seed.
     pub seed: Option<u64>,
     /// Folder for `log.jsonl`, `best.safetensors` and `last.safetensors`; () = none written.
@@ -111,6 +120,7 @@ impl Default for PretrainOptions {
             clip: false,
             val_fraction: paper.val_fraction,
             steps_per_epoch: paper.steps_per_epoch,
+            steps: None,
             seed: None,
             out: None,
             unet: UNet3dConfig::default(),
@@ -160,6 +170,7 @@ impl PretrainOptions {
             val_fraction: self.val_fraction,
             steps_per_epoch: self.steps_per_epoch,
             seed,
+            steps: self.steps,
         };
         train.validate()?;
         let backbone = match BackboneConfig::of(
@@ -190,6 +201,18 @@ impl PretrainOptions {
 }
 
 impl PretrainConfig {
+    /// Epochs and training steps of a run over `items` training items in batches of `bs`.
+    pub fn budget(&self, items: usize, bs: usize) -> (usize, usize) {
+        let per_epoch = batches(&(0..items).collect::<Vec<_>>(), bs.max(1), None)
+            .len()
+            .min(self.steps_per_epoch.unwrap_or(usize::MAX))
+            .max(1);
+        match self.steps {
+            Some(s) => (s.div_ceil(per_epoch), s),
+            None => (self.epochs, self.epochs * per_epoch),
+        }
+    }
+
     /// Checks the settings that no run could use.
     pub fn validate(&self) -> Result<()> {
         if self.epochs == 0 {
@@ -353,6 +376,9 @@ fn check_settings(cfg: &PretrainConfig) -> Result<()> {
             "at least one step per epoch is needed, got 0",
         ));
     }
+    if cfg.steps == Some(0) {
+        return Err(Error::arg("steps", "at least one step is needed, got 0"));
+    }
     if !(0.0..1.0).contains(&cfg.val_fraction) {
         return Err(Error::arg(
             "val_fraction",
@@ -409,13 +435,16 @@ fn pretrain(
         last_checkpoint: None,
     };
     let mut best = f64::INFINITY;
-    for epoch in 1..=cfg.epochs {
+    let (epochs, mut steps_left) = cfg.budget(train_ids.len(), bs);
+    for epoch in 1..=epochs {
         let start = Instant::now();
         let e = epoch as u64;
         let mut plan = batches(&train_ids, bs, Some(derive(cfg.seed, Stream::EpochOrder, e)));
         if let Some(n) = cfg.steps_per_epoch {
             plan.truncate(n.max(1));
         }
+        plan.truncate(steps_left);
+        steps_left -= plan.len();
         let (loss, acc) = run_epoch(
             model,
             sampler,
@@ -485,7 +514,10 @@ fn pretrain(
         }
         let score = if val_ids.is_empty() { loss } else { val_loss };
         if let Some(f) = files {
-            let manifest = with_epoch(&f.manifest, &entry);
+            let mut manifest = with_epoch(&f.manifest, &entry);
+            if let Some(o) = manifest.as_object_mut() {
+                o.insert("final".into(), (epoch == epochs).into());
+            }
             if score < best {
                 let p = f.dir.join("best.safetensors");
                 store.save(&p, &manifest)?;
@@ -499,7 +531,7 @@ fn pretrain(
             best = score;
             report.best_epoch = epoch;
         }
-        on_epoch(&entry, cfg.epochs);
+        on_epoch(&entry, epochs);
         report.epochs.push(entry);
     }
     Ok(report)
