@@ -158,10 +158,10 @@ fn mni152_pretrains_with_falling_loss_finetunes_and_segments_in_each_cases_geome
         secs[2],
         secs[3]
     );
-    assert!(last < 0.85 * first, "the rotation loss must fall: {losses:?}");
+    assert!(last < 0.75 * first, "the rotation loss must fall: {losses:?}");
     assert!(out["loaded"].as_int().unwrap() > 0 && out["missing"].as_int().unwrap() == 0);
     assert!(ft[ft.len() - 1] < ft[0], "finetuning loss must fall: {ft:?}");
-    assert!(dice[1] > 0.3 && dice[2] > 0.3, "grey and white matter are found: {dice:?}");
+    assert!(dice[1] > 0.5 && dice[2] > 0.5, "grey and white matter are found: {dice:?}");
     // The prediction lies on the case's own grid: its shape and affine, aligned with the truth.
     let src = Volume::load(dir.path().join("images/mni_10.nii.gz")).unwrap();
     let pred = Volume::load(dir.path().join("pred_10.nii.gz")).unwrap();
@@ -176,7 +176,7 @@ fn mni152_pretrains_with_falling_loss_finetunes_and_segments_in_each_cases_geome
         let n = p.iter().filter(|a| **a == l).count() + truth.iter().filter(|b| **b == l).count();
         let d = 2.0 * i as f64 / n as f64;
         eprintln!("case mni_10 in its own 150x180x150 grid: label {l} Dice {d:.3}");
-        assert!(d > 0.3, "label {l}: {d}");
+        assert!(d > 0.5, "label {l}: {d}");
     }
 }
 

@@ -270,14 +270,9 @@ fn check_against_nibabel(path: &Path) -> Vec<f64> {
     let shape: Vec<usize> = exp["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
     assert_eq!(pred.shape(), &shape[..], "shape equals the source's");
     let want = affine_of(&exp["affine"]);
-    for r in 0..4 {
-        for c in 0..4 {
-            assert!(
-                (pred.affine()[r][c] - want[r][c]).abs() < 1e-5,
-                "affine[{r}][{c}]: {} vs nibabel's {}",
-                pred.affine()[r][c],
-                want[r][c]
-            );
+    for (r, (got, want)) in pred.affine().iter().zip(&want).enumerate() {
+        for (c, (a, b)) in got.iter().zip(want).enumerate() {
+            assert!((a - b).abs() < 1e-5, "affine[{r}][{c}]: {a} vs nibabel's {b}");
         }
     }
     assert_eq!(pred.header().qform_code, exp["qform_code"].as_i64().unwrap() as i16);
@@ -371,9 +366,9 @@ fn segment_writes_label_maps_in_the_source_geometry() {
     let exp = expected();
     let want = affine_of(&exp["affine"]);
     assert_eq!(a.shape(), [40, 36, 18]);
-    for r in 0..3 {
-        for c in 0..4 {
-            assert!((a.affine()[r][c] - want[r][c]).abs() < 1e-5);
+    for (got, want) in a.affine().iter().zip(&want) {
+        for (x, y) in got.iter().zip(want) {
+            assert!((x - y).abs() < 1e-5, "{x} vs nibabel's {y}");
         }
     }
     assert_eq!(a.dtype(), VoxelType::U8);

@@ -52,8 +52,8 @@ pub struct VolumePreprocess {
     pub crop_foreground: bool,
     /// The foreground threshold of `crop_foreground`, on the normalised [0, 1] image.
     pub threshold: f64,
-    /// The target shape [x, y, z] (cubes for the rotation task; multiples of 2^(depth+1) for
-    /// the UNet).
+    /// The target shape [x, y, z] (cubes for the rotation task; for the UNet multiples of
+    /// 2^depth and at least 2^(depth+1)).
     pub shape: [usize; 3],
     /// How a case reaches `shape`: "resize", "crop_pad" (centred, zeros outside) or "none"
     /// (each case keeps its own size).
