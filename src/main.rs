@@ -139,19 +139,34 @@ enum DataCommand {
         json: bool,
     },
     /// Write a contact sheet (PNG) of a dataset folder: CT slices with label overlays, or
-    /// photographs by grade.
+    /// photographs by grade; with --pred, image | truth | prediction per case and the Dice
+    /// of every label.
     Preview {
-        /// The dataset folder.
+        /// The dataset folder (Decathlon or APTOS); with --pred also a folder of NIfTI images.
         dir: PathBuf,
         /// The PNG file to write.
         #[arg(long)]
         out: PathBuf,
-        /// Cases (Decathlon) or photographs per grade (APTOS).
+        /// Cases (Decathlon, predictions) or photographs per grade (APTOS).
         #[arg(long, default_value_t = 4)]
         n: usize,
         /// Pixels per picture.
         #[arg(long, default_value_t = 160)]
         px: u32,
+        /// A folder of predicted label maps (<id>.nii.gz, in each image's own geometry) to
+        /// draw against the truth.
+        #[arg(long)]
+        pred: Option<PathBuf>,
+        /// With --pred on a folder of images: the folder of true label maps (<id>.nii.gz).
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// With --pred on a folder of images: which files are images.
+        #[arg(long, default_value = "*.nii*")]
+        glob: String,
+        /// With --pred: the grey window LO,HI (default: the abdominal CT window for a
+        /// Decathlon folder, else each case's 0.5 and 99.5 percentiles).
+        #[arg(long, value_parser = parse_window, allow_hyphen_values = true)]
+        window: Option<(f32, f32)>,
     },
 }
 
@@ -174,6 +189,18 @@ fn parse_shape(s: &str) -> Result<[usize; 3], String> {
         _ => Err(format!(
             "expected X,Y,Z (three positive integers), got `{s}`"
         )),
+    }
+}
+
+fn parse_window(s: &str) -> Result<(f32, f32), String> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f32>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("expected LO,HI (two numbers), got `{s}`"))?;
+    match v[..] {
+        [lo, hi] if lo < hi => Ok((lo, hi)),
+        _ => Err(format!("expected LO,HI with LO < HI, got `{s}`")),
     }
 }
 
@@ -571,8 +598,54 @@ fn data_command(cmd: DataCommand) -> Result<(), ExitCode> {
                 Err(ExitCode::from(SCRIPT_ERROR))
             }
         }
-        DataCommand::Preview { dir, out, n, px } => {
+        DataCommand::Preview {
+            dir,
+            out,
+            n,
+            px,
+            pred: None,
+            ..
+        } => {
             pretext::data::preview::preview(&dir, &out, n, px).map_err(failed)?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+        DataCommand::Preview {
+            dir,
+            out,
+            n,
+            px,
+            pred: Some(pred),
+            labels,
+            glob,
+            window,
+        } => {
+            use pretext::data::preview::{PredictionSheet, prediction_sheet};
+            let (sheet, scores) = prediction_sheet(&PredictionSheet {
+                images: dir,
+                pred,
+                labels,
+                glob,
+                window,
+                n,
+                px,
+            })
+            .map_err(failed)?;
+            for c in &scores {
+                let dice: Vec<String> = c
+                    .dice
+                    .iter()
+                    .map(|(l, d)| format!("label {l} dice {d:.3}"))
+                    .collect();
+                if dice.is_empty() {
+                    println!("{}: no truth", c.id);
+                } else {
+                    println!("{}: {}", c.id, dice.join(", "));
+                }
+            }
+            pretext::Image::from_dynamic(image::DynamicImage::ImageRgb8(sheet))
+                .save(&out)
+                .map_err(failed)?;
             println!("wrote {}", out.display());
             Ok(())
         }

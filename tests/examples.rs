@@ -196,3 +196,33 @@ fn the_pretraining_demo_runs_every_task() {
         );
     }
 }
+
+#[test]
+fn the_own_data_example_pretrains_finetunes_and_writes_predictions_in_each_cases_geometry() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_example(
+        "own_data.rhai",
+        &[
+            "--set", "size=16", "--set", "filters=2", "--set", "epochs=2", "--set",
+            "finetune_epochs=2",
+        ],
+        dir.path(),
+    );
+    assert!(out.contains("rotation: loss") && out.contains("Dice on the original grid"), "{out}");
+    let runs = dir.path().join("runs/own_data");
+    let splits: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(runs.join("splits.json")).unwrap()).unwrap();
+    let test = splits["test"].as_array().unwrap();
+    assert!(!test.is_empty());
+    for id in test {
+        let id = id.as_str().unwrap();
+        let pred = pretext::Volume::load(runs.join(format!("predictions/{id}.nii.gz"))).unwrap();
+        let src = pretext::Volume::load(runs.join(format!("demo_data/imagesTr/{id}.nii.gz"))).unwrap();
+        assert_eq!(pred.shape(), src.shape(), "{id}");
+        assert_eq!(pred.affine(), src.affine(), "{id}");
+        assert_eq!(pred.dtype(), pretext::VoxelType::U8);
+    }
+    let new: Vec<_> = std::fs::read_dir(runs.join("new")).unwrap().collect();
+    assert_eq!(new.len(), 3, "a label map per new case");
+    assert!(runs.join("summary.json").is_file() && runs.join("segmentation.safetensors").is_file());
+}

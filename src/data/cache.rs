@@ -93,14 +93,14 @@ fn identity(path: &Path, old: Option<&str>) -> Result<(String, bool)> {
 }
 
 /// One case to prepare: its id and source files.
-struct Item {
-    id: String,
-    sources: Vec<PathBuf>,
+pub(super) struct Item {
+    pub(super) id: String,
+    pub(super) sources: Vec<PathBuf>,
 }
 
 /// Prepares the missing or stale cases of `items` into `dir` with `work`, then writes the
 /// manifest. Cases that fail are left out of the manifest and reported together.
-fn prepare(
+pub(super) fn prepare(
     dir: &Path,
     kind: &str,
     params: serde_json::Value,
@@ -218,7 +218,7 @@ fn save(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
 }
 
 /// Reads one tensor of a cache file.
-fn load(path: &Path, name: &str) -> Result<Option<Tensor>> {
+pub(super) fn load(path: &Path, name: &str) -> Result<Option<Tensor>> {
     let mut t = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
         Error::file(
             path,
@@ -228,7 +228,7 @@ fn load(path: &Path, name: &str) -> Result<Option<Tensor>> {
     Ok(t.remove(name))
 }
 
-fn cache_dir(cache: &Path, kind: &str, params: &serde_json::Value, root: &Path) -> PathBuf {
+pub(super) fn cache_dir(cache: &Path, kind: &str, params: &serde_json::Value, root: &Path) -> PathBuf {
     let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
     let key = super::key(&format!("{kind} {params} {}", root.display()));
     cache.join(format!("{kind}-{key}"))

@@ -3,6 +3,8 @@
 pub mod aptos;
 pub mod cache;
 pub mod decathlon;
+pub mod folder;
+pub mod geometry;
 pub mod image2d;
 pub mod preprocess;
 pub mod preview;
@@ -20,6 +22,8 @@ use sha2::{Digest, Sha256};
 pub use aptos::{Aptos, AptosEntry};
 pub use cache::{FundusSet, PancreasSet};
 pub use decathlon::{Case, Decathlon};
+pub use folder::{Fit, NiftiFolderOptions, NiftiFolderSet, VolumePreprocess};
+pub use geometry::{Geometry, IndexMap};
 pub use image2d::Image;
 pub use preprocess::{FundusFilter, FundusPreprocess, PancreasPreprocess};
 pub use resize::Interp;

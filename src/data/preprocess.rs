@@ -239,7 +239,7 @@ impl PancreasPreprocess {
     }
 }
 
-fn spatial3(dims: &[usize], what: &str) -> Result<[usize; 3]> {
+pub(super) fn spatial3(dims: &[usize], what: &str) -> Result<[usize; 3]> {
     match dims {
         [x, y, z] => Ok([*x, *y, *z]),
         [x, y, z, 1] => Ok([*x, *y, *z]),

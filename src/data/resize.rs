@@ -261,6 +261,69 @@ pub fn resize3d(
     Ok(result)
 }
 
+/// The taps of one axis that sample `n_in` input samples at `coords` (one per output sample):
+/// linear interpolation or nearest neighbour (half up), coordinates clamped to the input;
+/// `None` gives an output of 0.
+fn coord_taps(n_in: usize, coords: &[Option<f64>], interp: Interp) -> Taps {
+    let mut t = Taps {
+        start: vec![0],
+        idx: Vec::new(),
+        w: Vec::new(),
+    };
+    let last = n_in.saturating_sub(1) as f64;
+    for c in coords {
+        if let Some(c) = c {
+            let c = c.clamp(0.0, last);
+            match interp {
+                Interp::Nearest => {
+                    t.idx.push(((c + 0.5).floor() as usize).min(n_in - 1));
+                    t.w.push(1.0);
+                }
+                Interp::Linear => {
+                    let i0 = c.floor() as usize;
+                    let f = c - i0 as f64;
+                    t.idx.push(i0);
+                    t.w.push((1.0 - f) as f32);
+                    if f > 0.0 && i0 + 1 < n_in {
+                        t.idx.push(i0 + 1);
+                        t.w.push(f as f32);
+                    }
+                }
+            }
+        }
+        t.start.push(t.idx.len());
+    }
+    t
+}
+
+/// Samples a C-order volume of `shape` separably: along axis `a`, output sample `o` reads the
+/// input at coordinate `coords[a][o]` (linear or nearest, clamped to the volume); an output
+/// voxel with a `None` coordinate along any axis is 0. The output has `coords[a].len()`
+/// samples per axis.
+pub fn sample_axes(
+    data: &[f32],
+    shape: [usize; 3],
+    coords: &[Vec<Option<f64>>; 3],
+    interp: Interp,
+) -> Result<Vec<f32>> {
+    let out = [0, 1, 2].map(|a| coords[a].len());
+    check_shapes(data.len(), shape, out)?;
+    let mut dims = shape;
+    let mut cur: Option<Vec<f32>> = None;
+    // The most shrinking axis first, as in `resize3d`.
+    let mut axes = [0, 1, 2];
+    axes.sort_by(|&a, &b| {
+        (out[a] as f64 / shape[a] as f64).total_cmp(&(out[b] as f64 / shape[b] as f64))
+    });
+    for a in axes {
+        let taps = coord_taps(shape[a], &coords[a], interp);
+        let next = apply_axis(cur.as_deref().unwrap_or(data), dims, a, &taps);
+        dims[a] = out[a];
+        cur = Some(next);
+    }
+    Ok(cur.unwrap_or_else(|| data.to_vec()))
+}
+
 /// scipy's `gaussian_filter(x, sigma, mode='mirror', truncate=4)` on a C-order volume.
 pub fn gaussian3d(data: &[f32], shape: [usize; 3], sigma: [f64; 3]) -> Result<Vec<f32>> {
     check_shapes(data.len(), shape, shape)?;

@@ -252,6 +252,63 @@ impl Volume {
         self
     }
 
+    /// The same space on another voxel grid: `tensor` holds voxels whose index `p` is this
+    /// volume's index `scale · p + offset` per axis (a resampling, crop or padding). The
+    /// spacing, the affine (sform) and the header's qform follow, so the result overlays this
+    /// volume in any viewer; voxel type and the rest of the header are kept.
+    pub fn regridded(&self, tensor: &Tensor, map: &super::geometry::IndexMap) -> Result<Volume> {
+        if tensor.rank() < 3 {
+            return Err(Error::shape(
+                "regridded",
+                format!("expected a volume [x, y, z(, t)], got {:?}", tensor.dims()),
+            ));
+        }
+        if let Some(s) = map.scale.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(Error::arg("scale", format!("expected a positive scale, got {s}")));
+        }
+        let mut header = self.header.clone();
+        if header.qform_code > 0
+            && let Ok(q) = qform_affine(&header)
+        {
+            let moved = map.affine(&q);
+            header.quatern_x = moved[0][3] as f32;
+            header.quatern_y = moved[1][3] as f32;
+            header.quatern_z = moved[2][3] as f32;
+        }
+        Ok(Volume {
+            tensor: tensor.to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
+            spacing: [0, 1, 2].map(|a| self.spacing[a] * map.scale[a]),
+            affine: map.affine(&self.affine),
+            dtype: self.dtype,
+            header,
+        })
+    }
+
+    /// The same volume stored as f32 with no intensity scaling (for derived values such as
+    /// normalised intensities or probabilities).
+    pub fn as_float(mut self) -> Volume {
+        self.dtype = VoxelType::F32;
+        self.header.scl_slope = 1.0;
+        self.header.scl_inter = 0.0;
+        self.header.cal_min = 0.0;
+        self.header.cal_max = 0.0;
+        self
+    }
+
+    /// A label map `tensor` (whole numbers 0..255, this volume's spatial shape) in this
+    /// volume's geometry: the same affine, qform, spacing and header, stored as u8 with no
+    /// intensity scaling or display range, so it opens aligned with this volume.
+    pub fn with_labels(&self, tensor: &Tensor) -> Result<Volume> {
+        let mut v = self.with_tensor(tensor)?;
+        v.dtype = VoxelType::U8;
+        v.header.scl_slope = 1.0;
+        v.header.scl_inter = 0.0;
+        v.header.cal_min = 0.0;
+        v.header.cal_max = 0.0;
+        v.header.intent_code = 0;
+        Ok(v)
+    }
+
     /// The voxels, f32 on the CPU, indexed `[x, y, z(, t)]`.
     pub fn tensor(&self) -> &Tensor {
         &self.tensor
@@ -478,6 +535,21 @@ fn best_affine(h: &NiftiHeader, shape: [usize; 3]) -> std::result::Result<Affine
         return Ok(a);
     }
     if h.qform_code > 0 {
+        return qform_affine(h);
+    }
+    let z = [-zooms[0], zooms[1], zooms[2]];
+    let mut m = identity();
+    for i in 0..3 {
+        m[i][i] = z[i];
+        m[i][3] = -((shape[i] as f64 - 1.0) / 2.0) * z[i];
+    }
+    Ok(m)
+}
+
+/// nibabel's `get_qform`: the affine of the header's quaternion, offsets and pixdim.
+fn qform_affine(h: &NiftiHeader) -> std::result::Result<Affine, String> {
+    let zooms = [1, 2, 3].map(|i| h.pixdim[i] as f64);
+    {
         let (b, c, d) = (h.quatern_b as f64, h.quatern_c as f64, h.quatern_d as f64);
         let w2 = 1.0 - (b * b + c * c + d * d);
         let a = if w2 < 0.0 {
@@ -502,15 +574,8 @@ fn best_affine(h: &NiftiHeader, shape: [usize; 3]) -> std::result::Result<Affine
         m[0][3] = h.quatern_x as f64;
         m[1][3] = h.quatern_y as f64;
         m[2][3] = h.quatern_z as f64;
-        return Ok(m);
+        Ok(m)
     }
-    let z = [-zooms[0], zooms[1], zooms[2]];
-    let mut m = identity();
-    for i in 0..3 {
-        m[i][i] = z[i];
-        m[i][3] = -((shape[i] as f64 - 1.0) / 2.0) * z[i];
-    }
-    Ok(m)
 }
 
 /// Rotation matrix of the unit quaternion (w, x, y, z), as nibabel's `quat2mat`.

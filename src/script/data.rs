@@ -70,6 +70,7 @@ pub fn domain() -> Domain {
          case; generators, verification, preprocessing and splits.",
     );
     sets(&mut d);
+    super::folder::sets(&mut d);
     tools(&mut d);
     splits(&mut d);
     d

@@ -107,6 +107,7 @@ pub fn volume_domain() -> Domain {
         |v: &mut Volume| Ok(describe_volume(v)),
     );
     d.overload("to_debug", |v: &mut Volume| Ok(describe_volume(v)));
+    super::folder::resampling(&mut d);
     d
 }
 

@@ -10,6 +10,7 @@ pub mod convert;
 pub mod data;
 mod diagnostics;
 pub mod experiment;
+mod folder;
 pub mod host;
 mod imaging;
 pub mod model;

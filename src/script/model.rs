@@ -30,6 +30,21 @@ enum Net {
     Dense(DenseNet, GlobalPool),
 }
 
+impl Model {
+    /// The UNet3D, when the model is one.
+    pub(crate) fn unet(&self) -> Option<&UNet3d> {
+        match &*self.net {
+            Net::Unet(u) => Some(u),
+            Net::Dense(..) => None,
+        }
+    }
+
+    /// A script model of a UNet3D and its parameters.
+    pub(crate) fn of_unet(net: UNet3d, store: ParamStore, name: String) -> Model {
+        Model { net: Arc::new(Net::Unet(net)), store, name }
+    }
+}
+
 /// An optimiser over a model's parameters.
 #[derive(Clone)]
 pub struct Optimizer(Arc<Mutex<Adam>>);
@@ -181,6 +196,7 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
         },
     );
     training(&mut d);
+    super::folder::predictions(&mut d, state);
     d
 }
 

@@ -12,7 +12,7 @@ use super::HostState;
 use super::api::Domain;
 use super::convert::{RResult, ScriptResult, rt_err};
 use super::options;
-use crate::data::{FundusSet, PancreasSet};
+use crate::data::{FundusSet, NiftiFolderSet, PancreasSet};
 use crate::nn::ParamStore;
 use crate::pretext::{
     Grid, PermutationKind, PermutationSet, Sampler, Source, Task, TaskConfig, TaskOptions,
@@ -28,6 +28,7 @@ use crate::train::sources::Subset;
 enum Data {
     Pancreas(PancreasSet),
     Fundus(FundusSet),
+    Folder(NiftiFolderSet),
     Grids(Vec<Grid>),
 }
 
@@ -39,9 +40,12 @@ impl Data {
         if let Some(s) = v.clone().try_cast::<FundusSet>() {
             return Ok(Data::Fundus(s));
         }
+        if let Some(s) = v.clone().try_cast::<NiftiFolderSet>() {
+            return Ok(Data::Folder(s));
+        }
         let arr = v.clone().into_array().map_err(|t| {
             rt_err(format!(
-                "data: expected a PancreasSet, a FundusSet or an array of tensors, got {t}"
+                "data: expected a PancreasSet, a FundusSet, a NiftiFolderSet or an array of tensors, got {t}"
             ))
         })?;
         let grids = arr
@@ -67,6 +71,7 @@ impl Data {
         match self {
             Data::Pancreas(s) => s,
             Data::Fundus(s) => s,
+            Data::Folder(s) => s,
             Data::Grids(g) => g,
         }
     }
@@ -227,11 +232,15 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
     let s = state.clone();
     d.func(
         "finetune_segmentation",
-        "finetune_segmentation(data: PancreasSet, opts: Map) -> Map",
+        "finetune_segmentation(data: PancreasSet | NiftiFolderSet, opts: Map) -> Map",
         "Finetunes a UNet3D on opts.train, evaluates on opts.test: #{dice, dice_mean, soft_dice, soft_dice_mean, losses, train_seconds, eval_seconds, load}.",
         move |data: PancreasSet, m: Map| segmentation(&s, &data, &m),
     )
     .options::<SegmentationOptions>();
+    let s = state.clone();
+    d.overload("finetune_segmentation", move |data: NiftiFolderSet, m: Map| {
+        segmentation(&s, &data, &m)
+    });
     let s = state.clone();
     d.func(
         "finetune_grading",
@@ -335,7 +344,11 @@ fn fit_progress(label: &str, epochs: usize, what: &str) -> Progress {
     Progress::new(epochs as u64, &format!("{what} {label}"))
 }
 
-fn segmentation(state: &HostState, data: &PancreasSet, m: &Map) -> RResult<Map> {
+fn segmentation(
+    state: &HostState,
+    data: &dyn crate::train::finetune::SegSource,
+    m: &Map,
+) -> RResult<Map> {
     let o: SegmentationOptions = options::parse("finetune_segmentation", m)?;
     let (init, cfg) = o.resolve(state.seed).rt()?;
     let bar = fit_progress(&o.common.label, cfg.schedule.passes(o.common.train.len()), "finetune");

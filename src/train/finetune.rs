@@ -530,6 +530,7 @@ fn fit(
     store: &ParamStore,
     sched: &Schedule,
     train_ids: &[usize],
+    model: serde_json::Value,
     mut loss: impl FnMut(&[usize], u64, bool) -> Result<Tensor>,
     on_epoch: &mut dyn FnMut(usize, f64),
 ) -> Result<FitLog> {
@@ -597,10 +598,12 @@ fn fit(
     }
     log.train_seconds = start.elapsed().as_secs_f64();
     if let Some(path) = &sched.save {
-        store.save(
-            path,
-            &serde_json::json!({"finetuned": true, "steps": total, "seed": sched.seed}),
-        )?;
+        let mut manifest =
+            serde_json::json!({"finetuned": true, "steps": total, "seed": sched.seed});
+        if let (Some(m), serde_json::Value::Object(extra)) = (manifest.as_object_mut(), model) {
+            m.extend(extra);
+        }
+        store.save(path, &manifest)?;
     }
     Ok(log)
 }
@@ -657,6 +660,8 @@ pub fn finetune_segmentation(
         &store,
         &cfg.schedule,
         train_ids,
+        // What a finetuned segmentation model is, so that it can be rebuilt for inference.
+        serde_json::json!({"model": "unet3d", "unet": unet}),
         |ids, _seed, frozen| {
             let (x, y) = seg_batch(src, ids, unet.classes, dev)?;
             let logits = if frozen {
@@ -866,6 +871,7 @@ pub fn finetune_classification(
         &store,
         &cfg.schedule,
         train_ids,
+        serde_json::Value::Null,
         |ids, seed, frozen| {
             let (x, grades) = batch(ids, Some(seed))?;
             let feats = if frozen {

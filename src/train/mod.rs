@@ -1,7 +1,8 @@
-//! Training: losses, metrics, the optimiser with per-tensor clipping, and the pretraining and
-//! finetuning loops.
+//! Training: losses, metrics, the optimiser with per-tensor clipping, the pretraining and
+//! finetuning loops, and inference (sliding windows, labels in the original geometry).
 
 pub mod finetune;
+pub mod infer;
 pub mod loss;
 pub mod metrics;
 pub mod optim;

@@ -1,12 +1,12 @@
-//! The prepared datasets as the samplers and finetuning loops see them: pancreas volumes and
-//! fundus photographs as [`Grid`]s, with labels or grades, and subsets of them.
+//! The prepared datasets as the samplers and finetuning loops see them: pancreas volumes, NIfTI
+//! folder volumes and fundus photographs as [`Grid`]s, with labels or grades, and subsets of them.
 
 use std::sync::Arc;
 
 use candle_core::DType;
 
 use super::finetune::{GradeSource, SegSource};
-use crate::data::{FundusSet, PancreasSet};
+use crate::data::{FundusSet, NiftiFolderSet, PancreasSet};
 use crate::pretext::{Grid, Source};
 use crate::{Error, Result};
 
@@ -40,6 +40,37 @@ impl SegSource for PancreasSet {
             Error::arg(
                 "case",
                 format!("case {} ({}) has no label", i, self.id(i).unwrap_or("?")),
+            )
+        })?;
+        let image = Grid::from_volume(&self.image(i)?)?;
+        Ok((image, label.to_dtype(DType::U8)?.flatten_all()?.to_vec1()?))
+    }
+}
+
+impl Source for NiftiFolderSet {
+    fn len(&self) -> usize {
+        NiftiFolderSet::len(self)
+    }
+
+    fn get(&self, i: usize) -> Result<Arc<Grid>> {
+        Ok(Arc::new(Grid::from_volume(&self.image(i)?)?))
+    }
+}
+
+impl SegSource for NiftiFolderSet {
+    fn len(&self) -> usize {
+        NiftiFolderSet::len(self)
+    }
+
+    fn get(&self, i: usize) -> Result<(Grid, Vec<u8>)> {
+        let label = self.label(i)?.ok_or_else(|| {
+            Error::arg(
+                "case",
+                format!(
+                    "case {} ({}) has no label map; finetune on set.labelled",
+                    i,
+                    self.id(i).unwrap_or("?")
+                ),
             )
         })?;
         let image = Grid::from_volume(&self.image(i)?)?;
