@@ -85,3 +85,20 @@ fn history_is_written_to_the_history_file() {
     let text = std::fs::read_to_string(&history).unwrap();
     assert!(text.contains("let remembered = 1;"), "{text}");
 }
+
+#[test]
+fn help_lists_the_stdlib_modules_and_shows_one_of_their_functions() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = common::pretext_with_stdin(
+        &["repl"],
+        ":help\n:help sweep::data_efficiency\n",
+        &dir.path().join("history"),
+    );
+    let out = common::stdout(&o);
+    assert!(out.contains("stdlib modules"), "{out}");
+    assert!(out.contains("sweep: ") && out.contains("data_efficiency"), "{out}");
+    assert!(
+        out.contains("sweep::data_efficiency(data, cfg)") && out.contains("Runs every cell"),
+        "{out}"
+    );
+}

@@ -178,11 +178,66 @@ pub struct DomainDocs {
     pub docs: Vec<FnDoc>,
 }
 
+/// A public function of an embedded stdlib module (`import "sweep" as sweep;`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StdlibFn {
+    /// The module (`sweep`).
+    pub module: &'static str,
+    /// The function's name.
+    pub name: String,
+    /// Its parameters.
+    pub params: Vec<String>,
+    /// Its doc comment (`///` lines), joined.
+    pub doc: String,
+}
+
+impl StdlibFn {
+    /// `module::name(params)`.
+    pub fn signature(&self) -> String {
+        format!("{}::{}({})", self.module, self.name, self.params.join(", "))
+    }
+}
+
+/// The public functions of the embedded stdlib modules, by module, then by name.
+pub fn stdlib_functions(engine: &rhai::Engine) -> Vec<StdlibFn> {
+    let mut out = Vec::new();
+    for (module, source) in super::resolver::STDLIB {
+        let first = out.len();
+        let Ok(ast) = engine.compile(*source) else {
+            continue;
+        };
+        for f in ast.iter_functions() {
+            // Closures compile to anonymous functions; they are not part of the API.
+            if f.access == rhai::FnAccess::Private || f.name.starts_with("anon$") {
+                continue;
+            }
+            let doc = f
+                .comments
+                .iter()
+                .flat_map(|c| c.lines())
+                .map(|l| l.trim().trim_start_matches("///").trim())
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            out.push(StdlibFn {
+                module,
+                name: f.name.to_string(),
+                params: f.params.iter().map(|p| p.to_string()).collect(),
+                doc,
+            });
+        }
+        out[first..].sort_by(|a, b| (&a.name, a.params.len()).cmp(&(&b.name, b.params.len())));
+    }
+    out
+}
+
 /// The whole documented API.
 #[derive(Clone, Debug, Default)]
 pub struct ApiDocs {
     /// The domains, in registration order.
     pub domains: Vec<DomainDocs>,
+    /// The public functions of the embedded stdlib modules.
+    pub stdlib: Vec<StdlibFn>,
 }
 
 impl ApiDocs {
@@ -238,6 +293,17 @@ impl ApiDocs {
                 s.push_str(&format!("\n### Options of `{}`\n\n", f.name));
                 s.push_str(&options_table(f));
             }
+        }
+        s.push_str(
+            "\n## stdlib modules\n\nScript modules embedded in the binary: `import \"sweep\" as sweep;` \
+             then `sweep::data_efficiency(data, cfg)`.\n\n| function | what it does |\n|---|---|\n",
+        );
+        for f in &self.stdlib {
+            s.push_str(&format!(
+                "| `{}` | {} |\n",
+                f.signature(),
+                f.doc.replace('|', "\\|")
+            ));
         }
         s
     }

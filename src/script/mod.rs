@@ -144,6 +144,7 @@ impl Host {
         let (module, d) = host::options_domain(&state, &docs).into_parts();
         engine.register_global_module(module.into());
         docs.domains.push(d);
+        docs.stdlib = api::stdlib_functions(&engine);
         Host {
             engine,
             docs,

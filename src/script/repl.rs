@@ -125,6 +125,13 @@ impl Repl {
                 .iter()
                 .map(|s| s.to_string())
                 .filter(|s| is_ident(s))
+                .chain(
+                    self.host
+                        .docs()
+                        .stdlib
+                        .iter()
+                        .map(|f| format!("{}::{}", f.module, f.name)),
+                )
                 .collect(),
             variables: self.variables.clone(),
         }));
@@ -267,6 +274,16 @@ impl Repl {
             names.dedup();
             println!("{} — {}\n  {}", d.name, d.summary, names.join(" "));
         }
+        println!("stdlib modules (import \"NAME\" as NAME; :help NAME::FN shows one):");
+        let stdlib = &self.host.docs().stdlib;
+        for (module, _) in crate::script::STDLIB {
+            let names: Vec<&str> = stdlib
+                .iter()
+                .filter(|f| f.module == *module)
+                .map(|f| f.name.as_str())
+                .collect();
+            println!("  {module}: {}", names.join(" "));
+        }
         println!("REPL commands:");
         for (c, doc) in COMMANDS {
             println!("  {c:<12} {doc}");
@@ -274,6 +291,22 @@ impl Repl {
     }
 
     fn help_one(&self, name: &str) {
+        if let Some((module, f)) = name.split_once("::") {
+            let found: Vec<_> = self
+                .host
+                .docs()
+                .stdlib
+                .iter()
+                .filter(|s| s.module == module && s.name == f)
+                .collect();
+            if found.is_empty() {
+                eprintln!("no stdlib function `{name}`; :help lists them all");
+            }
+            for s in found {
+                println!("{}\n    {}", s.signature(), s.doc);
+            }
+            return;
+        }
         let found = self.host.docs().lookup(name.trim_start_matches('.'));
         if found.is_empty() {
             eprintln!("no function named `{name}`; :help lists them all");
