@@ -211,3 +211,32 @@ fn set_keys_that_match_nothing_fail_before_any_cell_runs() {
     );
     assert!(!e.contains("finetune"), "no cell ran: {e}");
 }
+
+#[test]
+fn a_pretraining_folder_records_its_configuration_and_finetuning_names_a_backbone_that_differs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("rot");
+    let data = tempfile::tempdir().unwrap();
+    let script = format!(
+        r#"
+        let d = pancreas(#{{ data: "{data}", shape: [16, 16, 16],
+                             synthetic: #{{ labelled: 6, unlabelled: 2, shape: [24, 24, 16], seed: 7 }} }});
+        let r = pretrain("rotation", d, [0, 1, 2, 3], #{{ epochs: 1, batch: 2, head: [8],
+                         unet: #{{ filters: 2, depth: 2 }}, out: "{out}" }});
+        finetune_segmentation(d, #{{ init: r.best, train: [0, 1], test: [2], epochs: 1, warmup: 0,
+                                    unet: #{{ filters: 4, depth: 2 }} }})
+        "#,
+        data = data.path().display(),
+        out = out.display()
+    );
+    let e = eval_err(&script);
+    assert!(
+        e.contains("pretrained with unet.filters = 2") && e.contains("unet.filters = 4"),
+        "{e}"
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["options"]["unet"]["filters"], 2);
+    assert_eq!(config["resolved"]["train"]["epochs"], 1);
+    assert_eq!(config["resolved"]["task"]["task"], "rotation");
+}

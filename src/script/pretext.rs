@@ -312,6 +312,14 @@ fn pretrain(state: &HostState, task: &str, data: &Dynamic, ids: &Array, m: &Map)
         "head": plan.head, "input": {"channels": c, "dims": dims}, "seed": plan.train.seed,
         "config_hash": o.config_hash,
     });
+    if let Some(dir) = &o.out {
+        // The resolved configuration, beside the log and checkpoints it produced.
+        let config = serde_json::json!({
+            "options": o, "resolved": plan, "input": {"channels": c, "dims": dims},
+        });
+        let text = serde_json::to_string_pretty(&config).rt()?;
+        crate::io::write_atomic(&dir.join("config.json"), text.as_bytes()).rt()?;
+    }
     let files = o.out.clone().map(|dir| RunFiles { dir, manifest });
     let subset = Subset::new(data.source(), ids).rt()?;
     let label = o.label.clone().unwrap_or_else(|| plan.task.task.name().into());

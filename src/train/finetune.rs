@@ -489,10 +489,55 @@ pub struct SegmentationResult {
     pub log: FitLog,
 }
 
-fn load_encoder(store: &ParamStore, init: &EncoderInit) -> Result<Option<LoadReport>> {
+/// The encoder settings a checkpoint must share with the model it initialises.
+const ENCODER_KEYS: [(&str, &[&str]); 2] = [
+    ("unet", &["in_channels", "filters", "depth"]),
+    ("densenet", &["in_channels", "growth", "blocks", "init_features", "bn_size"]),
+];
+
+/// Refuses a checkpoint whose manifest records an encoder other than `net` (`kind` is "unet"
+/// or "densenet"), naming the option that differs. Checkpoints without a recorded backbone
+/// are checked by their tensors' shapes alone.
+fn check_backbone(path: &std::path::Path, kind: &str, net: &serde_json::Value) -> Result<()> {
+    let Ok(manifest) = ParamStore::manifest(path) else {
+        return Ok(());
+    };
+    let recorded = match (&manifest["backbone"], kind) {
+        (serde_json::Value::Object(b), "unet") => b.get("unet").cloned(),
+        (serde_json::Value::Object(b), _) => b.get("dense").and_then(|d| d.get(0)).cloned(),
+        _ => None,
+    };
+    let Some(recorded) = recorded else {
+        return Ok(());
+    };
+    let keys = ENCODER_KEYS
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map_or(&[][..], |(_, keys)| *keys);
+    for key in keys {
+        let (was, is) = (&recorded[key], &net[key]);
+        if !was.is_null() && was != is {
+            return Err(Error::file(
+                path,
+                format!(
+                    "the checkpoint was pretrained with {kind}.{key} = {was}, this model has \
+                     {kind}.{key} = {is}; give the pretraining's value"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn load_encoder(
+    store: &ParamStore,
+    init: &EncoderInit,
+    (kind, net): (&str, serde_json::Value),
+) -> Result<Option<LoadReport>> {
     match init {
         EncoderInit::Random => Ok(None),
         EncoderInit::Checkpoint(path) => {
+            check_backbone(path, kind, &net)?;
             let r = store.load(
                 path,
                 &LoadOptions {
@@ -504,11 +549,14 @@ fn load_encoder(store: &ParamStore, init: &EncoderInit) -> Result<Option<LoadRep
                 return Err(Error::file(
                     path,
                     format!(
-                        "the checkpoint's encoder does not fit this model: {} loaded, {} missing, {} with other shapes (first: {:?})",
+                        "the checkpoint's encoder does not fit this model: {} loaded, {} missing, {} with other shapes{}",
                         r.loaded.len(),
                         r.missing.len(),
                         r.mismatched.len(),
-                        r.mismatched.first().or(None)
+                        r.mismatched
+                            .first()
+                            .map(|(n, a, b)| format!(" (first: {n}, {a:?} here, {b:?} in the file)"))
+                            .unwrap_or_default()
                     ),
                 ));
             }
@@ -654,7 +702,7 @@ pub fn finetune_segmentation(
     };
     let store = ParamStore::new(derive(cfg.schedule.seed, Stream::Init, 0));
     let net = UNet3d::new(&unet, store.builder(DType::F32, dev))?;
-    let load = load_encoder(&store, init)?;
+    let load = load_encoder(&store, init, ("unet", serde_json::to_value(unet).map_err(Error::msg)?))?;
     let freeze_bn = cfg.schedule.freeze_bn;
     let mut log = fit(
         &store,
@@ -845,7 +893,11 @@ pub fn finetune_classification(
         &head_cfg,
         vb.pp("head"),
     )?;
-    let load = load_encoder(&store, init)?;
+    let load = load_encoder(
+        &store,
+        init,
+        ("densenet", serde_json::to_value(&cfg.densenet).map_err(Error::msg)?),
+    )?;
     let k = cfg.classes;
     let batch = |ids: &[usize], seed: Option<u64>| -> Result<(Tensor, Vec<u8>)> {
         let mut grids = Vec::with_capacity(ids.len());
