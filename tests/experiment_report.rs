@@ -142,9 +142,16 @@ fn the_analysis_matches_hand_computed_values() {
     let p = &r.primary;
     assert_eq!(p.fraction, Some(0.1));
     assert_eq!(p.tasks, ["rotation", "jigsaw"]);
-    assert_eq!((p.contrast.n, p.contrast.excluded.as_slice()), (2, &[1u64][..]));
-    let per_seed: Vec<(u64, Option<f64>)> =
-        p.contrast.values.iter().map(|v| (v.seed, v.value)).collect();
+    assert_eq!(
+        (p.contrast.n, p.contrast.excluded.as_slice()),
+        (2, &[1u64][..])
+    );
+    let per_seed: Vec<(u64, Option<f64>)> = p
+        .contrast
+        .values
+        .iter()
+        .map(|v| (v.seed, v.value))
+        .collect();
     assert_eq!(per_seed, [(0, Some(1.0 / 16.0)), (2, Some(2.0 / 16.0))]);
     assert_close(p.contrast.mean, 1.5 / 16.0);
     let ci = p.contrast.ci.unwrap();
@@ -156,11 +163,17 @@ fn the_analysis_matches_hand_computed_values() {
     // −1 and 0 (seed 1 left out); Holm 0.25 → 0.5 and 1.
     let s = r.scarcity("rotation").unwrap();
     assert_eq!((s.smallest, s.largest), (0.1, 1.0));
-    assert_eq!((s.contrast.n, s.contrast.excluded.as_slice()), (3, &[3u64][..]));
+    assert_eq!(
+        (s.contrast.n, s.contrast.excluded.as_slice()),
+        (3, &[3u64][..])
+    );
     assert_close(s.contrast.mean, 7.0 / 48.0);
     assert_eq!((s.contrast.p, s.p_holm), (Some(0.25), Some(0.5)));
     let s = r.scarcity("jigsaw").unwrap();
-    assert_eq!((s.contrast.n, s.contrast.excluded.as_slice()), (2, &[1u64][..]));
+    assert_eq!(
+        (s.contrast.n, s.contrast.excluded.as_slice()),
+        (2, &[1u64][..])
+    );
     assert_close(s.contrast.mean, -1.0 / 32.0);
     assert_eq!((s.contrast.p, s.p_holm), (Some(1.0), Some(1.0)));
     // Arms other than the five tasks are left out of both contrasts.
@@ -283,9 +296,7 @@ fn stats_report_runs_from_scripts_with_typed_options() {
         out = out.display().to_string()
     );
     let host = Host::new(HostConfig::default());
-    let v = host
-        .eval(&code, "<test>")
-        .unwrap_or_else(|e| panic!("{e}"));
+    let v = host.eval(&code, "<test>").unwrap_or_else(|e| panic!("{e}"));
     let m: serde_json::Value = rhai::serde::from_dynamic(&v).unwrap();
     assert_eq!(m["metric"], "dice_pancreas");
     assert_eq!(m["primary"]["n"], 2);
@@ -308,15 +319,95 @@ fn stats_report_runs_from_scripts_with_typed_options() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
             .unwrap();
-    assert_eq!((json["resamples"].clone(), json["seed"].clone()), (2000.into(), 5.into()));
+    assert_eq!(
+        (json["resamples"].clone(), json["seed"].clone()),
+        (2000.into(), 5.into())
+    );
     // Typed options: unknown keys and missing required ones are errors.
     for (opts, want) in [
-        (r#"#{ metric: "dice_pancreas", out: "x", resample: 10 }"#, "resamples"),
+        (
+            r#"#{ metric: "dice_pancreas", out: "x", resample: 10 }"#,
+            "resamples",
+        ),
         (r#"#{ out: "x" }"#, "option `metric` is required"),
-        (r#"#{ metric: "dice_pancreas" }"#, "option `out` is required"),
-        (r#"#{ metric: "dice_pancreas", out: "x", level: "high" }"#, "level"),
+        (
+            r#"#{ metric: "dice_pancreas" }"#,
+            "option `out` is required",
+        ),
+        (
+            r#"#{ metric: "dice_pancreas", out: "x", level: "high" }"#,
+            "level",
+        ),
     ] {
         let e = common::eval_err(&format!("stats_report([], {opts})"));
         assert!(e.contains(want), "{opts}: {e}");
     }
+}
+
+#[test]
+fn the_main_job_writes_curves_differences_and_statistics_for_each_figure() {
+    let dir = tempfile::tempdir().unwrap();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/paper_figures.rhai");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
+        .arg("run")
+        .arg(&script)
+        .args(["--set", "profile=test"])
+        .current_dir(dir.path())
+        .env("PRETEXT_DATA", dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        common::stdout(&o),
+        common::stderr(&o)
+    );
+    assert!(
+        common::stdout(&o)
+            .contains("primary contrast (dice_pancreas): pretext tasks − baseline at 50 %")
+    );
+    let fig3 = dir.path().join("runs/test/fig3");
+    let fig4 = dir.path().join("runs/test/fig4");
+    let mut want = vec![];
+    for stem in [
+        "fig3",
+        "fig3_dice_pancreas",
+        "fig3_dice_tumour",
+        "fig3_dice_foreground",
+        "fig3_delta_dice_pancreas",
+    ] {
+        for ext in ["png", "svg", "data.csv"] {
+            want.push(fig3.join(format!("{stem}.{ext}")));
+        }
+    }
+    for stem in ["fig4", "fig4_delta_qwk"] {
+        for ext in ["png", "svg", "data.csv"] {
+            want.push(fig4.join(format!("{stem}.{ext}")));
+        }
+    }
+    for d in [&fig3, &fig4] {
+        for f in ["stats.json", "stats.csv", "stats.md"] {
+            want.push(d.join(f));
+        }
+    }
+    for f in &want {
+        assert!(f.is_file(), "{}", f.display());
+    }
+    // The statistics are those of the primary metric of the rows in the results file.
+    let rows = pretext::experiment::read_rows(&fig3.join("results.jsonl")).unwrap();
+    let again = analyse(&rows, &Analysis::new("dice_pancreas")).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fig3.join("stats.json")).unwrap()).unwrap();
+    assert_eq!(json, serde_json::to_value(&again).unwrap());
+    let d = again.delta("rotation", 1.0).unwrap();
+    let value = |t: &str| {
+        rows.iter()
+            .find(|r| r.task == t && r.fraction == 1.0)
+            .and_then(|r| r.metric("dice_pancreas"))
+            .unwrap()
+    };
+    assert_close(d.delta.mean, value("rotation") - value("baseline"));
+    let md = std::fs::read_to_string(fig4.join("stats.md")).unwrap();
+    assert!(md.starts_with("# Statistics of `qwk`"), "{md}");
 }

@@ -9,8 +9,8 @@ use pretext::experiment::plot::{
     CurvePlot, CurvePoint, DEFAULT_SIZE, DeltaPlot, PaperFigure, curve_points, data_efficiency,
     delta_figure, delta_points, pretext_curves,
 };
-use pretext::experiment::stats;
 use pretext::experiment::results::{write_csv, write_jsonl};
+use pretext::experiment::stats;
 use pretext::experiment::{ResultRow, ResultsFile, Shard, cells, config_hash, merge};
 use pretext::train::pretrain::EpochLog;
 
@@ -167,7 +167,8 @@ fn figure_rows() -> Vec<ResultRow> {
             for s in 0..seeds {
                 let mut r = row(t, *f, s, base + 0.05 * i as f64 + step * s as f64);
                 if t == "rotation" && i == 0 && s == 1 {
-                    r.metrics.insert("dice_mean".into(), serde_json::Value::Null);
+                    r.metrics
+                        .insert("dice_mean".into(), serde_json::Value::Null);
                 }
                 rows.push(r);
             }
@@ -205,7 +206,11 @@ fn centre_x(line: &str) -> f64 {
 
 fn png_dpi(path: &std::path::Path) -> f64 {
     let bytes = std::fs::read(path).unwrap();
-    let at = bytes.windows(4).position(|w| w == b"pHYs").expect("a pHYs chunk") + 4;
+    let at = bytes
+        .windows(4)
+        .position(|w| w == b"pHYs")
+        .expect("a pHYs chunk")
+        + 4;
     let per_metre = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
     assert_eq!(bytes[at + 8], 1, "unit: metre");
     f64::from(per_metre) * 0.0254
@@ -241,7 +246,11 @@ fn curve_figures_draw_the_mean_and_t_bands_of_the_rows() {
         assert_eq!(p.n, Some(values.len()));
         assert!((p.mean - values.iter().sum::<f64>() / values.len() as f64).abs() < 1e-12);
         let want = (values.len() >= 3).then(|| stats::mean_ci_t(&values, 0.95).unwrap());
-        assert_eq!(p.band.map(|b| (b.lo, b.hi)), want.map(|w| (w.lo, w.hi)), "{p:?}");
+        assert_eq!(
+            p.band.map(|b| (b.lo, b.hi)),
+            want.map(|w| (w.lo, w.hi)),
+            "{p:?}"
+        );
         if p.task == "baseline" {
             // 0.3 + 0.05 i + {0, 0.01, 0.02}: mean + 0.01, t interval ± t(0.975, 2) · 0.01/√3.
             let b = p.band.unwrap();
@@ -253,12 +262,24 @@ fn curve_figures_draw_the_mean_and_t_bands_of_the_rows() {
         .iter()
         .find(|p| p.task == "rotation" && p.x == 0.0)
         .unwrap();
-    assert_eq!((rot5.n, rot5.undefined, rot5.band), (Some(2), Some(1), None));
-    assert!(measured.iter().filter(|p| p.task == "cpc").all(|p| p.band.is_none()));
+    assert_eq!(
+        (rot5.n, rot5.undefined, rot5.band),
+        (Some(2), Some(1), None)
+    );
+    assert!(
+        measured
+            .iter()
+            .filter(|p| p.task == "cpc")
+            .all(|p| p.band.is_none())
+    );
     let paper: Vec<&CurvePoint> = points.iter().filter(|p| p.panel == "paper").collect();
     assert_eq!(paper.len(), 30);
     for (task, values) in PaperFigure::Fig3.values() {
-        let got: Vec<f64> = paper.iter().filter(|p| p.task == *task).map(|p| p.mean).collect();
+        let got: Vec<f64> = paper
+            .iter()
+            .filter(|p| p.task == *task)
+            .map(|p| p.mean)
+            .collect();
         assert_eq!(got, values.to_vec(), "{task}");
     }
 
@@ -276,10 +297,16 @@ fn curve_figures_draw_the_mean_and_t_bands_of_the_rows() {
         .collect();
     assert_eq!(parsed.len(), points.len());
     for (cells, p) in parsed.iter().zip(&points) {
-        assert_eq!((cells[0].as_str(), cells[1].as_str()), (p.panel.as_str(), p.task.as_str()));
+        assert_eq!(
+            (cells[0].as_str(), cells[1].as_str()),
+            (p.panel.as_str(), p.task.as_str())
+        );
         assert_eq!(cells[6].parse::<f64>().unwrap(), p.mean);
         let band = p.band.map(|b| (b.lo.to_string(), b.hi.to_string()));
-        assert_eq!(band.unwrap_or_default(), (cells[7].clone(), cells[8].clone()));
+        assert_eq!(
+            band.unwrap_or_default(),
+            (cells[7].clone(), cells[8].clone())
+        );
     }
     // PNG: 6.5 in at 300 dpi, recorded in the file.
     let png = image::open(&files[0]).unwrap();
@@ -291,13 +318,26 @@ fn curve_figures_draw_the_mean_and_t_bands_of_the_rows() {
     let svg = std::fs::read_to_string(&files[1]).unwrap();
     let rotation = "#E69F00";
     let cpc = "#0072B2";
-    assert_eq!(elements(&svg, "circle", "fill", "#000000", "1").len(), 5 + 5 + 1);
-    assert_eq!(elements(&svg, "polygon", "fill", rotation, "1").len(), 5 + 5 + 1);
+    assert_eq!(
+        elements(&svg, "circle", "fill", "#000000", "1").len(),
+        5 + 5 + 1
+    );
+    assert_eq!(
+        elements(&svg, "polygon", "fill", rotation, "1").len(),
+        5 + 5 + 1
+    );
     assert_eq!(elements(&svg, "polygon", "fill", cpc, "1").len(), 5 + 5 + 1);
-    assert_eq!(elements(&svg, "polygon", "fill", "#56B4E9", "1").len(), 5 + 1, "jigsaw: paper");
+    assert_eq!(
+        elements(&svg, "polygon", "fill", "#56B4E9", "1").len(),
+        5 + 1,
+        "jigsaw: paper"
+    );
     assert_eq!(elements(&svg, "polyline", "stroke", rotation, "1").len(), 3);
     assert_eq!(elements(&svg, "polygon", "fill", rotation, "0.15").len(), 1);
-    assert_eq!(elements(&svg, "polygon", "fill", "#000000", "0.15").len(), 1);
+    assert_eq!(
+        elements(&svg, "polygon", "fill", "#000000", "0.15").len(),
+        1
+    );
     assert_eq!(elements(&svg, "polygon", "fill", cpc, "0.15").len(), 0);
     assert!(svg.lines().filter(|l| l.starts_with("<circle")).count() == 11);
     // The fractions are evenly spaced categories, labelled in percent.
@@ -312,17 +352,31 @@ fn curve_figures_draw_the_mean_and_t_bands_of_the_rows() {
         assert!(svg.lines().any(|l| l.trim() == label), "{label}");
     }
     // The legend is outside the panels: its labels right of every data marker.
-    for (arm, colour) in [("baseline", "#000000"), ("rotation", rotation), ("cpc", cpc)] {
+    for (arm, colour) in [
+        ("baseline", "#000000"),
+        ("rotation", rotation),
+        ("cpc", cpc),
+    ] {
         let at = svg.lines().position(|l| l.trim() == arm).unwrap();
-        let text_x: f64 = attr(svg.lines().nth(at - 1).unwrap(), "x").unwrap().parse().unwrap();
-        let tag = if arm == "baseline" { "circle" } else { "polygon" };
+        let text_x: f64 = attr(svg.lines().nth(at - 1).unwrap(), "x")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let tag = if arm == "baseline" {
+            "circle"
+        } else {
+            "polygon"
+        };
         let mut marks: Vec<f64> = elements(&svg, tag, "fill", colour, "1")
             .iter()
             .map(|l| centre_x(l))
             .collect();
         marks.sort_by(f64::total_cmp);
         let legend_marker = marks.pop().unwrap();
-        assert!(marks.iter().all(|&x| x < legend_marker - 100.0), "{arm}: {marks:?}");
+        assert!(
+            marks.iter().all(|&x| x < legend_marker - 100.0),
+            "{arm}: {marks:?}"
+        );
         assert!(text_x > legend_marker, "{arm}");
     }
     assert!(svg.contains("Taleb et al. 2020, Fig. 3"));
@@ -371,7 +425,9 @@ fn delta_figures_draw_paired_differences_with_t_bars_and_a_zero_line() {
             Some(b) => {
                 assert_eq!(n, 3);
                 let half = 4.302652729749462 * 0.01 / 3f64.sqrt();
-                assert!((b.hi - p.delta - half).abs() < 1e-9 && (p.delta - b.lo - half).abs() < 1e-9);
+                assert!(
+                    (b.hi - p.delta - half).abs() < 1e-9 && (p.delta - b.lo - half).abs() < 1e-9
+                );
             }
             None => assert!(n < 3, "{p:?}"),
         }
@@ -379,7 +435,10 @@ fn delta_figures_draw_paired_differences_with_t_bars_and_a_zero_line() {
     let files = delta_figure(&rows, &cfg, &dir.path().join("fig3_delta")).unwrap();
     let table = std::fs::read_to_string(&files[2]).unwrap();
     let mut lines = table.lines();
-    assert_eq!(lines.next().unwrap(), "task,fraction,x,n_pairs,delta,bar_lo,bar_hi");
+    assert_eq!(
+        lines.next().unwrap(),
+        "task,fraction,x,n_pairs,delta,bar_lo,bar_hi"
+    );
     for (line, p) in lines.zip(&points) {
         let c: Vec<&str> = line.split(',').collect();
         assert_eq!(c[0], p.task);
@@ -391,12 +450,30 @@ fn delta_figures_draw_paired_differences_with_t_bars_and_a_zero_line() {
     let svg = std::fs::read_to_string(&files[1]).unwrap();
     // One marker per point plus the legend's; a bar (line and two caps) where n >= 3; the
     // zero line.
-    assert_eq!(elements(&svg, "polygon", "fill", "#E69F00", "1").len(), 5 + 1);
-    assert_eq!(elements(&svg, "polygon", "fill", "#0072B2", "1").len(), 5 + 1);
-    assert_eq!(elements(&svg, "polyline", "stroke", "#E69F00", "1").len(), 4 * 3);
-    assert_eq!(elements(&svg, "polyline", "stroke", "#0072B2", "1").len(), 0);
-    assert_eq!(elements(&svg, "polyline", "stroke", "#000000", "0.6").len(), 1);
-    assert!(!svg.lines().any(|l| l.trim() == "baseline"), "the baseline is not an arm here");
+    assert_eq!(
+        elements(&svg, "polygon", "fill", "#E69F00", "1").len(),
+        5 + 1
+    );
+    assert_eq!(
+        elements(&svg, "polygon", "fill", "#0072B2", "1").len(),
+        5 + 1
+    );
+    assert_eq!(
+        elements(&svg, "polyline", "stroke", "#E69F00", "1").len(),
+        4 * 3
+    );
+    assert_eq!(
+        elements(&svg, "polyline", "stroke", "#0072B2", "1").len(),
+        0
+    );
+    assert_eq!(
+        elements(&svg, "polyline", "stroke", "#000000", "0.6").len(),
+        1
+    );
+    assert!(
+        !svg.lines().any(|l| l.trim() == "baseline"),
+        "the baseline is not an arm here"
+    );
     let no_baseline = DeltaPlot {
         baseline: "random".into(),
         ..cfg

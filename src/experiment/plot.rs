@@ -9,12 +9,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 use plotters::coord::Shift;
-use plotters::coord::types::RangedCoordf64;
 use plotters::coord::ranged1d::{KeyPointHint, NoDefaultFormatting, Ranged, ValueFormatter};
-use plotters::style::text_anchor::{HPos, Pos, VPos};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::report::{Analysis, Bounds, analyse, ordered_arms, percent, summarise_cells, with_suffix};
+use super::report::{
+    Analysis, Bounds, analyse, ordered_arms, percent, summarise_cells, with_suffix,
+};
 use super::results::ResultRow;
 use crate::train::pretrain::EpochLog;
 use crate::{Error, Result};
@@ -149,7 +151,10 @@ impl Marker {
                 .map(|i| {
                     let a = start + std::f64::consts::TAU * i as f64 / k as f64;
                     let rr = r * scale;
-                    ((rr * a.cos()).round() as i32, (-rr * a.sin()).round() as i32)
+                    (
+                        (rr * a.cos()).round() as i32,
+                        (-rr * a.sin()).round() as i32,
+                    )
                 })
                 .collect()
         };
@@ -470,7 +475,17 @@ fn write_curve_table(path: &Path, points: &[CurvePoint]) -> Result<()> {
         .collect();
     write_table(
         path,
-        &["panel", "task", "fraction", "x", "n", "undefined", "mean", "band_lo", "band_hi"],
+        &[
+            "panel",
+            "task",
+            "fraction",
+            "x",
+            "n",
+            "undefined",
+            "mean",
+            "band_lo",
+            "band_hi",
+        ],
         rows,
     )
 }
@@ -492,7 +507,9 @@ fn write_delta_table(path: &Path, points: &[DeltaPoint]) -> Result<()> {
         .collect();
     write_table(
         path,
-        &["task", "fraction", "x", "n_pairs", "delta", "bar_lo", "bar_hi"],
+        &[
+            "task", "fraction", "x", "n_pairs", "delta", "bar_lo", "bar_hi",
+        ],
         rows,
     )
 }
@@ -633,9 +650,7 @@ fn legend<DB: DrawingBackend>(
     let sample = sc.px(22.0);
     let row = sc.px(15.0);
     let mut y = sc.px(30.0);
-    let text = sc
-        .font(8.0)
-        .pos(Pos::new(HPos::Left, VPos::Center));
+    let text = sc.font(8.0).pos(Pos::new(HPos::Left, VPos::Center));
     for arm in arms {
         let (c, m) = arm_style(arm);
         if with_line {
@@ -646,8 +661,12 @@ fn legend<DB: DrawingBackend>(
             .map_err(e)?;
         }
         draw_marker(area, (x0 + sample / 2, y), m, sc.pt(2.8), c.filled())?;
-        area.draw(&Text::new(arm.clone(), (x0 + sample + sc.px(5.0), y), text.clone()))
-            .map_err(e)?;
+        area.draw(&Text::new(
+            arm.clone(),
+            (x0 + sample + sc.px(5.0), y),
+            text.clone(),
+        ))
+        .map_err(e)?;
         y += row;
     }
     y += sc.px(4.0);
@@ -708,7 +727,10 @@ fn draw_series<DB: DrawingBackend>(
             let half = if run.len() == 1 { 0.12 } else { 0.0 };
             let mut poly: Vec<(f64, f64)> = Vec::new();
             if let (Some(first), Some(last)) = (run.first(), run.last()) {
-                let (b0, b1) = (first.band.unwrap_or_default(), last.band.unwrap_or_default());
+                let (b0, b1) = (
+                    first.band.unwrap_or_default(),
+                    last.band.unwrap_or_default(),
+                );
                 if run.len() == 1 {
                     poly = vec![
                         (first.x - half, b0.hi),
@@ -718,11 +740,16 @@ fn draw_series<DB: DrawingBackend>(
                     ];
                 } else {
                     poly.extend(run.iter().map(|p| (p.x, p.band.unwrap_or_default().hi)));
-                    poly.extend(run.iter().rev().map(|p| (p.x, p.band.unwrap_or_default().lo)));
+                    poly.extend(
+                        run.iter()
+                            .rev()
+                            .map(|p| (p.x, p.band.unwrap_or_default().lo)),
+                    );
                     let _ = b1;
                 }
             }
-            area.draw(&Polygon::new(poly, c.mix(0.15).filled())).map_err(e)?;
+            area.draw(&Polygon::new(poly, c.mix(0.15).filled()))
+                .map_err(e)?;
             run.clear();
             Ok(())
         };
@@ -791,10 +818,22 @@ fn draw_curves<DB: DrawingBackend>(
         Some(p) => {
             let (pw, _) = panels.dim_in_pixel();
             let (left, right) = panels.split_horizontally((pw as f64 * 0.54) as i32);
-            let chart = panel(&left, sc, &caption, &fractions, y_measured, x_desc, &cfg.y_label)?;
+            let chart = panel(
+                &left,
+                sc,
+                &caption,
+                &fractions,
+                y_measured,
+                x_desc,
+                &cfg.y_label,
+            )?;
             draw_series(&chart, sc, &measured, &arms)?;
             let (paper_caption, paper_label) = p.caption();
-            let y_paper = if shared { y_measured } else { y_range(vals(&paper).into_iter()) };
+            let y_paper = if shared {
+                y_measured
+            } else {
+                y_range(vals(&paper).into_iter())
+            };
             let paper_fractions: Vec<f64> = PAPER_X.iter().map(|x| x / 100.0).collect();
             let chart = panel(
                 &right,
@@ -809,7 +848,15 @@ fn draw_curves<DB: DrawingBackend>(
             notes.push("right: the paper's values".into());
         }
         None => {
-            let chart = panel(&panels, sc, &caption, &fractions, y_measured, x_desc, &cfg.y_label)?;
+            let chart = panel(
+                &panels,
+                sc,
+                &caption,
+                &fractions,
+                y_measured,
+                x_desc,
+                &cfg.y_label,
+            )?;
             draw_series(&chart, sc, &measured, &arms)?;
         }
     }
@@ -860,7 +907,10 @@ fn draw_delta<DB: DrawingBackend>(
         points
             .iter()
             .flat_map(|p| {
-                let b = p.bar.unwrap_or(Bounds { lo: p.delta, hi: p.delta });
+                let b = p.bar.unwrap_or(Bounds {
+                    lo: p.delta,
+                    hi: p.delta,
+                });
                 [p.delta, b.lo, b.hi]
             })
             .chain([0.0]),

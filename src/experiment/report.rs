@@ -288,7 +288,11 @@ fn summarise_cell(
     by_seed: &BTreeMap<u64, f64>,
     a: &Analysis,
 ) -> CellSummary {
-    let finite: Vec<f64> = by_seed.values().copied().filter(|v| v.is_finite()).collect();
+    let finite: Vec<f64> = by_seed
+        .values()
+        .copied()
+        .filter(|v| v.is_finite())
+        .collect();
     let t = stats::mean_ci_t(&finite, a.level);
     let boot = (a.resamples > 0)
         .then(|| stats::mean_ci_bootstrap(&finite, a.level, a.resamples, a.seed))
@@ -317,7 +321,12 @@ fn summarise_cell(
 fn estimate(per_seed: BTreeMap<u64, Option<f64>>, level: f64) -> Estimate {
     let values: Vec<SeedValue> = per_seed
         .iter()
-        .filter_map(|(&seed, v)| v.map(|v| SeedValue { seed, value: Some(v) }))
+        .filter_map(|(&seed, v)| {
+            v.map(|v| SeedValue {
+                seed,
+                value: Some(v),
+            })
+        })
         .collect();
     let excluded: Vec<u64> = per_seed
         .iter()
@@ -333,7 +342,9 @@ fn estimate(per_seed: BTreeMap<u64, Option<f64>>, level: f64) -> Estimate {
         excluded,
         mean: t.map(|i| i.mean).or_else(|| (n == 1).then(|| x[0])),
         ci: bounds(t),
-        p: (n > 0).then(|| stats::sign_flip_p(&x)).filter(|p| p.is_finite()),
+        p: (n > 0)
+            .then(|| stats::sign_flip_p(&x))
+            .filter(|p| p.is_finite()),
         p_floor: (n > 0).then(|| 2f64.powi(1 - n.min(1000) as i32).min(1.0)),
     }
 }
@@ -343,7 +354,11 @@ fn per_seed(
     cells: &[Option<&BTreeMap<u64, f64>>],
     f: impl Fn(&[f64]) -> f64,
 ) -> BTreeMap<u64, Option<f64>> {
-    let seeds: BTreeSet<u64> = cells.iter().flatten().flat_map(|c| c.keys().copied()).collect();
+    let seeds: BTreeSet<u64> = cells
+        .iter()
+        .flatten()
+        .flat_map(|c| c.keys().copied())
+        .collect();
     seeds
         .into_iter()
         .map(|s| {
@@ -357,7 +372,11 @@ fn per_seed(
 }
 
 /// Holm's adjustment of the `p` of `items` (NaN for `None`), written back by `set`.
-fn adjust<T>(items: &mut [&mut T], p: impl Fn(&T) -> Option<f64>, set: impl Fn(&mut T, Option<f64>)) {
+fn adjust<T>(
+    items: &mut [&mut T],
+    p: impl Fn(&T) -> Option<f64>,
+    set: impl Fn(&mut T, Option<f64>),
+) {
     let raw: Vec<f64> = items.iter().map(|i| p(i).unwrap_or(f64::NAN)).collect();
     for (item, q) in items.iter_mut().zip(stats::holm(&raw)) {
         set(item, q.is_finite().then_some(q));
@@ -387,7 +406,10 @@ fn cells_of(values: &Values, a: &Analysis) -> Vec<CellSummary> {
 
 fn check(a: &Analysis) -> Result<()> {
     if !(a.level > 0.0 && a.level < 1.0) {
-        return Err(Error::arg("level", format!("must be in (0, 1), got {}", a.level)));
+        return Err(Error::arg(
+            "level",
+            format!("must be in (0, 1), got {}", a.level),
+        ));
     }
     if a.metric.is_empty() {
         return Err(Error::arg("metric", "is required"));
@@ -438,7 +460,9 @@ pub fn analyse(rows: &[ResultRow], a: &Analysis) -> Result<Report> {
     for &f in &fkeys {
         let start = deltas.len();
         for arm in arms.iter().skip(1) {
-            let Some(arm_values) = get(arm, f) else { continue };
+            let Some(arm_values) = get(arm, f) else {
+                continue;
+            };
             let base = get(base_arm, f);
             let d = per_seed(&[Some(arm_values), base], |v| v[0] - v[1]);
             deltas.push(DeltaSummary {
@@ -504,10 +528,7 @@ pub fn analyse(rows: &[ResultRow], a: &Analysis) -> Result<Report> {
                 task: t.clone(),
                 smallest: unkey(s),
                 largest: unkey(l),
-                contrast: estimate(
-                    per_seed(&cols, |v| (v[0] - v[1]) - (v[2] - v[3])),
-                    a.level,
-                ),
+                contrast: estimate(per_seed(&cols, |v| (v[0] - v[1]) - (v[2] - v[3])), a.level),
                 p_holm: None,
             });
         }
@@ -615,8 +636,23 @@ impl Report {
     pub fn to_csv(&self) -> Result<Vec<u8>> {
         let mut w = csv::Writer::from_writer(Vec::new());
         let header = [
-            "metric", "task", "fraction", "n", "undefined", "mean", "t_lo", "t_hi", "boot_lo",
-            "boot_hi", "n_pairs", "delta", "delta_lo", "delta_hi", "p", "p_holm", "family",
+            "metric",
+            "task",
+            "fraction",
+            "n",
+            "undefined",
+            "mean",
+            "t_lo",
+            "t_hi",
+            "boot_lo",
+            "boot_hi",
+            "n_pairs",
+            "delta",
+            "delta_lo",
+            "delta_hi",
+            "p",
+            "p_holm",
+            "family",
         ];
         w.write_record(header).map_err(Error::msg)?;
         for c in &self.cells {
@@ -710,7 +746,10 @@ impl Report {
                 s.push('\n');
             }
             _ => {
-                let _ = writeln!(s, "Not defined: no pretext task has rows at the smallest fraction.\n");
+                let _ = writeln!(
+                    s,
+                    "Not defined: no pretext task has rows at the smallest fraction.\n"
+                );
             }
         }
 
@@ -747,7 +786,10 @@ impl Report {
                 ""
             }
         );
-        let _ = writeln!(s, "| arm | labels | pairs | mean Δ | {lvl} CI (t) | p | p (Holm) |");
+        let _ = writeln!(
+            s,
+            "| arm | labels | pairs | mean Δ | {lvl} CI (t) | p | p (Holm) |"
+        );
         let _ = writeln!(s, "|---|---:|---:|---:|---|---:|---:|");
         for d in &self.deltas {
             let _ = writeln!(
@@ -785,7 +827,10 @@ impl Report {
         }
         s.push('\n');
 
-        let _ = writeln!(s, "## Secondary: does pretraining help most when labels are scarce?\n");
+        let _ = writeln!(
+            s,
+            "## Secondary: does pretraining help most when labels are scarce?\n"
+        );
         match self.secondary.first() {
             Some(first) => {
                 let (lo, hi) = (percent(first.smallest), percent(first.largest));
@@ -853,8 +898,7 @@ impl Report {
 /// which `.json`, `.csv`, `.md` are appended.
 pub fn report_paths(out: &Path) -> [PathBuf; 3] {
     let text = out.as_os_str().to_string_lossy();
-    let stem = if out.is_dir() || text.ends_with('/') || text.ends_with(std::path::MAIN_SEPARATOR)
-    {
+    let stem = if out.is_dir() || text.ends_with('/') || text.ends_with(std::path::MAIN_SEPARATOR) {
         out.join("stats")
     } else {
         out.to_path_buf()
