@@ -721,33 +721,21 @@ fn draw_series<DB: DrawingBackend>(
         // Bands over runs of consecutive categories that have one; a lone one is a short band.
         let mut run: Vec<&CurvePoint> = Vec::new();
         let flush = |run: &mut Vec<&CurvePoint>| -> Res {
-            if run.is_empty() {
-                return Ok(());
-            }
-            let half = if run.len() == 1 { 0.12 } else { 0.0 };
-            let mut poly: Vec<(f64, f64)> = Vec::new();
-            if let (Some(first), Some(last)) = (run.first(), run.last()) {
-                let (b0, b1) = (
-                    first.band.unwrap_or_default(),
-                    last.band.unwrap_or_default(),
-                );
-                if run.len() == 1 {
-                    poly = vec![
-                        (first.x - half, b0.hi),
-                        (first.x + half, b0.hi),
-                        (first.x + half, b0.lo),
-                        (first.x - half, b0.lo),
-                    ];
-                } else {
-                    poly.extend(run.iter().map(|p| (p.x, p.band.unwrap_or_default().hi)));
-                    poly.extend(
-                        run.iter()
-                            .rev()
-                            .map(|p| (p.x, p.band.unwrap_or_default().lo)),
-                    );
-                    let _ = b1;
-                }
-            }
+            let band = |p: &CurvePoint| p.band.unwrap_or_default();
+            let poly: Vec<(f64, f64)> = match run.as_slice() {
+                [] => return Ok(()),
+                [p] => vec![
+                    (p.x - 0.12, band(p).hi),
+                    (p.x + 0.12, band(p).hi),
+                    (p.x + 0.12, band(p).lo),
+                    (p.x - 0.12, band(p).lo),
+                ],
+                many => many
+                    .iter()
+                    .map(|p| (p.x, band(p).hi))
+                    .chain(many.iter().rev().map(|p| (p.x, band(p).lo)))
+                    .collect(),
+            };
             area.draw(&Polygon::new(poly, c.mix(0.15).filled()))
                 .map_err(e)?;
             run.clear();

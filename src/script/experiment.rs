@@ -1,4 +1,5 @@
-//! The `experiment` domain: sweep cells and shards, the results store, CSV export and figures.
+//! The `experiment` domain: sweep cells and shards, the results store, CSV export, figures and
+//! the statistics report.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -87,7 +88,8 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
     let mut d = Domain::new(
         "experiment",
         "Sweeps: cells and shards (--shard i/n), the append-only results file (resume after a kill), \
-         CSV export, merging, and the figures (PNG + SVG).",
+         CSV export, merging, the figures (PNG at 300 dpi + SVG, with their plotted values as CSV) \
+         and the pre-registered statistics (stats_report).",
     );
     d.custom_type::<Results>("Results");
     d.func(
