@@ -1,8 +1,10 @@
 //! Experiments: the cells of data-efficiency sweeps and their shards, the append-only results
-//! store (resume after a kill, merge shards, CSV export), and the figures.
+//! store (resume after a kill, merge shards, CSV export), the statistics and their report, and
+//! the figures.
 
 pub mod cells;
 pub mod plot;
+pub mod report;
 pub mod results;
 pub mod stats;
 

@@ -1,4 +1,5 @@
-//! The `experiment` domain: sweep cells and shards, the results store, CSV export and figures.
+//! The `experiment` domain: sweep cells and shards, the results store, CSV export, figures and
+//! the statistics report.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -9,7 +10,10 @@ use super::HostState;
 use super::api::Domain;
 use super::convert::{RResult, ScriptResult, rt_err};
 use super::options;
-use crate::experiment::plot::{CurvePlot, PaperFigure, data_efficiency, pretext_curves};
+use crate::experiment::plot::{
+    CurvePlot, DEFAULT_SIZE, DeltaPlot, PaperFigure, data_efficiency, delta_figure, pretext_curves,
+};
+use crate::experiment::report::{Analysis, Estimate, analyse};
 use crate::experiment::results::{ResultRow, cell_key, write_csv};
 use crate::experiment::{ResultsFile, cells, config_hash};
 use crate::train::pretrain::{EpochLog, read_log};
@@ -84,7 +88,8 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
     let mut d = Domain::new(
         "experiment",
         "Sweeps: cells and shards (--shard i/n), the append-only results file (resume after a kill), \
-         CSV export, merging, and the figures (PNG + SVG).",
+         CSV export, merging, the figures (PNG at 300 dpi + SVG, with their plotted values as CSV) \
+         and the pre-registered statistics (stats_report).",
     );
     d.custom_type::<Results>("Results");
     d.func(
@@ -265,18 +270,103 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
 struct CurveOptions {
     /// The metric to plot (a key of the rows' metrics).
     metric: String,
-    /// The files to write, without extension (.png and .svg are added); required.
+    /// The files to write, without extension (.png, .svg and .data.csv are added); required.
     out: String,
     /// The title; () = the metric.
     title: Option<String>,
     /// The y axis label; () = the metric.
     y_label: Option<String>,
-    /// Overlay the paper's values of this figure.
+    /// The paper's values of this figure, drawn in a labelled panel of their own beside the measured one.
     paper: Option<PaperFigure>,
-    /// Width in pixels.
+    /// Width in pixels; the figure is 6.5 in wide, so 1950 is 300 dpi (fonts scale with it).
     width: u32,
     /// Height in pixels.
     height: u32,
+}
+
+/// The options of `plot_delta`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+struct DeltaOptions {
+    /// The metric (a key of the rows' metrics); required.
+    metric: String,
+    /// The files to write, without extension (.png, .svg and .data.csv are added); required.
+    out: String,
+    /// The arm every other arm is compared with (paired by seed).
+    baseline: String,
+    /// The title; () = "Difference from <baseline>: <metric>".
+    title: Option<String>,
+    /// The metric's name on the y axis (drawn as "Δ <y_label> (arm − baseline)"); () = the metric.
+    y_label: Option<String>,
+    /// Width in pixels; the figure is 6.5 in wide, so 1950 is 300 dpi (fonts scale with it).
+    width: u32,
+    /// Height in pixels.
+    height: u32,
+}
+
+impl Default for DeltaOptions {
+    fn default() -> Self {
+        DeltaOptions {
+            metric: String::new(),
+            out: String::new(),
+            baseline: "baseline".into(),
+            title: None,
+            y_label: None,
+            width: DEFAULT_SIZE.0,
+            height: DEFAULT_SIZE.1,
+        }
+    }
+}
+
+/// The options of `stats_report`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+struct StatsOptions {
+    /// The metric to analyse (a key of the rows' metrics); required.
+    metric: String,
+    /// Where to write: a folder (an existing one, or a path ending in "/") gets stats.json, stats.csv and stats.md; anything else is a stem to which .json, .csv and .md are appended; required.
+    out: String,
+    /// The arm every other arm is compared with, paired within a repetition (the same seed).
+    baseline: String,
+    /// Confidence level of every interval, in (0, 1).
+    level: f64,
+    /// Percentile-bootstrap resamples per arm and fraction (0 leaves the bootstrap interval out).
+    resamples: u32,
+    /// Seed of the bootstrap, the same for every cell (reports are bit-identical on reruns).
+    seed: u64,
+}
+
+impl Default for StatsOptions {
+    fn default() -> Self {
+        let a = Analysis::new("");
+        StatsOptions {
+            metric: String::new(),
+            out: String::new(),
+            baseline: a.baseline,
+            level: a.level,
+            resamples: a.resamples as u32,
+            seed: a.seed,
+        }
+    }
+}
+
+/// The key numbers of an estimate, for scripts (undefined ones as ()).
+fn estimate_json(e: &Estimate) -> serde_json::Value {
+    serde_json::json!({
+        "n": e.n,
+        "mean": e.mean,
+        "lo": e.ci.map(|b| b.lo),
+        "hi": e.ci.map(|b| b.hi),
+        "p": e.p,
+        "excluded": e.excluded,
+    })
+}
+
+fn merge_json(mut a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
+    if let (Some(x), serde_json::Value::Object(y)) = (a.as_object_mut(), b) {
+        x.extend(y);
+    }
+    a
 }
 
 impl Default for CurveOptions {
@@ -287,8 +377,8 @@ impl Default for CurveOptions {
             title: None,
             y_label: None,
             paper: None,
-            width: 960,
-            height: 640,
+            width: DEFAULT_SIZE.0,
+            height: DEFAULT_SIZE.1,
         }
     }
 }
@@ -319,11 +409,25 @@ fn required_out(out: &str, what: &str) -> RResult<()> {
     Ok(())
 }
 
+fn required_metric(metric: &str, what: &str) -> RResult<()> {
+    if metric.is_empty() {
+        return Err(rt_err(format!("{what}: option `metric` is required")));
+    }
+    Ok(())
+}
+
+fn paths(files: &[PathBuf]) -> Array {
+    files
+        .iter()
+        .map(|p| Dynamic::from(p.display().to_string()))
+        .collect()
+}
+
 fn plots(d: &mut Domain) {
     d.func(
         "plot_curves",
         "plot_curves(rows: Array|Results, opts: Map) -> Array",
-        "The data-efficiency figure (options below); returns the PNG and SVG paths.",
+        "The data-efficiency figure (options below): per arm the mean over seeds at each fraction (evenly spaced), a 95 % t band where n ≥ 3, a marker per arm, the legend outside the data, the paper's values in a panel of their own; writes .png (300 dpi at the default size), .svg and .data.csv (the plotted values) and returns their paths.",
         |rows: Dynamic, o: Map| {
             let opts: CurveOptions = options::parse("plot_curves", &o)?;
             required_out(&opts.out, "plot_curves")?;
@@ -335,10 +439,73 @@ fn plots(d: &mut Domain) {
                 size: (opts.width, opts.height),
             };
             let files = data_efficiency(&rows_of(&rows)?, &cfg, Path::new(&opts.out)).rt()?;
-            Ok(files.iter().map(|p| Dynamic::from(p.display().to_string())).collect::<Array>())
+            Ok(paths(&files))
         },
     )
     .options::<CurveOptions>();
+    d.func(
+        "plot_delta",
+        "plot_delta(rows: Array|Results, opts: Map) -> Array",
+        "The difference-from-baseline figure: per fraction and arm the mean of arm − baseline paired by seed, 95 % t error bars where there are ≥ 3 pairs, a zero line (options below); writes .png, .svg and .data.csv (the plotted values) and returns their paths.",
+        |rows: Dynamic, o: Map| {
+            let opts: DeltaOptions = options::parse("plot_delta", &o)?;
+            required_metric(&opts.metric, "plot_delta")?;
+            required_out(&opts.out, "plot_delta")?;
+            let cfg = DeltaPlot {
+                title: opts.title.clone().unwrap_or_else(|| {
+                    format!("Difference from {}: {}", opts.baseline, opts.metric)
+                }),
+                y_label: opts.y_label.clone().unwrap_or_else(|| opts.metric.clone()),
+                metric: opts.metric.clone(),
+                baseline: opts.baseline.clone(),
+                size: (opts.width, opts.height),
+            };
+            let files = delta_figure(&rows_of(&rows)?, &cfg, Path::new(&opts.out)).rt()?;
+            Ok(paths(&files))
+        },
+    )
+    .options::<DeltaOptions>();
+    d.func(
+        "stats_report",
+        "stats_report(rows: Array|Results, opts: Map) -> Map",
+        "The pre-registered analysis of one metric (options below): per arm and fraction the mean with t and bootstrap 95 % CIs and the undefined (NaN) values left out; arm − baseline paired by seed with t CI, exact sign-flip p and Holm's p across the pretext tasks per fraction; the primary contrast (mean over the pretext tasks of task − baseline at the smallest fraction); per task Δ(smallest) − Δ(largest) with Holm. Writes stats.json, stats.csv and stats.md; returns #{metric, summary (the primary contrast in one line), files, repetitions, undefined, primary, deltas, secondary} (undefined numbers as ()).",
+        |rows: Dynamic, o: Map| {
+            let opts: StatsOptions = options::parse("stats_report", &o)?;
+            required_metric(&opts.metric, "stats_report")?;
+            required_out(&opts.out, "stats_report")?;
+            let a = Analysis {
+                metric: opts.metric.clone(),
+                baseline: opts.baseline.clone(),
+                level: opts.level,
+                resamples: opts.resamples as usize,
+                seed: opts.seed,
+            };
+            let report = analyse(&rows_of(&rows)?, &a).rt()?;
+            let files = report.write(Path::new(&opts.out)).rt()?;
+            let p = &report.primary;
+            let summary = serde_json::json!({
+                "metric": report.analysis.metric,
+                "summary": report.primary_line(),
+                "files": files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+                "repetitions": report.repetitions.len(),
+                "undefined": report.undefined,
+                "primary": merge_json(
+                    serde_json::json!({ "fraction": p.fraction, "tasks": p.tasks, "p_floor": p.contrast.p_floor }),
+                    estimate_json(&p.contrast),
+                ),
+                "deltas": report.deltas.iter().map(|d| merge_json(
+                    serde_json::json!({ "task": d.task, "fraction": d.fraction, "p_holm": d.p_holm }),
+                    estimate_json(&d.delta),
+                )).collect::<Vec<_>>(),
+                "secondary": report.secondary.iter().map(|c| merge_json(
+                    serde_json::json!({ "task": c.task, "p_holm": c.p_holm }),
+                    estimate_json(&c.contrast),
+                )).collect::<Vec<_>>(),
+            });
+            from_json(&summary)
+        },
+    )
+    .options::<StatsOptions>();
     d.func(
         "plot_pretext",
         "plot_pretext(logs: Map, opts: Map) -> Array",
