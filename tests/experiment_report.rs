@@ -387,7 +387,9 @@ fn the_main_job_writes_curves_differences_and_statistics_for_each_figure() {
         }
     }
     for d in [&fig3, &fig4] {
-        for f in ["stats.json", "stats.csv", "stats.md"] {
+        // The pretext curves of every pretraining folder layout (per seed; per fold for
+        // the grading sweep).
+        for f in ["stats.json", "stats.csv", "stats.md", "pretext_curves.png"] {
             want.push(d.join(f));
         }
     }
