@@ -314,8 +314,14 @@ fn pretrain(state: &HostState, task: &str, data: &Dynamic, ids: &Array, m: &Map)
     });
     if let Some(dir) = &o.out {
         // The resolved configuration, beside the log and checkpoints it produced.
+        // Without `out`: the file is in it, and the same run into another folder must write
+        // the same bytes.
+        let mut options = serde_json::to_value(&o).rt()?;
+        if let Some(m) = options.as_object_mut() {
+            m.remove("out");
+        }
         let config = serde_json::json!({
-            "options": o, "resolved": plan, "input": {"channels": c, "dims": dims},
+            "options": options, "resolved": plan, "input": {"channels": c, "dims": dims},
         });
         let text = serde_json::to_string_pretty(&config).rt()?;
         crate::io::write_atomic(&dir.join("config.json"), text.as_bytes()).rt()?;
