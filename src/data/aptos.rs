@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
 
 use super::Image;
 use super::verify::{CaseReport, Problem, Report};
@@ -167,9 +166,10 @@ impl Aptos {
 pub fn verify(root: impl AsRef<Path>) -> Result<Report> {
     let root = root.as_ref();
     let (entries, mut problems) = scan(root)?;
-    let results: Vec<(CaseReport, Option<Problem>)> = entries
-        .par_iter()
-        .map(|e| {
+    let results: Vec<(CaseReport, Option<Problem>)> = super::budget::map_cases(
+        &entries,
+        |e| super::budget::image_bytes(&e.image),
+        |e| {
             let mut c = CaseReport {
                 id: e.id.clone(),
                 file: e.image.clone(),
@@ -187,8 +187,8 @@ pub fn verify(root: impl AsRef<Path>) -> Result<Report> {
                 }
                 Err(err) => (c, Some(Problem::from_error(&e.image, err))),
             }
-        })
-        .collect();
+        },
+    );
     let mut cases = Vec::new();
     for (c, p) in results {
         cases.push(c);
