@@ -39,10 +39,47 @@ fn scan(root: &Path) -> Result<(Vec<AptosEntry>, Vec<Problem>)> {
             "no such file; an APTOS folder has train.csv (id_code,diagnosis) and train_images/",
         ));
     }
+    let file = std::fs::File::open(&csv_path).map_err(|e| Error::file(&csv_path, e))?;
+    let (rows, mut problems) = parse_csv(&csv_path, file)?;
+    let images = root.join("train_images");
+    let mut entries = Vec::new();
+    for CsvRow { line, id, grade } in rows {
+        let found = ["png", "jpg", "jpeg"]
+            .iter()
+            .map(|ext| images.join(format!("{id}.{ext}")))
+            .find(|p| p.is_file());
+        match found {
+            Some(image) => entries.push(AptosEntry { id, grade, image }),
+            None => problems.push(Problem::new(
+                images.join(format!("{id}.png")),
+                format!("no such file (listed in train.csv line {line})"),
+            )),
+        }
+    }
+    if entries.is_empty() && problems.is_empty() {
+        problems.push(Problem::new(&csv_path, "no rows"));
+    }
+    Ok((entries, problems))
+}
+
+/// One good row of `train.csv`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CsvRow {
+    /// The line number (the header is line 1).
+    pub line: u64,
+    /// `id_code`, checked to be a plain name.
+    pub id: String,
+    /// `diagnosis`, 0..4.
+    pub grade: u8,
+}
+
+/// Reads the rows of an APTOS `train.csv` (`csv_path` names it in messages): the good rows,
+/// and a problem for each bad one (a grade outside 0..4, an empty, repeated or path-like id).
+/// An error when the header lacks `id_code` or `diagnosis`.
+pub fn parse_csv(csv_path: &Path, data: impl std::io::Read) -> Result<(Vec<CsvRow>, Vec<Problem>)> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
-        .from_path(&csv_path)
-        .map_err(|e| Error::file(&csv_path, e))?;
+        .from_reader(data);
     let headers = reader
         .headers()
         .map_err(|e| Error::file(&csv_path, format!("unreadable header: {e}")))?
@@ -59,8 +96,7 @@ fn scan(root: &Path) -> Result<(Vec<AptosEntry>, Vec<Problem>)> {
         })
     };
     let (id_col, grade_col) = (col("id_code")?, col("diagnosis")?);
-    let images = root.join("train_images");
-    let mut entries = Vec::new();
+    let mut rows = Vec::new();
     let mut problems = Vec::new();
     let mut seen: HashMap<String, u64> = HashMap::new();
     for (i, rec) in reader.records().enumerate() {
@@ -99,22 +135,9 @@ fn scan(root: &Path) -> Result<(Vec<AptosEntry>, Vec<Problem>)> {
             ));
             continue;
         }
-        let found = ["png", "jpg", "jpeg"]
-            .iter()
-            .map(|ext| images.join(format!("{id}.{ext}")))
-            .find(|p| p.is_file());
-        match found {
-            Some(image) => entries.push(AptosEntry { id, grade, image }),
-            None => problems.push(Problem::new(
-                images.join(format!("{id}.png")),
-                format!("no such file (listed in train.csv line {line})"),
-            )),
-        }
+        rows.push(CsvRow { line, id, grade });
     }
-    if entries.is_empty() && problems.is_empty() {
-        problems.push(Problem::new(&csv_path, "no rows"));
-    }
-    Ok((entries, problems))
+    Ok((rows, problems))
 }
 
 impl Aptos {

@@ -114,7 +114,19 @@ impl Decathlon {
 
     fn from_json(root: PathBuf, json: &Path) -> Result<Decathlon> {
         let text = std::fs::read_to_string(json).with_file(json)?;
-        let d: DatasetJson = serde_json::from_str(&text).map_err(|e| {
+        Self::from_json_text(root, json, &text)
+    }
+
+    /// Reads `text` as the `dataset.json` of the folder `root` (no file is read; errors name
+    /// `root/dataset.json`).
+    pub fn parse(root: impl AsRef<Path>, text: &str) -> Result<Decathlon> {
+        let root = root.as_ref().to_path_buf();
+        let json = root.join("dataset.json");
+        Self::from_json_text(root, &json, text)
+    }
+
+    fn from_json_text(root: PathBuf, json: &Path, text: &str) -> Result<Decathlon> {
+        let d: DatasetJson = serde_json::from_str(text).map_err(|e| {
             Error::file(
                 json,
                 format!(

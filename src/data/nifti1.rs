@@ -464,6 +464,7 @@ fn decode(
     path: &Path,
     short: impl Fn(usize) -> Error,
 ) -> Result<Vec<f32>> {
+    let mut read = |buf: &mut [u8]| read_full(r, buf, gz, path);
     macro_rules! go {
         ($t:ty) => {{
             const N: usize = std::mem::size_of::<$t>();
@@ -478,10 +479,10 @@ fn decode(
                 }
             };
             match l.scaling {
-                Some((s, c)) => fill(r, &l.dims, N, gz, path, &short, BLOCK, |b, i| {
+                Some((s, c)) => fill(&mut read, &l.dims, N, &short, BLOCK, |b, i| {
                     (get(b, i) as f64 * s + c) as f32
                 }),
-                None => fill(r, &l.dims, N, gz, path, &short, BLOCK, |b, i| get(b, i) as f32),
+                None => fill(&mut read, &l.dims, N, &short, BLOCK, |b, i| get(b, i) as f32),
             }
         }};
     }
@@ -507,16 +508,17 @@ const BLOCK: usize = 4 << 20;
 /// stores the first index fastest, the tensor the last one. Writes are tiled over the first
 /// and last axes so that reads and writes both stay in cache.
 fn fill(
-    r: &mut impl Read,
+    read: &mut impl FnMut(&mut [u8]) -> Result<usize>,
     dims: &[usize],
     size: usize,
-    gz: bool,
-    path: &Path,
     short: &impl Fn(usize) -> Error,
     block: usize,
     get: impl Fn(&[u8], usize) -> f32,
 ) -> Result<Vec<f32>> {
     let n: usize = dims.iter().product();
+    // Trailing axes of size 1 change neither order (a 4D file with one time point is read a
+    // block of z slices at a time, not as one block).
+    let dims = &dims[..dims.iter().rposition(|&d| d > 1).map_or(1, |i| i + 1)];
     let k = dims.len();
     let dl = dims[k - 1];
     let slab = n / dl.max(1);
@@ -541,7 +543,7 @@ fn fill(
     while l0 < dl {
         let l1 = (l0 + per).min(dl);
         let bytes = (l1 - l0) * slab * size;
-        let got = read_full(r, &mut buf[..bytes], gz, path)?;
+        let got = read(&mut buf[..bytes])?;
         if got < bytes {
             return Err(short(l0 * slab * size + got));
         }
@@ -576,7 +578,17 @@ mod tests {
 
     #[test]
     fn fill_reverses_the_index_order() {
-        let dims_list = [vec![5], vec![3, 4], vec![2, 3, 4], vec![40, 3, 33], vec![3, 1, 2, 5]];
+        let dims_list = [
+            vec![5],
+            vec![1],
+            vec![3, 4],
+            vec![2, 3, 4],
+            vec![40, 3, 33],
+            vec![3, 1, 2, 5],
+            vec![4, 3, 1],
+            vec![2, 3, 4, 1, 1],
+            vec![1, 1, 3],
+        ];
         for dims in dims_list {
             let n: usize = dims.iter().product();
             let raw: Vec<u8> = (0..n as u32).flat_map(|i| i.to_le_bytes()).collect();
@@ -585,8 +597,9 @@ mod tests {
                 u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]) as f32
             };
             for block in [1, 24, 1 << 20] {
-                let out = fill(&mut raw.as_slice(), &dims, 4, false, Path::new("x"), &short, block, get)
-                    .unwrap();
+                let mut src = raw.as_slice();
+                let mut read = |b: &mut [u8]| super::read_full(&mut src, b, false, Path::new("x"));
+                let out = fill(&mut read, &dims, 4, &short, block, get).unwrap();
                 check(&dims, &out);
             }
         }
