@@ -10,6 +10,8 @@ use std::process::{Command, Stdio};
 /// ru_maxrss of that one child), asserting it succeeds.
 fn peak(args: &[&str], env: &[(&str, &str)], data_home: &Path) -> u64 {
     let err = tempfile::NamedTempFile::new().unwrap();
+    // Reaped by wait4 below (for its rusage), which clippy does not see.
+    #[allow(clippy::zombie_processes)]
     let child = Command::new(env!("CARGO_BIN_EXE_pretext"))
         .args(args)
         .envs(env.iter().copied())
@@ -22,6 +24,7 @@ fn peak(args: &[&str], env: &[(&str, &str)], data_home: &Path) -> u64 {
     let mut status = 0;
     // SAFETY: plain libc calls on a zeroed struct and the pid of our own child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child, writing into the two locals above.
     let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
     assert_eq!(pid, child.id() as i32);
     let stderr = std::fs::read_to_string(err.path()).unwrap();

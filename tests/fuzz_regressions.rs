@@ -43,7 +43,10 @@ fn name(f: &Path) -> String {
 }
 
 /// Runs `read` (`Ok(summary)` or `Err(message)`), turning a panic into a failure message.
-fn outcome<T>(what: &str, read: impl FnOnce() -> Result<T, String>) -> Result<Result<T, String>, String> {
+fn outcome<T>(
+    what: &str,
+    read: impl FnOnce() -> Result<T, String>,
+) -> Result<Result<T, String>, String> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(read))
         .map_err(|_| format!("{what}: panicked"))
 }
@@ -51,8 +54,9 @@ fn outcome<T>(what: &str, read: impl FnOnce() -> Result<T, String>) -> Result<Re
 /// The bytes derived from one seed: every truncation, and with `mutate` every one-byte
 /// replacement (0x00, 0xFF, xor 0x80).
 fn variants(bytes: &[u8], mutate: bool) -> Vec<(String, Vec<u8>)> {
-    let mut out: Vec<(String, Vec<u8>)> =
-        (0..bytes.len()).map(|n| (format!("cut to {n} bytes"), bytes[..n].to_vec())).collect();
+    let mut out: Vec<(String, Vec<u8>)> = (0..bytes.len())
+        .map(|n| (format!("cut to {n} bytes"), bytes[..n].to_vec()))
+        .collect();
     if mutate {
         for i in 0..bytes.len() {
             for v in [0x00, 0xFF, bytes[i] ^ 0x80] {
@@ -82,10 +86,15 @@ fn check_target<T: PartialEq + std::fmt::Debug>(
     for seed in seeds(target) {
         let bytes = std::fs::read(&seed).unwrap();
         let shown = format!("seed {}", seed.display());
-        match (outcome(&shown, || from_path(&seed)), outcome(&shown, || from_bytes(&bytes, "seed.bin"))) {
+        match (
+            outcome(&shown, || from_path(&seed)),
+            outcome(&shown, || from_bytes(&bytes, "seed.bin")),
+        ) {
             (Ok(Ok(a)), Ok(Ok(b))) if a == b => {}
             (Ok(Ok(a)), Ok(Ok(b))) => bad.push(format!("{shown}: path gives {a:?}, bytes {b:?}")),
-            (a, b) => bad.push(format!("{shown}: not read: from its path {a:?}, from bytes {b:?}")),
+            (a, b) => bad.push(format!(
+                "{shown}: not read: from its path {a:?}, from bytes {b:?}"
+            )),
         }
         for (how, b) in variants(&bytes, mutate(&seed)) {
             let shown = format!("{shown} {how}");
@@ -107,7 +116,11 @@ fn check_target<T: PartialEq + std::fmt::Debug>(
         }
     }
     let shown: Vec<&String> = bad.iter().take(20).collect();
-    assert!(bad.is_empty(), "{target}: {} failures, the first:\n{shown:#?}", bad.len());
+    assert!(
+        bad.is_empty(),
+        "{target}: {} failures, the first:\n{shown:#?}",
+        bad.len()
+    );
 }
 
 /// A volume as shape, spacing and the bits of its values.
@@ -117,12 +130,18 @@ fn volume_summary(v: pretext::Result<pretext::Volume>) -> Result<VolumeSummary, 
     let v = v.map_err(|e| e.to_string())?;
     let values = v.to_vec().map_err(|e| e.to_string())?;
     assert_eq!(values.len(), v.shape().iter().product::<usize>());
-    Ok((v.shape().to_vec(), values.iter().map(|x| x.to_bits()).collect()))
+    Ok((
+        v.shape().to_vec(),
+        values.iter().map(|x| x.to_bits()).collect(),
+    ))
 }
 
 #[test]
 fn nifti_reader() {
-    assert!(!crashes("nifti").is_empty(), "the bitpix crashes of issue 15 are kept");
+    assert!(
+        !crashes("nifti").is_empty(),
+        "the bitpix crashes of issue 15 are kept"
+    );
     check_target(
         "nifti",
         |p| volume_summary(pretext::Volume::load(p)),
@@ -136,12 +155,17 @@ fn nifti_reader() {
 #[test]
 fn image_reader() {
     assert!(!crashes("image").is_empty(), "the zune-jpeg crash is kept");
-    let summary = |img: pretext::Result<pretext::Image>| -> Result<(usize, usize, Vec<u32>), String> {
-        let img = img.map_err(|e| e.to_string())?;
-        let t = img.tensor().map_err(|e| e.to_string())?;
-        let values: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-        Ok((img.width(), img.height(), values.iter().map(|x| x.to_bits()).collect()))
-    };
+    let summary =
+        |img: pretext::Result<pretext::Image>| -> Result<(usize, usize, Vec<u32>), String> {
+            let img = img.map_err(|e| e.to_string())?;
+            let t = img.tensor().map_err(|e| e.to_string())?;
+            let values: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            Ok((
+                img.width(),
+                img.height(),
+                values.iter().map(|x| x.to_bits()).collect(),
+            ))
+        };
     check_target(
         "image",
         |p| summary(pretext::Image::load(p)),
@@ -153,14 +177,29 @@ fn image_reader() {
 }
 
 /// A dataset as its case ids, image and label paths relative to the folder.
-fn dataset_summary(d: pretext::Result<pretext::data::Decathlon>, root: &Path) -> Result<Vec<String>, String> {
+fn dataset_summary(
+    d: pretext::Result<pretext::data::Decathlon>,
+    root: &Path,
+) -> Result<Vec<String>, String> {
     let d = d.map_err(|e| e.to_string())?;
     let rel = |p: &Path| {
-        assert!(p.starts_with(root), "{} outside the dataset {}", p.display(), root.display());
+        assert!(
+            p.starts_with(root),
+            "{} outside the dataset {}",
+            p.display(),
+            root.display()
+        );
         p.strip_prefix(root).unwrap().display().to_string()
     };
     Ok(d.cases()
-        .map(|c| format!("{} {} {:?}", c.id, rel(&c.image), c.label.as_deref().map(rel)))
+        .map(|c| {
+            format!(
+                "{} {} {:?}",
+                c.id,
+                rel(&c.image),
+                c.label.as_deref().map(rel)
+            )
+        })
         .collect())
 }
 
@@ -204,9 +243,13 @@ fn aptos_csv_reader() {
             }
         },
         |b, n| {
-            let (rows, problems) = pretext::data::aptos::parse_csv(Path::new(n), b).map_err(|e| e.to_string())?;
+            let (rows, problems) =
+                pretext::data::aptos::parse_csv(Path::new(n), b).map_err(|e| e.to_string())?;
             for r in &rows {
-                assert!(r.grade <= 4 && !r.id.is_empty() && !r.id.contains(['/', '\\']), "{r:?}");
+                assert!(
+                    r.grade <= 4 && !r.id.is_empty() && !r.id.contains(['/', '\\']),
+                    "{r:?}"
+                );
             }
             for p in &problems {
                 assert!(p.to_string().contains(n), "problem does not name {n}: {p}");
@@ -231,7 +274,8 @@ fn small_store() -> ParamStore {
         ("encoder.bn.running_mean", vec![2]),
         ("head.weight", vec![3, 4]),
     ] {
-        vb.get_with_hints(shape, n, candle_nn::Init::Const(0.5)).unwrap();
+        vb.get_with_hints(shape, n, candle_nn::Init::Const(0.5))
+            .unwrap();
     }
     store
 }
@@ -264,7 +308,13 @@ fn checkpoint_reader() {
     check_target(
         "checkpoint",
         |f| checkpoint_summary(|s, o| s.load(f, o), ParamStore::manifest(f), &name(f)),
-        |b, n| checkpoint_summary(|s, o| s.load_bytes(b, n, o), ParamStore::manifest_bytes(b, n), n),
+        |b, n| {
+            checkpoint_summary(
+                |s, o| s.load_bytes(b, n, o),
+                ParamStore::manifest_bytes(b, n),
+                n,
+            )
+        },
         name,
         |_| true,
     );

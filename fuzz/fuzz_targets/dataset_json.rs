@@ -11,7 +11,11 @@ fuzz_target!(|data: &[u8]| {
     let root = std::path::Path::new("/fuzz-dataset");
     if let Ok(d) = pretext::data::Decathlon::parse(root, text) {
         for c in d.cases() {
-            assert!(c.image.starts_with(root), "{:?} outside the dataset", c.image);
+            assert!(
+                c.image.starts_with(root),
+                "{:?} outside the dataset",
+                c.image
+            );
             if let Some(l) = &c.label {
                 assert!(l.starts_with(root), "{l:?} outside the dataset");
             }

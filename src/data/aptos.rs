@@ -82,12 +82,12 @@ pub fn parse_csv(csv_path: &Path, data: impl std::io::Read) -> Result<(Vec<CsvRo
         .from_reader(data);
     let headers = reader
         .headers()
-        .map_err(|e| Error::file(&csv_path, format!("unreadable header: {e}")))?
+        .map_err(|e| Error::file(csv_path, format!("unreadable header: {e}")))?
         .clone();
     let col = |name: &str| {
         headers.iter().position(|h| h == name).ok_or_else(|| {
             Error::file(
-                &csv_path,
+                csv_path,
                 format!(
                     "no `{name}` column; expected the header id_code,diagnosis, got {}",
                     headers.iter().collect::<Vec<_>>().join(",")
@@ -104,7 +104,7 @@ pub fn parse_csv(csv_path: &Path, data: impl std::io::Read) -> Result<(Vec<CsvRo
         let rec = match rec {
             Ok(r) => r,
             Err(e) => {
-                problems.push(Problem::new(&csv_path, format!("line {line}: {e}")));
+                problems.push(Problem::new(csv_path, format!("line {line}: {e}")));
                 continue;
             }
         };
@@ -112,25 +112,25 @@ pub fn parse_csv(csv_path: &Path, data: impl std::io::Read) -> Result<(Vec<CsvRo
         let grade_text = rec.get(grade_col).unwrap_or("");
         if id.is_empty() {
             problems.push(Problem::new(
-                &csv_path,
+                csv_path,
                 format!("line {line}: empty id_code"),
             ));
             continue;
         }
         let Some(grade) = grade_text.parse::<u8>().ok().filter(|g| *g <= 4) else {
             problems.push(Problem::new(
-                &csv_path,
+                csv_path,
                 format!("line {line}: diagnosis `{grade_text}` of `{id}` is not a grade 0..4"),
             ));
             continue;
         };
         if let Err(msg) = crate::io::plain_name(&id, "id_code") {
-            problems.push(Problem::new(&csv_path, format!("line {line}: {msg}")));
+            problems.push(Problem::new(csv_path, format!("line {line}: {msg}")));
             continue;
         }
         if let Some(first) = seen.insert(id.clone(), line) {
             problems.push(Problem::new(
-                &csv_path,
+                csv_path,
                 format!("line {line}: id_code `{id}` already on line {first}"),
             ));
             continue;
