@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
 
 use super::Image;
 use super::verify::{CaseReport, Problem, Report};
@@ -40,66 +39,11 @@ fn scan(root: &Path) -> Result<(Vec<AptosEntry>, Vec<Problem>)> {
             "no such file; an APTOS folder has train.csv (id_code,diagnosis) and train_images/",
         ));
     }
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_path(&csv_path)
-        .map_err(|e| Error::file(&csv_path, e))?;
-    let headers = reader
-        .headers()
-        .map_err(|e| Error::file(&csv_path, format!("unreadable header: {e}")))?
-        .clone();
-    let col = |name: &str| {
-        headers.iter().position(|h| h == name).ok_or_else(|| {
-            Error::file(
-                &csv_path,
-                format!(
-                    "no `{name}` column; expected the header id_code,diagnosis, got {}",
-                    headers.iter().collect::<Vec<_>>().join(",")
-                ),
-            )
-        })
-    };
-    let (id_col, grade_col) = (col("id_code")?, col("diagnosis")?);
+    let file = std::fs::File::open(&csv_path).map_err(|e| Error::file(&csv_path, e))?;
+    let (rows, mut problems) = parse_csv(&csv_path, file)?;
     let images = root.join("train_images");
     let mut entries = Vec::new();
-    let mut problems = Vec::new();
-    let mut seen: HashMap<String, u64> = HashMap::new();
-    for (i, rec) in reader.records().enumerate() {
-        let line = i as u64 + 2;
-        let rec = match rec {
-            Ok(r) => r,
-            Err(e) => {
-                problems.push(Problem::new(&csv_path, format!("line {line}: {e}")));
-                continue;
-            }
-        };
-        let id = rec.get(id_col).unwrap_or("").to_string();
-        let grade_text = rec.get(grade_col).unwrap_or("");
-        if id.is_empty() {
-            problems.push(Problem::new(
-                &csv_path,
-                format!("line {line}: empty id_code"),
-            ));
-            continue;
-        }
-        let Some(grade) = grade_text.parse::<u8>().ok().filter(|g| *g <= 4) else {
-            problems.push(Problem::new(
-                &csv_path,
-                format!("line {line}: diagnosis `{grade_text}` of `{id}` is not a grade 0..4"),
-            ));
-            continue;
-        };
-        if let Err(msg) = crate::io::plain_name(&id, "id_code") {
-            problems.push(Problem::new(&csv_path, format!("line {line}: {msg}")));
-            continue;
-        }
-        if let Some(first) = seen.insert(id.clone(), line) {
-            problems.push(Problem::new(
-                &csv_path,
-                format!("line {line}: id_code `{id}` already on line {first}"),
-            ));
-            continue;
-        }
+    for CsvRow { line, id, grade } in rows {
         let found = ["png", "jpg", "jpeg"]
             .iter()
             .map(|ext| images.join(format!("{id}.{ext}")))
@@ -116,6 +60,84 @@ fn scan(root: &Path) -> Result<(Vec<AptosEntry>, Vec<Problem>)> {
         problems.push(Problem::new(&csv_path, "no rows"));
     }
     Ok((entries, problems))
+}
+
+/// One good row of `train.csv`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CsvRow {
+    /// The line number (the header is line 1).
+    pub line: u64,
+    /// `id_code`, checked to be a plain name.
+    pub id: String,
+    /// `diagnosis`, 0..4.
+    pub grade: u8,
+}
+
+/// Reads the rows of an APTOS `train.csv` (`csv_path` names it in messages): the good rows,
+/// and a problem for each bad one (a grade outside 0..4, an empty, repeated or path-like id).
+/// An error when the header lacks `id_code` or `diagnosis`.
+pub fn parse_csv(csv_path: &Path, data: impl std::io::Read) -> Result<(Vec<CsvRow>, Vec<Problem>)> {
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(data);
+    let headers = reader
+        .headers()
+        .map_err(|e| Error::file(csv_path, format!("unreadable header: {e}")))?
+        .clone();
+    let col = |name: &str| {
+        headers.iter().position(|h| h == name).ok_or_else(|| {
+            Error::file(
+                csv_path,
+                format!(
+                    "no `{name}` column; expected the header id_code,diagnosis, got {}",
+                    headers.iter().collect::<Vec<_>>().join(",")
+                ),
+            )
+        })
+    };
+    let (id_col, grade_col) = (col("id_code")?, col("diagnosis")?);
+    let mut rows = Vec::new();
+    let mut problems = Vec::new();
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    for (i, rec) in reader.records().enumerate() {
+        let line = i as u64 + 2;
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                problems.push(Problem::new(csv_path, format!("line {line}: {e}")));
+                continue;
+            }
+        };
+        let id = rec.get(id_col).unwrap_or("").to_string();
+        let grade_text = rec.get(grade_col).unwrap_or("");
+        if id.is_empty() {
+            problems.push(Problem::new(
+                csv_path,
+                format!("line {line}: empty id_code"),
+            ));
+            continue;
+        }
+        let Some(grade) = grade_text.parse::<u8>().ok().filter(|g| *g <= 4) else {
+            problems.push(Problem::new(
+                csv_path,
+                format!("line {line}: diagnosis `{grade_text}` of `{id}` is not a grade 0..4"),
+            ));
+            continue;
+        };
+        if let Err(msg) = crate::io::plain_name(&id, "id_code") {
+            problems.push(Problem::new(csv_path, format!("line {line}: {msg}")));
+            continue;
+        }
+        if let Some(first) = seen.insert(id.clone(), line) {
+            problems.push(Problem::new(
+                csv_path,
+                format!("line {line}: id_code `{id}` already on line {first}"),
+            ));
+            continue;
+        }
+        rows.push(CsvRow { line, id, grade });
+    }
+    Ok((rows, problems))
 }
 
 impl Aptos {
@@ -167,9 +189,10 @@ impl Aptos {
 pub fn verify(root: impl AsRef<Path>) -> Result<Report> {
     let root = root.as_ref();
     let (entries, mut problems) = scan(root)?;
-    let results: Vec<(CaseReport, Option<Problem>)> = entries
-        .par_iter()
-        .map(|e| {
+    let results: Vec<(CaseReport, Option<Problem>)> = super::budget::map_cases(
+        &entries,
+        |e| super::budget::image_bytes(&e.image),
+        |e| {
             let mut c = CaseReport {
                 id: e.id.clone(),
                 file: e.image.clone(),
@@ -187,8 +210,8 @@ pub fn verify(root: impl AsRef<Path>) -> Result<Report> {
                 }
                 Err(err) => (c, Some(Problem::from_error(&e.image, err))),
             }
-        })
-        .collect();
+        },
+    );
     let mut cases = Vec::new();
     for (c, p) in results {
         cases.push(c);

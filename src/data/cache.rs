@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::preprocess::{FundusPreprocess, PancreasPreprocess, rgb8_tensor};
@@ -106,6 +105,7 @@ pub(super) fn prepare(
     params: serde_json::Value,
     source: &Path,
     items: &[Item],
+    footprint: impl Fn(&Item) -> u64 + Sync,
     work: impl Fn(&Item) -> Result<HashMap<String, Tensor>> + Sync,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_file(dir)?;
@@ -151,16 +151,21 @@ pub(super) fn prepare(
         .collect();
     let progress =
         (!todo.is_empty()).then(|| Progress::new(todo.len() as u64, &format!("prepare {kind}")));
-    let failures: Vec<(usize, Error)> = todo
-        .par_iter()
-        .filter_map(|(i, e)| {
+    // In parallel within the memory budget (each case's footprint estimated from its headers).
+    let failures: Vec<(usize, Error)> = super::budget::map_cases(
+        &todo,
+        |(i, _)| footprint(&items[*i]),
+        |(i, e)| {
             let done = work(&items[*i]).and_then(|t| save(&dir.join(&e.file), &t));
             if let Some(p) = &progress {
                 p.inc(1);
             }
             done.err().map(|e| (*i, e))
-        })
-        .collect();
+        },
+    )
+    .into_iter()
+    .flatten()
+    .collect();
     if let Some(p) = &progress {
         p.finish();
     }
@@ -273,15 +278,24 @@ impl PancreasSet {
             Some(m) => m.keys().map(|&k| k as i64).collect(),
             None => [0, 1, 2].into(),
         };
-        prepare(&dir, "pancreas", pj, ds.root(), &items, |it| {
+        // A case holds its image and label (f32) and, while preprocessing, the cropped image
+        // or label and a resized copy of it (at most the image's size each).
+        let footprint = |it: &Item| {
+            let image = super::budget::volume_bytes(&it.sources[0]);
+            let label = it.sources.get(1).map_or(0, |p| super::budget::volume_bytes(p));
+            3 * image + label
+        };
+        prepare(&dir, "pancreas", pj, ds.root(), &items, footprint, |it| {
             let image = Volume::load(&it.sources[0])?;
             let label = it.sources.get(1).map(Volume::load).transpose()?;
             // The checks of `pretext data verify`: finite images, whole allowed labels.
-            if let Some(msg) = super::verify::image_problem(&image.to_vec()?, image.shape()) {
+            if let Some(msg) =
+                image.with_values(|v| super::verify::image_problem(v, image.shape()))?
+            {
                 return Err(Error::file(&it.sources[0], msg));
             }
             if let Some(l) = &label {
-                super::verify::label_problem(&l.to_vec()?, l.shape(), Some(&allowed))
+                l.with_values(|v| super::verify::label_problem(v, l.shape(), Some(&allowed)))?
                     .map_err(|(_, msg)| Error::file(&it.sources[1], msg))?;
             }
             let out = params
@@ -413,7 +427,8 @@ impl FundusSet {
                 sources: vec![e.image.clone()],
             })
             .collect();
-        prepare(&dir, "fundus", pj, ds.root(), &items, |it| {
+        let footprint = |it: &Item| super::budget::image_bytes(&it.sources[0]);
+        prepare(&dir, "fundus", pj, ds.root(), &items, footprint, |it| {
             let img = Image::load(&it.sources[0])?;
             let chw = params.resize_rgb8(&img)?;
             let s = params.size;

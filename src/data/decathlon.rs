@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
 use serde::Deserialize;
 
 use super::Volume;
@@ -115,7 +114,19 @@ impl Decathlon {
 
     fn from_json(root: PathBuf, json: &Path) -> Result<Decathlon> {
         let text = std::fs::read_to_string(json).with_file(json)?;
-        let d: DatasetJson = serde_json::from_str(&text).map_err(|e| {
+        Self::from_json_text(root, json, &text)
+    }
+
+    /// Reads `text` as the `dataset.json` of the folder `root` (no file is read; errors name
+    /// `root/dataset.json`).
+    pub fn parse(root: impl AsRef<Path>, text: &str) -> Result<Decathlon> {
+        let root = root.as_ref().to_path_buf();
+        let json = root.join("dataset.json");
+        Self::from_json_text(root, &json, text)
+    }
+
+    fn from_json_text(root: PathBuf, json: &Path, text: &str) -> Result<Decathlon> {
+        let d: DatasetJson = serde_json::from_str(text).map_err(|e| {
             Error::file(
                 json,
                 format!(
@@ -309,12 +320,16 @@ pub fn verify(root: impl AsRef<Path>) -> Result<Report> {
         .labels
         .as_ref()
         .map(|m| m.keys().map(|&k| k as i64).collect());
-    let results: Vec<(CaseReport, Vec<Problem>, Vec<Problem>)> = ds
-        .cases()
-        .collect::<Vec<_>>()
-        .par_iter()
-        .map(|c| verify_case(c, allowed.as_ref()))
-        .collect();
+    // Cases run in parallel within the memory budget: one volume of a case is in memory at a
+    // time, so a case takes its larger volume's f32 voxels.
+    let results: Vec<(CaseReport, Vec<Problem>, Vec<Problem>)> = super::budget::map_cases(
+        &ds.cases().collect::<Vec<_>>(),
+        |c| {
+            let label = c.label.as_deref().map_or(0, super::budget::volume_bytes);
+            super::budget::volume_bytes(&c.image).max(label)
+        },
+        |c| verify_case(c, allowed.as_ref()),
+    );
     let mut cases = Vec::new();
     for (c, p, w) in results {
         cases.push(c);
@@ -346,6 +361,7 @@ fn verify_case(
         spacing: None,
         labels: None,
     };
+    // The image is dropped before the label is read: only its shape and spacing are kept.
     let image = match Volume::load(&c.image) {
         Ok(v) => {
             report.shape = v.shape().to_vec();
@@ -357,15 +373,12 @@ fn verify_case(
                     format!("expected a 3D (or 4D) volume, got shape {:?}", v.shape()),
                 ));
             }
-            match v.to_vec() {
-                Ok(values) => {
-                    if let Some(msg) = super::verify::image_problem(&values, v.shape()) {
-                        problems.push(Problem::new(&c.image, msg));
-                    }
-                }
+            match v.with_values(|values| super::verify::image_problem(values, v.shape())) {
+                Ok(Some(msg)) => problems.push(Problem::new(&c.image, msg)),
+                Ok(None) => {}
                 Err(e) => problems.push(Problem::from_error(&c.image, e)),
             }
-            Some(v)
+            Some((v.shape().to_vec(), v.spacing()))
         }
         Err(e) => {
             problems.push(Problem::from_error(&c.image, e));
@@ -382,8 +395,8 @@ fn verify_case(
             return (report, problems, warnings);
         }
     };
-    if let Some(img) = &image {
-        let want = &img.shape()[..img.shape().len().min(3)];
+    if let Some((shape, a)) = &image {
+        let want = &shape[..shape.len().min(3)];
         if label.shape() != want {
             problems.push(Problem::new(
                 label_path,
@@ -395,7 +408,7 @@ fn verify_case(
                 ),
             ));
         }
-        let (a, b) = (img.spacing(), label.spacing());
+        let (a, b) = (*a, label.spacing());
         if (0..3).any(|i| (a[i] - b[i]).abs() > 1e-3 * a[i].abs().max(1e-6)) {
             warnings.push(Problem::new(
                 label_path,
@@ -403,14 +416,12 @@ fn verify_case(
             ));
         }
     }
-    match label.to_vec() {
-        Ok(values) => match super::verify::label_problem(&values, label.shape(), allowed) {
-            Ok(found) => report.labels = Some(found.into_iter().collect()),
-            Err((found, msg)) => {
-                report.labels = found.map(|f| f.into_iter().collect());
-                problems.push(Problem::new(label_path, msg));
-            }
-        },
+    match label.with_values(|values| super::verify::label_problem(values, label.shape(), allowed)) {
+        Ok(Ok(found)) => report.labels = Some(found.into_iter().collect()),
+        Ok(Err((found, msg))) => {
+            report.labels = found.map(|f| f.into_iter().collect());
+            problems.push(Problem::new(label_path, msg));
+        }
         Err(e) => problems.push(Problem::from_error(label_path, e)),
     }
     (report, problems, warnings)

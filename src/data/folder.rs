@@ -692,12 +692,20 @@ impl NiftiFolderSet {
         let allowed: Option<std::collections::BTreeSet<i64>> =
             o.classes.map(|c| (0..c as i64).collect());
         let pre = &o.preprocess;
-        prepare(&dir, "nifti", params.clone(), &root, &items, |it| {
+        // A case holds its image and label (f32), the copies `VolumePreprocess::apply` works
+        // on, and the resampled, cropped and resized intermediates (each at most the image's
+        // size, unless `spacing` is finer than the file's).
+        let footprint = |it: &Item| {
+            let image = super::budget::volume_bytes(&it.sources[0]);
+            let label = it.sources.get(1).map_or(0, |p| super::budget::volume_bytes(p));
+            4 * image + 2 * label
+        };
+        prepare(&dir, "nifti", params.clone(), &root, &items, footprint, |it| {
             let image = Volume::load(&it.sources[0])?;
             let label = it.sources.get(1).map(Volume::load).transpose()?;
             if let Some(l) = &label {
-                let values = l.to_vec()?;
-                let found = super::verify::label_problem(&values, l.shape(), allowed.as_ref())
+                let found = l
+                    .with_values(|v| super::verify::label_problem(v, l.shape(), allowed.as_ref()))?
                     .map_err(|(_, msg)| Error::file(&it.sources[1], msg))?;
                 if let Some(v) = found.iter().find(|&&v| !(0..=255).contains(&v)) {
                     return Err(Error::file(

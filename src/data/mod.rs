@@ -1,11 +1,13 @@
 //! Medical-image data: NIfTI volumes, fundus images, datasets, preprocessing and splits.
 
 pub mod aptos;
+pub mod budget;
 pub mod cache;
 pub mod decathlon;
 pub mod folder;
 pub mod geometry;
 pub mod image2d;
+pub(crate) mod nifti1;
 pub mod preprocess;
 pub mod preview;
 pub mod resize;

@@ -135,8 +135,11 @@ impl PancreasPreprocess {
                 ),
             ));
         }
-        let lab = label.map(|l| l.to_vec()).transpose()?;
-        let raw = self.apply_raw(&image.to_vec()?, shape, lab.as_deref())?;
+        // The voxels are borrowed from the volumes, not copied.
+        let raw = image.with_values(|img| match label {
+            Some(l) => l.with_values(|lab| self.apply_raw(img, shape, Some(lab)))?,
+            None => self.apply_raw(img, shape, None),
+        })??;
         let s = (self.shape[0], self.shape[1], self.shape[2]);
         Ok(Prepared {
             image: Tensor::from_vec(raw.image, s, &Device::Cpu)?,
@@ -194,6 +197,7 @@ impl PancreasPreprocess {
             clip: true,
         };
         let resized = resize3d(&cropped, crop_shape, self.shape, img_opts)?;
+        drop(cropped);
         let (rlo, rhi) = min_max(&resized);
         if rlo == rhi {
             return Err(Error::msg(

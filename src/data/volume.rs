@@ -9,7 +9,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use ndarray::{ArrayD, IxDyn, ShapeBuilder};
 use nifti::writer::WriterOptions;
-use nifti::{IntoNdArray, NiftiHeader, NiftiObject, NiftiType, ReaderOptions};
+use nifti::NiftiHeader;
 
 use crate::error::{Error, FileContext, Result};
 
@@ -94,20 +94,14 @@ impl VoxelType {
         Ok(t)
     }
 
-    fn from_nifti(t: NiftiType) -> Option<Self> {
-        Some(match t {
-            NiftiType::Uint8 => VoxelType::U8,
-            NiftiType::Int8 => VoxelType::I8,
-            NiftiType::Uint16 => VoxelType::U16,
-            NiftiType::Int16 => VoxelType::I16,
-            NiftiType::Uint32 => VoxelType::U32,
-            NiftiType::Int32 => VoxelType::I32,
-            NiftiType::Uint64 => VoxelType::U64,
-            NiftiType::Int64 => VoxelType::I64,
-            NiftiType::Float32 => VoxelType::F32,
-            NiftiType::Float64 => VoxelType::F64,
-            _ => return None,
-        })
+    /// Bytes per voxel on disk.
+    pub fn size(self) -> usize {
+        match self {
+            VoxelType::U8 | VoxelType::I8 => 1,
+            VoxelType::U16 | VoxelType::I16 => 2,
+            VoxelType::U32 | VoxelType::I32 | VoxelType::F32 => 4,
+            VoxelType::U64 | VoxelType::I64 | VoxelType::F64 => 8,
+        }
     }
 
     /// The range of values the type can hold (for integer types).
@@ -140,56 +134,49 @@ pub struct Volume {
 }
 
 impl Volume {
-    /// Reads a `.nii` or `.nii.gz` file. Errors name the file and what was wrong.
+    /// Reads a `.nii` or `.nii.gz` file (gzip is recognised by its content). Errors name the
+    /// file, what was wrong and what was expected; a malformed file is an error, never a
+    /// panic. The voxels are decoded straight into the tensor's buffer: the volume as f32 (4
+    /// bytes a voxel) and a few MiB are all the memory reading takes.
     pub fn load(path: impl AsRef<Path>) -> Result<Volume> {
         let path = path.as_ref();
-        if !path.exists() {
-            return Err(Error::file(path, "no such file"));
-        }
-        let obj = ReaderOptions::new().read_file(path).map_err(|e| {
-            if is_nifti2(path) {
-                Error::file(
-                    path,
-                    "a NIfTI-2 file; pretext reads NIfTI-1 only (convert it, e.g. with nibabel: \
-                     nib.save(nib.Nifti1Image(img.dataobj, img.affine), 'out.nii.gz'))",
-                )
-            } else {
-                Error::file(path, format!("not a readable NIfTI-1 file: {e}"))
-            }
-        })?;
-        let header = obj.header().clone();
-        let nt = header
-            .data_type()
-            .map_err(|e| Error::file(path, format!("bad datatype code: {e}")))?;
-        let dtype = VoxelType::from_nifti(nt).ok_or_else(|| {
-            Error::file(
-                path,
-                format!("unsupported voxel type {nt:?}; expected an integer or float type"),
-            )
-        })?;
-        let ndim = header.dim[0] as usize;
-        if !(1..=7).contains(&ndim) {
-            return Err(Error::file(
-                path,
-                format!("header dim[0] = {ndim}, expected 1..7"),
-            ));
-        }
-        let arr = obj
-            .into_volume()
-            .into_ndarray::<f32>()
-            .map_err(|e| Error::file(path, format!("cannot decode voxel data: {e}")))?;
-        let shape = arr.shape().to_vec();
-        let data: Vec<f32> = arr.as_standard_layout().iter().copied().collect();
-        let tensor = Tensor::from_vec(data, shape, &Device::Cpu)?;
+        guarded(path, || {
+            let (layout, values) = super::nifti1::read(path)?;
+            Self::from_layout(layout, values, path)
+        })
+    }
+
+    /// [`Volume::load`] on the bytes of a `.nii` or `.nii.gz` file; `name` names it in errors.
+    pub fn from_bytes(bytes: &[u8], name: impl AsRef<Path>) -> Result<Volume> {
+        let path = name.as_ref();
+        guarded(path, || {
+            let (layout, values) = super::nifti1::read_bytes(bytes, path)?;
+            Self::from_layout(layout, values, path)
+        })
+    }
+
+    /// The shape and voxel type a `.nii`/`.nii.gz` file's header declares (only the header is
+    /// read), after the checks of [`Volume::load`].
+    pub fn probe(path: impl AsRef<Path>) -> Result<(Vec<usize>, VoxelType)> {
+        let path = path.as_ref();
+        guarded(path, || {
+            let l = super::nifti1::read_header(path)?;
+            Ok((l.dims, l.dtype))
+        })
+    }
+
+    fn from_layout(layout: super::nifti1::Layout, values: Vec<f32>, path: &Path) -> Result<Volume> {
+        let header = layout.header;
+        let tensor = Tensor::from_vec(values, layout.dims.clone(), &Device::Cpu)?;
         let spacing = [1, 2, 3].map(|i| (header.pixdim[i] as f64).abs());
-        let spatial = [1, 2, 3].map(|i| header.dim[i].max(1) as usize);
+        let spatial = [0, 1, 2].map(|i| layout.dims.get(i).copied().unwrap_or(1));
         let affine = best_affine(&header, spatial)
             .map_err(|msg| Error::file(path, format!("invalid orientation: {msg}")))?;
         Ok(Volume {
             tensor,
             spacing,
             affine,
-            dtype,
+            dtype: layout.dtype,
             header,
         })
     }
@@ -354,6 +341,21 @@ impl Volume {
         Ok(self.tensor.flatten_all()?.to_vec1::<f32>()?)
     }
 
+    /// Calls `f` with the voxels as a C-order slice (x slowest, z fastest), without copying
+    /// them as [`Volume::to_vec`] does.
+    pub fn with_values<R>(&self, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+        let t = self.tensor.contiguous()?;
+        let (storage, layout) = t.storage_and_layout();
+        let candle_core::Storage::Cpu(cpu) = &*storage else {
+            return Err(Error::msg("volume voxels are not on the CPU"));
+        };
+        let all = cpu.as_slice::<f32>()?;
+        let (a, b) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| Error::msg("volume voxels are not contiguous"))?;
+        Ok(f(&all[a..b]))
+    }
+
     /// Writes the volume in its own voxel type. See [`Volume::save_as`].
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         self.save_as(path, self.dtype)
@@ -469,20 +471,20 @@ fn set_scaling(path: &Path, gz: bool, slope: f32, inter: f32) -> Result<()> {
     std::fs::write(path, out).with_file(path)
 }
 
-/// Whether the file starts with a NIfTI-2 header (`sizeof_hdr` = 540, either byte order).
-fn is_nifti2(path: &Path) -> bool {
-    use std::io::Read;
-    let Ok(file) = std::fs::File::open(path) else {
-        return false;
-    };
-    let mut head = [0u8; 4];
-    let gz = path.extension().is_some_and(|e| e == "gz");
-    let read = if gz {
-        flate2::read::GzDecoder::new(file).read_exact(&mut head)
-    } else {
-        std::io::BufReader::new(file).read_exact(&mut head)
-    };
-    read.is_ok() && (i32::from_le_bytes(head) == 540 || i32::from_be_bytes(head) == 540)
+/// Runs a reader, turning a panic (a bug: every malformed input should be refused by the
+/// checks before) into an error naming the file.
+fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let what = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(Error::file(
+            path,
+            format!("not a readable NIfTI-1 file: the reader failed ({what}); please report this"),
+        ))
+    })
 }
 
 fn write_typed(

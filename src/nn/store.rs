@@ -131,7 +131,18 @@ impl ParamStore {
     pub fn load(&self, path: impl AsRef<Path>, opts: &LoadOptions) -> Result<LoadReport> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).with_file(path)?;
-        let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+        self.load_bytes(&bytes, path, opts)
+    }
+
+    /// [`ParamStore::load`] from the bytes of a safetensors file; `name` names it in errors.
+    pub fn load_bytes(
+        &self,
+        bytes: &[u8],
+        name: impl AsRef<Path>,
+        opts: &LoadOptions,
+    ) -> Result<LoadReport> {
+        let path = name.as_ref();
+        let file = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
             Error::file(path, format!("not a readable safetensors checkpoint: {e}"))
         })?;
         let selected = |name: &str| opts.prefix.as_deref().is_none_or(|p| name.starts_with(p));
@@ -174,7 +185,14 @@ impl ParamStore {
     pub fn manifest(path: impl AsRef<Path>) -> Result<serde_json::Value> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).with_file(path)?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+        Self::manifest_bytes(&bytes, path)
+    }
+
+    /// [`ParamStore::manifest`] from the bytes of a safetensors file; `name` names it in
+    /// errors.
+    pub fn manifest_bytes(bytes: &[u8], name: impl AsRef<Path>) -> Result<serde_json::Value> {
+        let path = name.as_ref();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| {
             Error::file(path, format!("not a readable safetensors checkpoint: {e}"))
         })?;
         let text = meta
