@@ -585,6 +585,9 @@ fn with_epoch(manifest: &serde_json::Value, e: &EpochLog) -> serde_json::Value {
     m
 }
 
+/// Mean loss, mean accuracy and, for exemplar evaluation, the mean role-swap loss and accuracy.
+type EpochMeans = (f64, f64, Option<(f64, f64)>);
+
 /// Runs the batches of one epoch (training when `opt` is given); batches are sampled in a
 /// background thread one step ahead of the model. Returns the mean loss and accuracy, and in
 /// evaluation the exemplar's mean role-swap loss and accuracy (the shortcut diagnostic).
@@ -598,7 +601,7 @@ fn run_epoch(
     dev: &Device,
     mut opt: Option<&mut Adam>,
     epoch: usize,
-) -> Result<(f64, f64, Option<(f64, f64)>)> {
+) -> Result<EpochMeans> {
     let train = opt.is_some();
     let (mut loss_sum, mut acc_sum, mut n) = (0.0, 0.0, 0usize);
     let mut swap: Option<(f64, f64)> = None;
