@@ -23,7 +23,28 @@ fn run(root: &Path, threads: &str) -> PathBuf {
     out
 }
 
-/// Every file under `dir` by relative path, with the per-epoch `seconds` removed from logs.
+/// `bytes` with every mention of the run's own folder (the parent of `dir`, which holds its
+/// output and its data, and differs between the runs) replaced by `<run>`: pretraining
+/// folders' config.json and the rows name their paths.
+fn without_root(bytes: Vec<u8>, dir: &Path) -> Vec<u8> {
+    let root = dir.parent().unwrap().display().to_string();
+    let root = root.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i..].starts_with(root) {
+            out.extend_from_slice(b"<run>");
+            i += root.len();
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Every file under `dir` by relative path, with the run's folder named `<run>` and the
+/// per-epoch `seconds` removed from logs.
 fn contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut files = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -35,7 +56,7 @@ fn contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
                 continue;
             }
             let rel = p.strip_prefix(dir).unwrap().display().to_string();
-            let mut bytes = std::fs::read(&p).unwrap();
+            let mut bytes = without_root(std::fs::read(&p).unwrap(), dir);
             if rel.ends_with("log.jsonl") {
                 let text = String::from_utf8(bytes).unwrap();
                 let lines: Vec<String> = text

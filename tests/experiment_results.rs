@@ -497,6 +497,8 @@ fn pretext_curves_are_written_as_png_and_svg() {
                 accuracy: 0.1 * e as f64,
                 val_loss: k / e as f64 + 0.1,
                 val_accuracy: 0.08 * e as f64,
+                val_swap_loss: None,
+                val_swap_accuracy: None,
                 seconds: 1.0,
             })
             .collect()

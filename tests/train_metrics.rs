@@ -112,3 +112,62 @@ fn an_undefined_kappa_is_nan_as_in_scikit_learn_not_zero() {
     assert!(c.quadratic_kappa().is_nan());
     assert!(Confusion::new(5).quadratic_kappa().is_nan(), "no pairs");
 }
+
+/// O's scoring of decoded grades (`score_kappa_kaggle`: scikit-learn with `labels=[0..4]`): the
+/// undecodable −1 predictions are counted, and left out of the kappa and the accuracy. The
+/// fixture's kappa and accuracy come from scikit-learn on the same vectors, the count from the
+/// vectors themselves.
+#[test]
+fn undecodable_grades_are_counted_and_left_out_as_o_does() {
+    use pretext::train::metrics::grade_scores;
+    let f = fixture();
+    let mut total_undecodable = 0;
+    for (i, case) in f["classification"].as_array().unwrap().iter().enumerate() {
+        let (t, p) = (ints(&case["truth"]), ints(&case["pred"]));
+        let s = grade_scores(&t, &p, 5).unwrap();
+        let minus_one = p.iter().filter(|&&x| x == -1).count();
+        assert_eq!(s.undecodable, minus_one, "case {i}");
+        assert_eq!(s.scored + s.undecodable, p.len(), "case {i}");
+        assert!((s.qwk - case["qwk"].as_f64().unwrap()).abs() < 1e-12, "case {i}");
+        assert!(
+            (s.accuracy - case["accuracy_valid"].as_f64().unwrap()).abs() < 1e-12,
+            "case {i}"
+        );
+        total_undecodable += minus_one;
+    }
+    assert!(total_undecodable > 0, "the fixture has undecodable grades");
+    assert!(grade_scores(&[5], &[0], 5).is_err(), "a true grade outside 0..5");
+}
+
+/// O's decoding (`sum(sigmoid > 0.5) − 1`) on hand-made logits, then O's scoring: a row with no
+/// output above 0.5 is −1, counted and left out; non-monotone bits count as they are.
+#[test]
+fn cumulative_decoding_then_scoring_follows_os_definition() {
+    use candle_core::{Device, Tensor};
+    use pretext::train::finetune::decode_cumulative;
+    use pretext::train::metrics::grade_scores;
+    let rows: [[f32; 5]; 5] = [
+        [-3.0, -3.0, -3.0, -3.0, -3.0], // none above 0.5: −1
+        [3.0, 3.0, -3.0, -3.0, -3.0],   // grade 1
+        [3.0, -3.0, 3.0, -3.0, -3.0],   // non-monotone: two above, grade 1
+        [3.0, 3.0, 3.0, 3.0, 3.0],      // grade 4
+        [-0.1, -3.0, -3.0, -3.0, -3.0], // sigmoid 0.475: −1
+    ];
+    let logits = Tensor::from_vec(
+        rows.iter().flatten().copied().collect::<Vec<_>>(),
+        (5, 5),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let pred = decode_cumulative(&logits).unwrap();
+    assert_eq!(pred, vec![-1, 1, 1, 4, -1]);
+    let truth = [0, 1, 2, 4, 3];
+    let s = grade_scores(&truth, &pred, 5).unwrap();
+    assert_eq!((s.undecodable, s.scored), (2, 3));
+    // The three decodable pairs (1,1), (2,1), (4,4): two of three correct.
+    assert!((s.accuracy - 2.0 / 3.0).abs() < 1e-15);
+    let mut c = Confusion::new(5);
+    c.add(&[1, 2, 4], &[1, 1, 4]).unwrap();
+    assert_eq!(s.confusion, c);
+    assert_eq!(s.qwk.to_bits(), c.quadratic_kappa().to_bits());
+}

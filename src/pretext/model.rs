@@ -113,6 +113,10 @@ pub struct StepOutput {
     /// Accuracy: correct classes; exemplar: triplets with `d(a,p) < d(a,n)`; CPC: correctly
     /// scored examples.
     pub accuracy: f64,
+    /// Exemplar in evaluation mode only: the loss and accuracy of the same batch with the
+    /// positive's and the negative's inputs swapped between their heads (see
+    /// [`PretextModel::role_swap`]); `None` for the other tasks and in training.
+    pub swapped: Option<(f64, f64)>,
 }
 
 /// A backbone with the head and loss of one pretext task.
@@ -228,9 +232,10 @@ impl PretextModel {
                 Ok(StepOutput {
                     loss,
                     accuracy: acc,
+                    swapped: None,
                 })
             }
-            Head::Exemplar(heads) => self.exemplar(&feats, heads, b),
+            Head::Exemplar(heads) => self.exemplar(&feats, heads, b, train),
             Head::Cpc {
                 encode,
                 gru,
@@ -242,7 +247,13 @@ impl PretextModel {
         }
     }
 
-    fn exemplar(&self, feats: &Tensor, heads: &[Linear], b: usize) -> Result<StepOutput> {
+    fn exemplar(
+        &self,
+        feats: &Tensor,
+        heads: &[Linear],
+        b: usize,
+        train: bool,
+    ) -> Result<StepOutput> {
         let code = |i: usize, part: usize| -> Result<Tensor> {
             let h = &heads[part.min(heads.len() - 1)];
             Ok(candle_nn::ops::sigmoid(&h.forward(&feats.narrow(
@@ -252,12 +263,50 @@ impl PretextModel {
             )?)?)?)
         };
         let (a, p) = (code(0, 0)?, code(1, 1)?);
-        let n = if feats.dims()[0] == 3 * b {
-            Some(code(2, 2)?)
-        } else {
-            None
-        };
-        triplet_loss(&a, &p, n.as_ref(), &self.task.options.exemplar)
+        let sampled = feats.dims()[0] == 3 * b;
+        let n = if sampled { Some(code(2, 2)?) } else { None };
+        let mut out = triplet_loss(&a, &p, n.as_ref(), &self.task.options.exemplar)?;
+        if !train {
+            // The shortcut diagnostic: the same heads, the positive's and the negative's inputs
+            // exchanged. No random draw, no state change: training is unaffected.
+            let (p_swap, n_swap) = if sampled {
+                (code(2, 1)?, code(1, 2)?)
+            } else {
+                // In-batch negatives: item i's negative is item i+1's positive.
+                let rolled = Tensor::cat(&[p.narrow(0, 1, b - 1)?, p.narrow(0, 0, 1)?], 0)?;
+                (rolled, p.clone())
+            };
+            out.swapped = Some(Self::role_swap(
+                &a,
+                &p_swap,
+                &n_swap,
+                &self.task.options.exemplar,
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// The exemplar shortcut diagnostic: the loss and accuracy of anchors `a` against
+    /// `p_swap` (the negative's input through the positive's head) as the positive and `n_swap`
+    /// (the positive's input through the negative's head) as the negative, with the sampled
+    /// pairing (no hardest-negative mining). A model that compares the inputs finds the swapped
+    /// "positive" far from the anchor: accuracy near 1 − the ordinary accuracy, near 0 once the
+    /// task is learnt. Heads that tell the roles apart without looking at the input (O's three
+    /// separate heads can: anchor and positive heads agree on a constant code, the negative's
+    /// head differs) keep the ordinary low loss and high accuracy under the swap. With one shared
+    /// head the swap is exactly the roles reversed, so accuracy is 1 − the ordinary one.
+    pub fn role_swap(
+        a: &Tensor,
+        p_swap: &Tensor,
+        n_swap: &Tensor,
+        o: &ExemplarOptions,
+    ) -> Result<(f64, f64)> {
+        let mut plain = o.clone();
+        plain.hardest = false;
+        plain.negatives = Negatives::Dataset;
+        let out = triplet_loss(a, p_swap, Some(n_swap), &plain)?;
+        let loss = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        Ok((loss, out.accuracy))
     }
 
     fn cpc(
@@ -338,6 +387,7 @@ pub fn triplet_loss(
     Ok(StepOutput {
         loss,
         accuracy: acc,
+        swapped: None,
     })
 }
 
@@ -390,6 +440,7 @@ pub fn cpc_loss(
             Ok(StepOutput {
                 loss,
                 accuracy: acc,
+                swapped: None,
             })
         }
         CpcLoss::InfoNce => {
@@ -425,6 +476,7 @@ pub fn cpc_loss(
             Ok(StepOutput {
                 loss,
                 accuracy: acc,
+                swapped: None,
             })
         }
     }

@@ -245,7 +245,7 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
     d.func(
         "finetune_grading",
         "finetune_grading(data: FundusSet, opts: Map) -> Map",
-        "Finetunes a DenseNet grader on opts.train, evaluates on opts.test: #{qwk, accuracy, confusion, losses, train_seconds, eval_seconds, load}.",
+        "Finetunes a DenseNet grader on opts.train, evaluates on opts.test: #{qwk, accuracy, confusion, undecodable, scored, undecodable_excluded, losses, train_seconds, eval_seconds, load}. undecodable counts test images whose cumulative outputs decode to -1 (none above 0.5); qwk, accuracy and confusion leave them out (undecodable_excluded: true), as O does; scored is the number they count.",
         move |data: FundusSet, m: Map| grading(&s, &data, &m),
     )
     .options::<GradingOptions>();
@@ -426,9 +426,26 @@ fn grading(state: &HostState, data: &FundusSet, m: &Map) -> RResult<Map> {
     )
     .rt()?;
     bar.finish();
+    let label = if o.common.label.is_empty() {
+        "finetune_grading"
+    } else {
+        o.common.label.as_str()
+    };
+    if r.undecodable > 0 {
+        eprintln!(
+            "{label}: {} of {} test predictions undecodable (no cumulative output above 0.5, grade -1): \
+             left out of qwk and accuracy, as O does",
+            r.undecodable,
+            r.undecodable + r.scored
+        );
+    }
     let mut out = Map::new();
     out.insert("qwk".into(), r.qwk.into());
     out.insert("accuracy".into(), r.accuracy.into());
+    out.insert("undecodable".into(), (r.undecodable as i64).into());
+    out.insert("scored".into(), (r.scored as i64).into());
+    // O's convention, stated in the result: qwk and accuracy count the decodable predictions.
+    out.insert("undecodable_excluded".into(), true.into());
     out.insert(
         "confusion".into(),
         rhai::serde::to_dynamic(&r.confusion.counts)?,

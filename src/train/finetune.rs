@@ -10,7 +10,7 @@ use std::time::Instant;
 use candle_core::{D, DType, Device, Tensor};
 
 use super::loss::{DiceVariant, binary_cross_entropy, cross_entropy, dice_loss, one_hot};
-use super::metrics::{AbsentClass, Confusion, SoftDice};
+use super::metrics::{AbsentClass, Confusion, SoftDice, grade_scores};
 use super::optim::{Adam, AdamConfig};
 use super::pretrain::batches;
 use crate::nn::{
@@ -858,12 +858,21 @@ impl ClassificationConfig {
 /// What [`finetune_classification`] measured on the test items with the final-epoch model.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ClassificationResult {
-    /// Quadratic weighted kappa over grades `0..classes`.
+    /// Quadratic weighted kappa over grades `0..classes`, of the decodable predictions (O).
     pub qwk: f64,
-    /// Share of correctly graded images.
+    /// Share of correctly graded images among the decodable predictions (undecodable ones
+    /// excluded, as from the kappa).
     pub accuracy: f64,
-    /// Confusion matrix (undecodable predictions are left out, as scikit-learn does).
+    /// Confusion matrix (undecodable predictions are left out, as scikit-learn does with O's
+    /// `labels=[0..4]`).
     pub confusion: Confusion,
+    /// Test images whose cumulative outputs decode to −1 (none above 0.5): left out of `qwk`,
+    /// `accuracy` and `confusion`, as O does. Always 0 with the softmax encoding.
+    #[serde(default)]
+    pub undecodable: usize,
+    /// Test images that `qwk` and `accuracy` count (the test set minus the undecodable ones).
+    #[serde(default)]
+    pub scored: usize,
     /// What was loaded from the checkpoint.
     pub load: Option<LoadReport>,
     /// Training log.
@@ -950,7 +959,7 @@ pub fn finetune_classification(
         on_epoch,
     )?;
     let start = Instant::now();
-    let mut confusion = Confusion::new(k);
+    let (mut truth, mut preds) = (Vec::new(), Vec::new());
     for ids in test_ids.chunks(cfg.schedule.batch_size.max(1)) {
         let (x, grades) = batch(ids, None)?;
         let logits =
@@ -959,13 +968,17 @@ pub fn finetune_classification(
             GradeEncoding::Cumulative => decode_cumulative(&logits)?,
             GradeEncoding::Softmax => logits.argmax(D::Minus1)?.to_dtype(DType::I64)?.to_vec1()?,
         };
-        confusion.add(&grades.iter().map(|&g| g as i64).collect::<Vec<_>>(), &pred)?;
+        truth.extend(grades.iter().map(|&g| g as i64));
+        preds.extend(pred);
     }
+    let scores = grade_scores(&truth, &preds, k)?;
     log.eval_seconds = start.elapsed().as_secs_f64();
     Ok(ClassificationResult {
-        qwk: confusion.quadratic_kappa(),
-        accuracy: confusion.accuracy(),
-        confusion,
+        qwk: scores.qwk,
+        accuracy: scores.accuracy,
+        confusion: scores.confusion,
+        undecodable: scores.undecodable,
+        scored: scores.scored,
         load,
         log,
     })

@@ -137,6 +137,46 @@ impl Confusion {
     }
 }
 
+/// Grades scored as O scores them (`sst/utils/metrics.py::score_kappa_kaggle`:
+/// `cohen_kappa_score(truth, pred, labels=[0..k-1], weights="quadratic")`): a prediction
+/// outside `0..k` (O's undecodable −1, when no cumulative output is above 0.5) is left out of
+/// the confusion matrix and so out of the kappa and of the accuracy, and counted here.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GradeScores {
+    /// The confusion matrix of the decodable predictions.
+    pub confusion: Confusion,
+    /// Quadratic weighted kappa over the decodable predictions (NaN where undefined).
+    pub qwk: f64,
+    /// The share of decodable predictions that are correct (the undecodable ones excluded, as
+    /// from the kappa; `accuracy × scored / (scored + undecodable)` counts them as wrong).
+    pub accuracy: f64,
+    /// Predictions outside `0..k`, left out of `qwk` and `accuracy`.
+    pub undecodable: usize,
+    /// Predictions that `qwk` and `accuracy` count.
+    pub scored: usize,
+}
+
+/// Scores predicted grades `pred` against `truth` (both `0..k`; `pred` may hold −1) the way O
+/// does; see [`GradeScores`]. A true grade outside `0..k` is an error.
+pub fn grade_scores(truth: &[i64], pred: &[i64], k: usize) -> Result<GradeScores> {
+    if let Some(t) = truth.iter().find(|t| !(0..k as i64).contains(t)) {
+        return Err(Error::arg(
+            "grade",
+            format!("true grade {t} is outside 0..{k}"),
+        ));
+    }
+    let mut confusion = Confusion::new(k);
+    confusion.add(truth, pred)?;
+    let undecodable = pred.iter().filter(|p| !(0..k as i64).contains(p)).count();
+    Ok(GradeScores {
+        qwk: confusion.quadratic_kappa(),
+        accuracy: confusion.accuracy(),
+        scored: pred.len() - undecodable,
+        undecodable,
+        confusion,
+    })
+}
+
 /// Soft Dice per class from summed statistics: `(2Σ y·p + ε) / (Σ y + Σ p + ε)`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SoftDice {

@@ -257,6 +257,16 @@ pub struct EpochLog {
     /// Mean validation accuracy (`NaN`/`null` without a validation split).
     #[serde(with = "crate::io::float")]
     pub val_accuracy: f64,
+    /// Exemplar only, with a validation split: the mean validation loss with the positive's and
+    /// the negative's inputs swapped between their heads, the shortcut diagnostic
+    /// ([`crate::pretext::model::PretextModel::role_swap`]). Absent from the log otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_swap_loss: Option<f64>,
+    /// The validation accuracy under the same swap: near 0 when the heads compare the inputs
+    /// (1 − `val_accuracy` with a shared head), near `val_accuracy` when they tell the roles
+    /// apart without looking at the input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_swap_accuracy: Option<f64>,
     /// Wall time of the epoch, seconds.
     #[serde(with = "crate::io::float")]
     pub seconds: f64,
@@ -445,7 +455,7 @@ fn pretrain(
         }
         plan.truncate(steps_left);
         steps_left -= plan.len();
-        let (loss, acc) = run_epoch(
+        let (loss, acc, _) = run_epoch(
             model,
             sampler,
             data,
@@ -455,8 +465,8 @@ fn pretrain(
             Some(&mut opt),
             epoch,
         )?;
-        let (val_loss, val_acc) = if val_ids.is_empty() {
-            (f64::NAN, f64::NAN)
+        let (val_loss, val_acc, val_swap) = if val_ids.is_empty() {
+            (f64::NAN, f64::NAN, None)
         } else {
             run_epoch(
                 model,
@@ -501,6 +511,8 @@ fn pretrain(
             accuracy: acc,
             val_loss,
             val_accuracy: val_acc,
+            val_swap_loss: val_swap.map(|s| s.0),
+            val_swap_accuracy: val_swap.map(|s| s.1),
             seconds: start.elapsed().as_secs_f64(),
         };
         if let Some((file, path)) = log.as_mut() {
@@ -573,8 +585,12 @@ fn with_epoch(manifest: &serde_json::Value, e: &EpochLog) -> serde_json::Value {
     m
 }
 
+/// Mean loss, mean accuracy and, for exemplar evaluation, the mean role-swap loss and accuracy.
+type EpochMeans = (f64, f64, Option<(f64, f64)>);
+
 /// Runs the batches of one epoch (training when `opt` is given); batches are sampled in a
-/// background thread one step ahead of the model. Returns the mean loss and accuracy.
+/// background thread one step ahead of the model. Returns the mean loss and accuracy, and in
+/// evaluation the exemplar's mean role-swap loss and accuracy (the shortcut diagnostic).
 #[allow(clippy::too_many_arguments)]
 fn run_epoch(
     model: &PretextModel,
@@ -585,9 +601,10 @@ fn run_epoch(
     dev: &Device,
     mut opt: Option<&mut Adam>,
     epoch: usize,
-) -> Result<(f64, f64)> {
+) -> Result<EpochMeans> {
     let train = opt.is_some();
     let (mut loss_sum, mut acc_sum, mut n) = (0.0, 0.0, 0usize);
+    let mut swap: Option<(f64, f64)> = None;
     std::thread::scope(|scope| -> Result<()> {
         let (tx, rx) = mpsc::sync_channel::<Result<Batch>>(1);
         scope.spawn(move || {
@@ -622,11 +639,18 @@ fn run_epoch(
             };
             loss_sum += loss * batch.items as f64;
             acc_sum += acc * batch.items as f64;
+            if let Some((l, a)) = out.swapped {
+                let w = batch.items as f64;
+                let s = swap.get_or_insert((0.0, 0.0));
+                s.0 += l * w;
+                s.1 += a * w;
+            }
             n += batch.items;
         }
         Ok(())
     })?;
-    Ok((loss_sum / n.max(1) as f64, acc_sum / n.max(1) as f64))
+    let m = n.max(1) as f64;
+    Ok((loss_sum / m, acc_sum / m, swap.map(|(l, a)| (l / m, a / m))))
 }
 
 fn at_step(e: Error, epoch: usize, step: usize) -> Error {
