@@ -436,3 +436,103 @@ fn a_lock_left_by_a_killed_run_is_taken_over() {
         "released at the end"
     );
 }
+
+#[test]
+fn a_finetuning_stage_without_its_pretraining_names_the_stage_that_writes_it_and_two_stages_equal_one_run()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let staged = dir.path().join("staged");
+    let run = |out: &Path, extra: &[&str]| {
+        let args = fig3(out, extra);
+        pretext_in(
+            dir.path(),
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    };
+    let o = run(&staged, &["--set", "stage=\"finetune\""]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = common::stderr(&o);
+    assert!(
+        e.contains("best.safetensors is missing")
+            && e.contains("--set stage=pretrain")
+            && e.contains("rotation"),
+        "{e}"
+    );
+    let o = run(&staged, &["--set", "stage=\"pretrain\""]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(staged.join("pretrain/rotation-seed0/best.safetensors").is_file());
+    // The baseline's cells ran in the refused finetuning stage; no pretrained arm's cell has.
+    let tasks: Vec<String> = ResultsFile::open(staged.join("results.jsonl"))
+        .unwrap()
+        .rows()
+        .iter()
+        .map(|r| r.task.clone())
+        .collect();
+    assert_eq!(tasks, ["baseline", "baseline"]);
+    let o = run(&staged, &["--set", "stage=\"finetune\""]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let whole = dir.path().join("whole");
+    let o = run(&whole, &[]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let rows = |p: &Path| {
+        let mut v: Vec<String> = ResultsFile::open(p.join("results.jsonl"))
+            .unwrap()
+            .rows()
+            .iter()
+            .map(|r| format!("{} {:?}", r.key(), r.metric("dice_mean")))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(rows(&staged).len(), 4);
+    assert_eq!(rows(&staged), rows(&whole));
+}
+
+#[test]
+fn calibration_runs_only_baselines_on_a_validation_split_of_the_training_cases() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fig3");
+    let run = |extra: &[&str]| {
+        let args = fig3(&out, extra);
+        pretext_in(
+            dir.path(),
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    };
+    let o = run(&["--set", "calibrate=true"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        common::stderr(&o).contains("baseline arms only"),
+        "{}",
+        common::stderr(&o)
+    );
+    let o = run(&["--set", "calibrate=true", "--set", "tasks=[\"baseline\"]"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let cal = dir.path().join("fig3-calibration");
+    assert!(!out.exists(), "the protocol's folder is not touched");
+    let splits: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(cal.join("splits/seed0/splits.json")).unwrap(),
+    )
+    .unwrap();
+    let o = run(&[]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let protocol: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("splits/seed0/splits.json")).unwrap(),
+    )
+    .unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect()
+    };
+    // Validation and training cases are the protocol's training cases; no test case is used.
+    let mut used = ids(&splits["train"]);
+    used.extend(ids(&splits["test"]));
+    used.sort();
+    let mut train = ids(&protocol["train"]);
+    train.sort();
+    assert_eq!(used, train);
+    assert!(!splits["test"].as_array().unwrap().is_empty());
+}
