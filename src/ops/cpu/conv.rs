@@ -77,6 +77,17 @@ impl Geom {
         self.padded().iter().product()
     }
 
+    /// Values per phase of a padded row (see [`pad`]).
+    fn phased_width(&self) -> usize {
+        self.padded()[2].div_ceil(self.stride[2])
+    }
+
+    /// Values per padded plane in the layout of [`pad`].
+    fn phased_len(&self) -> usize {
+        let [dp, hp, _] = self.padded();
+        dp * hp * self.stride[2] * self.phased_width()
+    }
+
     fn is_pointwise(&self) -> bool {
         self.kernel == [1, 1, 1] && self.padding == [0, 0, 0] && self.stride == [1, 1, 1]
     }
@@ -87,11 +98,16 @@ impl Geom {
     }
 }
 
-/// Zero-pads every `[d, h, w]` plane of `x` (`planes` of them).
+/// Zero-pads every `[d, h, w]` plane of `x` (`planes` of them) into the layout im2col reads:
+/// each padded row of `wp` values is stored as its `sw` phases (the columns `≡ 0, 1, … mod sw`),
+/// `wq = ⌈wp / sw⌉` values each, so that a tap of a strided convolution reads a contiguous run.
+/// With stride 1 this is the plain padded volume.
 fn pad<T: Real>(x: &[T], planes: usize, g: &Geom) -> Vec<T> {
     let [d, h, w] = g.input;
-    let [_, hp, wp] = g.padded();
-    let lp = g.padded_len();
+    let [_, hp, _] = g.padded();
+    let lp = g.phased_len();
+    let (sw, wq) = (g.stride[2], g.phased_width());
+    let row = sw * wq;
     let [pd, ph, pw] = g.padding;
     let mut out = vec![T::zero(); planes * lp];
     out.par_chunks_mut(lp)
@@ -100,21 +116,31 @@ fn pad<T: Real>(x: &[T], planes: usize, g: &Geom) -> Vec<T> {
             for z in 0..d {
                 for y in 0..h {
                     let s = (z * h + y) * w;
-                    let t = ((z + pd) * hp + y + ph) * wp + pw;
-                    dst[t..t + w].copy_from_slice(&src[s..s + w]);
+                    let t = ((z + pd) * hp + y + ph) * row;
+                    if sw == 1 {
+                        dst[t + pw..t + pw + w].copy_from_slice(&src[s..s + w]);
+                    } else {
+                        for (x, &v) in src[s..s + w].iter().enumerate() {
+                            let col = x + pw;
+                            dst[t + (col % sw) * wq + col / sw] = v;
+                        }
+                    }
                 }
             }
         });
     out
 }
 
-/// Fills `col [k, rows·wo]` for output rows `r0..r0+rows` of one padded sample `xp [c, lp]`.
+/// Fills `col [k, rows·wo]` for output rows `r0..r0+rows` of one padded sample `xp` (in the
+/// layout of [`pad`]).
 fn im2col<T: Real>(xp: &[T], g: &Geom, r0: usize, rows: usize, col: &mut [T]) {
     let [kd, kh, kw] = g.kernel;
     let [sd, sh, sw] = g.stride;
-    let [_, hp, wp] = g.padded();
+    let [_, hp, _] = g.padded();
     let [_, ho, wo] = g.out();
-    let lp = g.padded_len();
+    let lp = g.phased_len();
+    let wq = g.phased_width();
+    let prow = sw * wq;
     let t = rows * wo;
     let mut dst = col.chunks_exact_mut(t);
     for c in 0..g.c {
@@ -122,17 +148,11 @@ fn im2col<T: Real>(xp: &[T], g: &Geom, r0: usize, rows: usize, col: &mut [T]) {
             for b in 0..kh {
                 for e in 0..kw {
                     let row = dst.next().expect("col has k rows");
+                    let phase = (e % sw) * wq + e / sw;
                     for r in 0..rows {
                         let (z, y) = ((r0 + r) / ho, (r0 + r) % ho);
-                        let src = c * lp + ((z * sd + a) * hp + y * sh + b) * wp + e;
-                        let seg = &mut row[r * wo..(r + 1) * wo];
-                        if sw == 1 {
-                            seg.copy_from_slice(&xp[src..src + wo]);
-                        } else {
-                            for (x, v) in seg.iter_mut().enumerate() {
-                                *v = xp[src + x * sw];
-                            }
-                        }
+                        let src = c * lp + ((z * sd + a) * hp + y * sh + b) * prow + phase;
+                        row[r * wo..(r + 1) * wo].copy_from_slice(&xp[src..src + wo]);
                     }
                 }
             }
@@ -214,7 +234,7 @@ pub fn forward<T: Real>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
         return y;
     }
     let xp = pad(x, g.n * g.c, g);
-    let (lp, wo) = (g.padded_len(), g.out()[2]);
+    let (lp, wo) = (g.phased_len(), g.out()[2]);
     let per = g.rows_per_tile();
     tiles(g).into_par_iter().for_each_init(
         || vec![T::zero(); k * per * wo],
@@ -270,7 +290,7 @@ pub fn weight_grad<T: Real>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
         });
     }
     let xp = pad(x, g.n * g.c, g);
-    let (lp, wo) = (g.padded_len(), g.out()[2]);
+    let (lp, wo) = (g.phased_len(), g.out()[2]);
     let per = g.rows_per_tile();
     ordered_sum(
         &tiles(g),

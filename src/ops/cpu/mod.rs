@@ -4,6 +4,7 @@
 //! call these kernels and wrap the results.
 
 pub mod conv;
+pub mod dense;
 #[cfg(target_arch = "x86_64")]
 mod direct;
 pub mod norm;
