@@ -229,7 +229,7 @@ impl Kernel for BlockGrad {
             .as_ref()
             .and_then(|b| b.downcast_ref::<BlockState<T>>())
             .expect("dense_block: backward without the forward pass's state");
-        let (mut dx, dp) = cpu::dense::backward(i[0], i[1], i[2], &self.g, st);
+        let (mut dx, dp) = cpu::dense::backward(i[1], i[2], &self.g, st);
         dx.extend(dp);
         dx
     }

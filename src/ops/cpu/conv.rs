@@ -13,6 +13,12 @@ use super::{Real, SendPtr, matmul, ordered_sum};
 /// Elements of a column tile (per worker); about 256 KiB of f32, which stays in L2.
 const TILE_ELEMS: usize = 65_536;
 
+/// Columns (positions) per task of the 1×1×1 convolutions' GEMMs.
+const POINTWISE_COLS: usize = 1024;
+
+/// Positions per item of the 1×1×1 weight gradient's ordered sum.
+const POINTWISE_WGRAD_COLS: usize = 4096;
+
 /// The geometry of one convolution: `x [n, c, d, h, w]`, `w [o, c, kd, kh, kw]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Geom {
@@ -213,10 +219,10 @@ pub fn forward<T: Real>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
     if g.is_pointwise() {
         // y[n] = w [o, c] × x[n] [c, p], in column blocks.
         let blocks: Vec<(usize, usize)> = (0..g.n)
-            .flat_map(|n| (0..p).step_by(4096).map(move |j| (n, j)))
+            .flat_map(|n| (0..p).step_by(POINTWISE_COLS).map(move |j| (n, j)))
             .collect();
         blocks.into_par_iter().for_each(|(n, j)| {
-            let cols = 4096.min(p - j);
+            let cols = POINTWISE_COLS.min(p - j);
             // SAFETY: each block writes its own columns of sample n.
             unsafe {
                 matmul(
@@ -272,18 +278,24 @@ pub fn weight_grad<T: Real>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
     }
     let (k, p) = (g.k(), g.out_len());
     if g.is_pointwise() {
-        let samples: Vec<usize> = (0..g.n).collect();
-        return ordered_sum(&samples, g.o * g.c, || (), |_, acc: &mut [T], &n| {
-            // SAFETY: acc is [o, c]; dy[n] is [o, p]; x[n] is [c, p] read as its transpose.
+        // Items: runs of positions of one sample (a fixed cut, so the sum's order does not
+        // depend on the thread count).
+        let runs: Vec<(usize, usize)> = (0..g.n)
+            .flat_map(|n| (0..p).step_by(POINTWISE_WGRAD_COLS).map(move |j| (n, j)))
+            .collect();
+        return ordered_sum(&runs, g.o * g.c, || (), |_, acc: &mut [T], &(n, j)| {
+            let cols = POINTWISE_WGRAD_COLS.min(p - j);
+            // SAFETY: acc is [o, c]; dy[n] is [o, p]; x[n] is [c, p] read as its transpose;
+            // the run covers columns j..j+cols of both.
             unsafe {
                 matmul(
-                    (g.o, g.c, p),
+                    (g.o, g.c, cols),
                     acc.as_mut_ptr(),
                     (g.c, 1),
                     true,
-                    dy.as_ptr().add(n * g.o * p),
+                    dy.as_ptr().add(n * g.o * p + j),
                     (p, 1),
-                    x.as_ptr().add(n * g.c * p),
+                    x.as_ptr().add(n * g.c * p + j),
                     (1, p),
                 );
             }
@@ -332,10 +344,10 @@ pub fn input_grad<T: Real>(dy: &[T], w: &[T], g: &Geom) -> Vec<T> {
         let mut dx = vec![T::zero(); g.n * g.c * p];
         let dxp = SendPtr(dx.as_mut_ptr());
         let blocks: Vec<(usize, usize)> = (0..g.n)
-            .flat_map(|n| (0..p).step_by(4096).map(move |j| (n, j)))
+            .flat_map(|n| (0..p).step_by(POINTWISE_COLS).map(move |j| (n, j)))
             .collect();
         blocks.into_par_iter().for_each(|(n, j)| {
-            let cols = 4096.min(p - j);
+            let cols = POINTWISE_COLS.min(p - j);
             // SAFETY: each block writes its own columns of sample n; w read as [c, o].
             unsafe {
                 matmul(

@@ -20,6 +20,8 @@
 //! Every sum is taken in a fixed order (per channel, or through the convolution kernels'
 //! ordered reductions), so results do not depend on the thread count.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::conv::{self, Geom};
@@ -73,6 +75,11 @@ impl BlockGeom {
         self.hw[0] * self.hw[1]
     }
 
+    /// Positions per channel over the batch (a row of the channel-major buffer).
+    fn m(&self) -> usize {
+        self.n * self.s()
+    }
+
     /// Input channels of layer `j`.
     pub fn c_in(&self, j: usize) -> usize {
         self.c0 + j * self.growth
@@ -114,34 +121,36 @@ impl BlockGeom {
         (0..self.layers).map(|j| self.layer_len(j)).sum()
     }
 
-    fn dims(&self, c: usize) -> Dims {
+    /// `c` channel-major rows of the whole batch (one "sample" of `n·h·w` positions).
+    fn rows(&self, c: usize) -> Dims {
         Dims {
-            n: self.n,
+            n: 1,
             c,
-            s: self.s(),
+            s: self.m(),
         }
     }
 
-    /// Layer `j`'s 1×1 convolution.
+    /// Layer `j`'s 1×1 convolution on channel-major rows: one GEMM over batch × positions.
     fn bottleneck(&self, j: usize) -> Geom {
         Geom {
-            n: self.n,
+            n: 1,
             c: self.c_in(j),
             o: self.width,
-            input: [1, self.hw[0], self.hw[1]],
+            input: [1, 1, self.m()],
             kernel: [1, 1, 1],
             padding: [0; 3],
             stride: [1; 3],
         }
     }
 
-    /// A layer's 3×3 convolution (padding 1).
+    /// A layer's 3×3 convolution (padding 1) on channel-major rows: the batch is the depth
+    /// axis of one volume, which a kernel one deep never mixes.
     fn conv3(&self) -> Geom {
         Geom {
-            n: self.n,
+            n: 1,
             c: self.width,
             o: self.growth,
-            input: [1, self.hw[0], self.hw[1]],
+            input: [self.n, self.hw[0], self.hw[1]],
             kernel: [1, 3, 3],
             padding: [0, 1, 1],
             stride: [1; 3],
@@ -170,8 +179,10 @@ pub struct BlockState<T> {
     pub chan: Stats,
     /// Batch statistics of each layer's bottleneck output (`norm2`'s input).
     pub mid: Vec<Stats>,
-    /// Each layer's bottleneck output `[n, width, h, w]` (empty unless kept).
-    pub h: Vec<Vec<T>>,
+    /// The output, channel-major `[c_total, n, h, w]` (empty unless kept).
+    buf: Vec<T>,
+    /// Each layer's bottleneck output, channel-major `[width, n, h, w]` (empty unless kept).
+    h: Vec<Vec<T>>,
 }
 
 /// Per-channel `(scale, shift)` of a normalisation with `mean`, `var` and parameters `gamma`,
@@ -188,52 +199,85 @@ fn affines<T: Real>(
         .unzip()
 }
 
-/// `relu(src[:, c] · scale[c] + shift[c])` for the first `c` channels of `src [n, src_c, s]`,
-/// as a new `[n, c, s]`.
-fn affine_relu_rows<T: Real>(
+/// `relu(src[c] · scale[c] + shift[c])` for the first `scale.len()` rows of `m` values of
+/// `src`, as a new buffer of those rows.
+fn affine_relu_rows<T: Real>(src: &[T], m: usize, scale: &[T], shift: &[T]) -> Vec<T> {
+    let c = scale.len();
+    let mut dst: Vec<T> = Vec::with_capacity(c * m);
+    dst.spare_capacity_mut()[..c * m]
+        .par_chunks_mut(ROW_CHUNK)
+        .enumerate()
+        .for_each(|(k, out)| affine_relu_chunk(src, m, k * ROW_CHUNK, scale, shift, out));
+    // SAFETY: the chunks cover all c·m values, each written above.
+    unsafe { dst.set_len(c * m) };
+    dst
+}
+
+simd_fn! {
+    /// Values `start..start + out.len()` of [`affine_relu_rows`].
+    fn affine_relu_chunk<T: Real>(
+        src: &[T],
+        m: usize,
+        start: usize,
+        scale: &[T],
+        shift: &[T],
+        out: &mut [MaybeUninit<T>],
+    ) = affine_relu_chunk_imp;
+}
+
+#[inline(always)]
+fn affine_relu_chunk_imp<T: Real>(
     src: &[T],
-    src_c: usize,
-    c: usize,
-    s: usize,
+    m: usize,
+    start: usize,
     scale: &[T],
     shift: &[T],
-) -> Vec<T> {
-    let n = src.len() / (src_c * s).max(1);
-    let mut dst: Vec<T> = Vec::with_capacity(n * c * s);
-    dst.spare_capacity_mut()[..n * c * s]
-        .par_chunks_mut(s.max(1))
-        .enumerate()
-        .for_each(|(r, out)| {
-            let (b, ch) = (r / c, r % c);
-            let xs = &src[(b * src_c + ch) * s..(b * src_c + ch + 1) * s];
-            let (a, sh) = (scale[ch], shift[ch]);
-            for (o, &v) in out.iter_mut().zip(xs) {
-                o.write(norm::relu(v * a + sh));
-            }
-        });
-    // SAFETY: every row of the n·c rows was written above.
-    unsafe { dst.set_len(n * c * s) };
-    dst
-}
-
-/// Channels `c1..c1 + c` of `src [n, src_c, s]` as a new `[n, c, s]`.
-fn gather<T: Real>(src: &[T], src_c: usize, c1: usize, c: usize, s: usize) -> Vec<T> {
-    let n = src.len() / (src_c * s).max(1);
-    let mut dst = Vec::with_capacity(n * c * s);
-    for b in 0..n {
-        dst.extend_from_slice(&src[(b * src_c + c1) * s..(b * src_c + c1 + c) * s]);
+    out: &mut [MaybeUninit<T>],
+) {
+    let mut i = 0;
+    while i < out.len() {
+        let (ch, off) = ((start + i) / m, (start + i) % m);
+        let len = (m - off).min(out.len() - i);
+        let (a, sh) = (scale[ch], shift[ch]);
+        let xs = &src[ch * m + off..ch * m + off + len];
+        for (o, &v) in out[i..i + len].iter_mut().zip(xs) {
+            o.write(norm::relu(v * a + sh));
+        }
+        i += len;
     }
-    dst
 }
 
-/// Batch statistics of every channel of `x [n, c, s]`.
-fn stats_of<T: Real>(x: &[T], d: Dims) -> Stats {
-    norm::stats(x, Pre::Identity, d)
+/// Values per task of the elementwise passes.
+const ROW_CHUNK: usize = 16_384;
+
+/// `x [n, c, s]` (sample-major) as channel-major `[c, n, s]`, into `dst` (`c·n·s` values).
+fn to_channel_major<T: Real>(x: &[T], n: usize, c: usize, s: usize, dst: &mut [T]) {
+    dst.par_chunks_mut(n * s).enumerate().for_each(|(ch, row)| {
+        for b in 0..n {
+            row[b * s..(b + 1) * s].copy_from_slice(&x[(b * c + ch) * s..(b * c + ch + 1) * s]);
+        }
+    });
+}
+
+/// The first `c` channel-major rows `[c, n, s]` of `src` as sample-major `[n, c, s]`.
+fn to_sample_major<T: Real>(src: &[T], n: usize, c: usize, s: usize) -> Vec<T> {
+    let mut y = vec![T::zero(); n * c * s];
+    y.par_chunks_mut(c * s).enumerate().for_each(|(b, sample)| {
+        for ch in 0..c {
+            sample[ch * s..(ch + 1) * s]
+                .copy_from_slice(&src[(ch * n + b) * s..(ch * n + b + 1) * s]);
+        }
+    });
+    y
 }
 
 /// The forward pass: the block's output `[n, c_total, h, w]` from its input `x [n, c0, h, w]`
 /// and the packed parameters `p` (see [`LayerParams`]). `keep` keeps what the backward pass
 /// needs.
+///
+/// Inside, the feature map is channel-major (`[c, n, h, w]`): a channel of the whole batch is
+/// one row, the 1×1 convolutions are single GEMMs over batch × positions, and the 3×3
+/// convolutions see one volume of depth `n`.
 pub fn forward<T: Real>(
     x: &[T],
     p: &[T],
@@ -241,21 +285,16 @@ pub fn forward<T: Real>(
     bn: &BlockNorm,
     keep: bool,
 ) -> (Vec<T>, BlockState<T>) {
-    let (s, ct) = (g.s(), g.c_total());
-    let mut buf = vec![T::zero(); g.n * ct * s];
-    buf.par_chunks_mut(ct * s)
-        .zip(x.par_chunks(g.c0 * s))
-        .for_each(|(dst, src)| dst[..g.c0 * s].copy_from_slice(src));
+    let (m, ct) = (g.m(), g.c_total());
+    let mut buf = vec![T::zero(); ct * m];
+    to_channel_major(x, g.n, g.c0, g.s(), &mut buf[..g.c0 * m]);
     let batch = matches!(bn, BlockNorm::Batch);
     let mut chan = Stats::default();
     if batch {
-        chan = stats_of(x, g.dims(g.c0));
+        chan = norm::stats(&buf[..g.c0 * m], Pre::Identity, g.rows(g.c0));
     }
-    let mut state = BlockState {
-        chan: Stats::default(),
-        mid: Vec::new(),
-        h: Vec::new(),
-    };
+    let mut mids = Vec::with_capacity(g.layers);
+    let mut hs = Vec::new();
     for j in 0..g.layers {
         let (lp, c_in) = (g.layer(j), g.c_in(j));
         let (sc1, sh1) = match bn {
@@ -274,11 +313,17 @@ pub fn forward<T: Real>(
                 &p[lp.b1..lp.w1],
             ),
         };
-        let t1 = timed(|| "dense.bnrelu1".into(), || affine_relu_rows(&buf, ct, c_in, s, &sc1, &sh1));
-        let h = timed(|| format!("dense.conv1 {}->{} {:?}", c_in, g.width, g.hw), || conv::forward(&t1, &p[lp.w1..lp.g2], &g.bottleneck(j)));
+        let t1 = timed(
+            || "dense.bnrelu1".into(),
+            || affine_relu_rows(&buf, m, &sc1, &sh1),
+        );
+        let h = timed(
+            || format!("dense.conv1 {}->{} {:?}", c_in, g.width, g.hw),
+            || conv::forward(&t1, &p[lp.w1..lp.g2], &g.bottleneck(j)),
+        );
         drop(t1);
         let mid = match bn {
-            BlockNorm::Batch => stats_of(&h, g.dims(g.width)),
+            BlockNorm::Batch => norm::stats(&h, Pre::Identity, g.rows(g.width)),
             BlockNorm::Running { bn2, .. } => bn2[j].clone(),
         };
         let (sc2, sh2) = affines(
@@ -288,48 +333,53 @@ pub fn forward<T: Real>(
             &p[lp.g2..lp.b2],
             &p[lp.b2..lp.w2],
         );
-        let t2 = timed(|| "dense.bnrelu2".into(), || affine_relu_rows(&h, g.width, g.width, s, &sc2, &sh2));
-        let out = timed(|| format!("dense.conv2 {}->{} {:?}", g.width, g.growth, g.hw), || conv::forward(&t2, &p[lp.w2..lp.end], &g.conv3()));
+        let t2 = timed(
+            || "dense.bnrelu2".into(),
+            || affine_relu_rows(&h, m, &sc2, &sh2),
+        );
+        let out = timed(
+            || format!("dense.conv2 {}->{} {:?}", g.width, g.growth, g.hw),
+            || conv::forward(&t2, &p[lp.w2..lp.end], &g.conv3()),
+        );
         drop(t2);
         if batch {
-            let st = stats_of(&out, g.dims(g.growth));
+            let st = norm::stats(&out, Pre::Identity, g.rows(g.growth));
             chan.mean.extend(st.mean);
             chan.var.extend(st.var);
         }
-        buf.par_chunks_mut(ct * s)
-            .zip(out.par_chunks(g.growth * s))
-            .for_each(|(dst, src)| dst[c_in * s..(c_in + g.growth) * s].copy_from_slice(src));
-        state.mid.push(mid);
+        buf[c_in * m..(c_in + g.growth) * m].copy_from_slice(&out);
+        mids.push(mid);
         if keep {
-            state.h.push(h);
+            hs.push(h);
         }
     }
-    state.chan = chan;
-    (buf, state)
+    let y = to_sample_major(&buf, g.n, ct, g.s());
+    let state = BlockState {
+        chan,
+        mid: mids,
+        buf: if keep { buf } else { Vec::new() },
+        h: hs,
+    };
+    (y, state)
 }
 
-/// The backward pass of a training-mode forward: from the output `buf`, the parameters `p`,
-/// the output gradient `dy` and the forward's `state` (kept), the input gradient
+/// The backward pass of a training-mode forward: from the parameters `p`, the output gradient
+/// `dy [n, c_total, h, w]` and the forward's `state` (kept), the input gradient
 /// `[n, c0, h, w]` and the packed parameter gradient.
-pub fn backward<T: Real>(
-    buf: &[T],
-    p: &[T],
-    dy: &[T],
-    g: &BlockGeom,
-    state: &BlockState<T>,
-) -> (Vec<T>, Vec<T>) {
+pub fn backward<T: Real>(p: &[T], dy: &[T], g: &BlockGeom, state: &BlockState<T>) -> (Vec<T>, Vec<T>) {
     assert_eq!(
         state.h.len(),
         g.layers,
         "dense block backward without kept activations"
     );
-    let (s, ct, n) = (g.s(), g.c_total(), g.n);
-    let m = (n * s) as f64;
-    let mut dbuf = dy.to_vec();
+    let (m, ct) = (g.m(), g.c_total());
+    let count = m as f64;
+    let buf = &state.buf;
+    let mut dbuf = vec![T::zero(); ct * m];
+    to_channel_major(dy, g.n, ct, g.s(), &mut dbuf);
     let mut dp = vec![T::zero(); p.len()];
     for j in (0..g.layers).rev() {
         let (lp, c_in) = (g.layer(j), g.c_in(j));
-        let dout = gather(&dbuf, ct, c_in, g.growth, s);
         let h = &state.h[j];
         let mid = &state.mid[j];
         let (sc2, sh2) = affines(
@@ -339,36 +389,38 @@ pub fn backward<T: Real>(
             &p[lp.g2..lp.b2],
             &p[lp.b2..lp.w2],
         );
-        let t2 = affine_relu_rows(h, g.width, g.width, s, &sc2, &sh2);
-        let dw2 = timed(|| format!("dense.conv2.dw {:?}", g.hw), || conv::weight_grad(&t2, &dout, &g.conv3()));
+        let t2 = affine_relu_rows(h, m, &sc2, &sh2);
+        let (head, tail) = dbuf.split_at_mut(c_in * m);
+        let dout = &tail[..g.growth * m];
+        let dw2 = timed(
+            || format!("dense.conv2.dw {:?}", g.hw),
+            || conv::weight_grad(&t2, dout, &g.conv3()),
+        );
         dp[lp.w2..lp.end].copy_from_slice(&dw2);
         drop(t2);
-        let dt2 = timed(|| format!("dense.conv2.dx {:?}", g.hw), || conv::input_grad(&dout, &p[lp.w2..lp.end], &g.conv3()));
-        drop(dout);
+        let dt2 = timed(
+            || format!("dense.conv2.dx {:?}", g.hw),
+            || conv::input_grad(dout, &p[lp.w2..lp.end], &g.conv3()),
+        );
         // norm2 → ReLU backward into dh.
-        let mut dh: Vec<T> = vec![T::zero(); n * g.width * s];
+        let mut dh: Vec<T> = vec![T::zero(); g.width * m];
         let dhp = SendPtr(dh.as_mut_ptr());
         let sums: Vec<(f64, f64)> = (0..g.width)
             .into_par_iter()
             .map(|ch| {
-                let side = Side {
-                    x: h,
-                    xc: g.width,
-                    g: &dt2,
-                    gc: g.width,
-                    gch: ch,
-                    out: dhp,
-                    add: false,
-                };
-                side.bn_relu_backward(
-                    ch,
-                    n,
-                    s,
-                    (mid.mean[ch], mid.var[ch]),
-                    g.eps,
-                    (p[lp.g2 + ch], p[lp.b2 + ch]),
-                    m,
-                )
+                // SAFETY: row ch of dh belongs to this task alone.
+                unsafe {
+                    bn_relu_backward(
+                        &h[ch * m..(ch + 1) * m],
+                        &dt2[ch * m..(ch + 1) * m],
+                        dhp.get().add(ch * m),
+                        false,
+                        (mid.mean[ch], mid.var[ch]),
+                        g.eps,
+                        (p[lp.g2 + ch], p[lp.b2 + ch]),
+                        count,
+                    )
+                }
             })
             .collect();
         for (ch, (dg, db)) in sums.into_iter().enumerate() {
@@ -384,35 +436,36 @@ pub fn backward<T: Real>(
             &p[lp.g1..lp.b1],
             &p[lp.b1..lp.w1],
         );
-        let t1 = affine_relu_rows(buf, ct, c_in, s, &sc1, &sh1);
-        let dw1 = timed(|| format!("dense.conv1.dw {:?}", g.hw), || conv::weight_grad(&t1, &dh, &g.bottleneck(j)));
+        let t1 = affine_relu_rows(buf, m, &sc1, &sh1);
+        let dw1 = timed(
+            || format!("dense.conv1.dw {:?}", g.hw),
+            || conv::weight_grad(&t1, &dh, &g.bottleneck(j)),
+        );
         dp[lp.w1..lp.g2].copy_from_slice(&dw1);
         drop(t1);
-        let dt1 = timed(|| format!("dense.conv1.dx {:?}", g.hw), || conv::input_grad(&dh, &p[lp.w1..lp.g2], &g.bottleneck(j)));
+        let dt1 = timed(
+            || format!("dense.conv1.dx {:?}", g.hw),
+            || conv::input_grad(&dh, &p[lp.w1..lp.g2], &g.bottleneck(j)),
+        );
         drop(dh);
-        // norm1 → ReLU backward, added to the buffer's gradient.
-        let dbp = SendPtr(dbuf.as_mut_ptr());
+        // norm1 → ReLU backward, added to the gradient of the channels before this layer's.
+        let hp = SendPtr(head.as_mut_ptr());
         let sums: Vec<(f64, f64)> = (0..c_in)
             .into_par_iter()
             .map(|ch| {
-                let side = Side {
-                    x: buf,
-                    xc: ct,
-                    g: &dt1,
-                    gc: c_in,
-                    gch: ch,
-                    out: dbp,
-                    add: true,
-                };
-                side.bn_relu_backward(
-                    ch,
-                    n,
-                    s,
-                    (state.chan.mean[ch], state.chan.var[ch]),
-                    g.eps,
-                    (p[lp.g1 + ch], p[lp.b1 + ch]),
-                    m,
-                )
+                // SAFETY: row ch of the gradient belongs to this task alone.
+                unsafe {
+                    bn_relu_backward(
+                        &buf[ch * m..(ch + 1) * m],
+                        &dt1[ch * m..(ch + 1) * m],
+                        hp.get().add(ch * m),
+                        true,
+                        (state.chan.mean[ch], state.chan.var[ch]),
+                        g.eps,
+                        (p[lp.g1 + ch], p[lp.b1 + ch]),
+                        count,
+                    )
+                }
             })
             .collect();
         for (ch, (dg, db)) in sums.into_iter().enumerate() {
@@ -420,82 +473,71 @@ pub fn backward<T: Real>(
             dp[lp.b1 + ch] = T::of(db);
         }
     }
-    (gather(&dbuf, ct, 0, g.c0, s), dp)
+    (to_sample_major(&dbuf, g.n, g.c0, g.s()), dp)
 }
 
-/// The operands of one channel's BatchNorm → ReLU backward: the normalised input `x` with
-/// `xc` channels (the output gradient is written to channel `ch` of `out`, laid out like
-/// `x`), and the gradient `g` of the ReLU's output with `gc` channels, at channel `gch`.
-struct Side<'a, T> {
-    x: &'a [T],
-    xc: usize,
-    g: &'a [T],
-    gc: usize,
-    gch: usize,
-    out: SendPtr<T>,
-    /// Add to `out` instead of overwriting it.
-    add: bool,
-}
-
-impl<T: Real> Side<'_, T> {
-    /// Writes (or adds) `dL/dx` of channel `ch` and returns `(dgamma, dbeta)`, for
-    /// `relu((x - mean) / sqrt(var + eps) · gamma + beta)` with batch statistics over `m`
-    /// values.
-    #[allow(clippy::too_many_arguments)]
-    fn bn_relu_backward(
-        &self,
-        ch: usize,
-        n: usize,
-        s: usize,
-        (mean, var): (f64, f64),
+simd_fn! {
+    /// One channel's BatchNorm → ReLU backward: from the normalised input row `x` and the
+    /// gradient `g` of the ReLU's output, writes (or with `add`, adds) `dL/dx` to the row at
+    /// `out` and returns `(dgamma, dbeta)`, for `relu((x - mean) / sqrt(var + eps) · gamma +
+    /// beta)` with batch statistics over `count` values.
+    ///
+    /// # Safety
+    /// `out` addresses `x.len()` values that no one else accesses.
+    unsafe fn bn_relu_backward<T: Real>(
+        x: &[T],
+        g: &[T],
+        out: *mut T,
+        add: bool,
+        stats: (f64, f64),
         eps: f64,
-        (gamma, beta): (T, T),
-        m: f64,
-    ) -> (f64, f64) {
-        let inv = 1.0 / (var + eps).sqrt();
-        let (scale, shift) = norm::affine(mean, var, eps, gamma, beta);
-        let mt = T::of(mean);
-        let gate = move |v: T, g: T| {
-            if v * scale + shift > T::zero() {
-                g
-            } else {
-                T::zero()
-            }
-        };
-        let (mut sg, mut sgc) = (0.0, 0.0);
-        for b in 0..n {
-            let xr = &self.x[(b * self.xc + ch) * s..(b * self.xc + ch + 1) * s];
-            let gr = &self.g[(b * self.gc + self.gch) * s..(b * self.gc + self.gch + 1) * s];
-            let (u, v) = norm::sum2_of(xr, gr, |v, gv| {
-                let gv = gate(v, gv);
-                (gv, gv * (v - mt))
-            });
-            sg += u;
-            sgc += v;
+        gamma_beta: (T, T),
+        count: f64,
+    ) -> (f64, f64) = bn_relu_backward_imp;
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn bn_relu_backward_imp<T: Real>(
+    x: &[T],
+    g: &[T],
+    out: *mut T,
+    add: bool,
+    (mean, var): (f64, f64),
+    eps: f64,
+    (gamma, beta): (T, T),
+    count: f64,
+) -> (f64, f64) {
+    let inv = 1.0 / (var + eps).sqrt();
+    let (scale, shift) = norm::affine(mean, var, eps, gamma, beta);
+    let mt = T::of(mean);
+    let gate = move |v: T, g: T| {
+        if v * scale + shift > T::zero() {
+            g
+        } else {
+            T::zero()
         }
-        let dbeta = sg;
-        let dgamma = inv * (sgc - (mean - mt.to64()) * sg);
-        let k = gamma.to64() * inv;
-        let slope = dgamma / m * inv;
-        let (a, bt) = (T::of(k), T::of(-k * slope));
-        let c0 = T::of(k * (slope * mean - dbeta / m));
-        for b in 0..n {
-            let xr = &self.x[(b * self.xc + ch) * s..(b * self.xc + ch + 1) * s];
-            let gr = &self.g[(b * self.gc + self.gch) * s..(b * self.gc + self.gch + 1) * s];
-            // SAFETY: row (b, ch) of `out` belongs to this channel's task alone.
-            let out = unsafe {
-                std::slice::from_raw_parts_mut(self.out.get().add((b * self.xc + ch) * s), s)
-            };
-            if self.add {
-                for ((o, &v), &gv) in out.iter_mut().zip(xr).zip(gr) {
-                    *o += gate(v, gv) * a + v * bt + c0;
-                }
-            } else {
-                for ((o, &v), &gv) in out.iter_mut().zip(xr).zip(gr) {
-                    *o = gate(v, gv) * a + v * bt + c0;
-                }
-            }
+    };
+    let (sg, sgc) = norm::sum2_of(x, g, |v, gv| {
+        let gv = gate(v, gv);
+        (gv, gv * (v - mt))
+    });
+    let dbeta = sg;
+    let dgamma = inv * (sgc - (mean - mt.to64()) * sg);
+    let k = gamma.to64() * inv;
+    let slope = dgamma / count * inv;
+    let (a, bt) = (T::of(k), T::of(-k * slope));
+    let c0 = T::of(k * (slope * mean - dbeta / count));
+    // SAFETY: forwarded from bn_relu_backward's contract.
+    let out = unsafe { std::slice::from_raw_parts_mut(out, x.len()) };
+    if add {
+        for ((o, &v), &gv) in out.iter_mut().zip(x).zip(g) {
+            *o += gate(v, gv) * a + v * bt + c0;
         }
-        (dgamma, dbeta)
+    } else {
+        for ((o, &v), &gv) in out.iter_mut().zip(x).zip(g) {
+            *o = gate(v, gv) * a + v * bt + c0;
+        }
     }
+    (dgamma, dbeta)
 }

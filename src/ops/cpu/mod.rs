@@ -3,6 +3,52 @@
 //! Nothing here knows about candle tensors: the custom ops in [`crate::ops`] unwrap storages,
 //! call these kernels and wrap the results.
 
+/// Defines `fn $name<T: Real>(args) -> R` that runs `$imp` (an `#[inline(always)]` generic
+/// function) compiled for AVX-512 where the CPU has it, and as compiled for the baseline (SSE2)
+/// elsewhere. Only the vector width changes: no fused multiply-adds are introduced and the
+/// kernels' sums keep their explicit lane order, so both give bit-identical results.
+macro_rules! simd_fn {
+    ($(#[$m:meta])* $vis:vis fn $name:ident<$T:ident: Real>($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)? = $imp:ident;) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name<$T: Real>($($a: $t),*) $(-> $r)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn fast<$T: Real>($($a: $t),*) $(-> $r)? {
+                    $imp($($a),*)
+                }
+                if $crate::ops::cpu::simd_ok() {
+                    // SAFETY: the CPU has the features `fast` is compiled for.
+                    return unsafe { fast::<$T>($($a),*) };
+                }
+            }
+            $imp($($a),*)
+        }
+    };
+    ($(#[$m:meta])* $vis:vis unsafe fn $name:ident<$T:ident: Real>($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)? = $imp:ident;) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        $vis unsafe fn $name<$T: Real>($($a: $t),*) $(-> $r)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn fast<$T: Real>($($a: $t),*) $(-> $r)? {
+                    $imp($($a),*)
+                }
+                if $crate::ops::cpu::simd_ok() {
+                    // SAFETY: the CPU has the features `fast` is compiled for; the caller
+                    // upholds `$name`'s contract.
+                    return unsafe { fast::<$T>($($a),*) };
+                }
+            }
+            $imp($($a),*)
+        }
+    };
+}
+
 pub mod conv;
 pub mod dense;
 #[cfg(target_arch = "x86_64")]
@@ -49,6 +95,23 @@ fn count_direct(which: usize) {
         v[which] += 1;
         c.set(v);
     });
+}
+
+/// Whether this CPU runs the AVX-512 versions of [`simd_fn`] functions (checked once).
+pub(crate) fn simd_ok() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *OK.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512dq")
+                && std::arch::is_x86_feature_detected!("avx2")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// Makes glibc's allocator keep freed memory in the process, once per process: no `mmap` for

@@ -96,13 +96,29 @@ fn valid_outputs(n_in: usize, n_out: usize, k: usize, stride: usize, pad: usize)
 /// No input taken yet (an index no plane reaches).
 const NONE: u32 = u32::MAX;
 
+/// One window offset of [`max_plane`] for a run of outputs: output `j` sees `vals[j]`, the
+/// input at index `base + j·step`, and takes it when it is the first, larger, or the first NaN.
+#[inline(always)]
+fn update_max<T: Real>(bv: &mut [T], bi: &mut [u32], vals: &[T], base: u32, step: u32) {
+    let n = vals.len();
+    let (bv, bi) = (&mut bv[..n], &mut bi[..n]);
+    for j in 0..n {
+        let (v, b, i) = (vals[j], bv[j], bi[j]);
+        #[allow(clippy::eq_op)]
+        let take = (i == NONE) | (v > b) | ((v != v) & (b == b));
+        bv[j] = if take { v } else { b };
+        bi[j] = if take { base + j as u32 * step } else { i };
+    }
+}
+
 /// Max pooling of one plane: each output's value and, where `idx` is given, the flat index of
 /// its window's first maximum in scan order (NaN counts as the maximum, like PyTorch).
 ///
 /// The window offsets are the outer loops, in scan order, and one output row is updated per
 /// offset: the inner loop runs over contiguous output arrays without branches, which the
 /// compiler vectorises (comparisons on pooled activations are unpredictable).
-fn max_plane<T: Real>(xp: &[T], g: &PoolGeom, yp: &mut [T], mut idx: Option<&mut [u32]>) {
+#[inline(always)]
+fn max_plane_imp<T: Real>(xp: &[T], g: &PoolGeom, yp: &mut [T], mut idx: Option<&mut [u32]>) {
     let [_, h, w] = g.input;
     let [od, oh, ow] = g.out();
     let [kd, kh, kw] = g.kernel;
@@ -133,17 +149,13 @@ fn max_plane<T: Real>(xp: &[T], g: &PoolGeom, yp: &mut [T], mut idx: Option<&mut
                         for (j, v) in vals[lo..hi].iter_mut().enumerate() {
                             *v = xp[base + j * sw];
                         }
-                        for (j, ((bv, bi), &v)) in bv[lo..hi]
-                            .iter_mut()
-                            .zip(&mut bi[lo..hi])
-                            .zip(&vals[lo..hi])
-                            .enumerate()
-                        {
-                            let take =
-                                (*bi == NONE) | (v > *bv) | (v.is_nan() & !bv.is_nan());
-                            *bv = if take { v } else { *bv };
-                            *bi = if take { (base + j * sw) as u32 } else { *bi };
-                        }
+                        update_max(
+                            &mut bv[lo..hi],
+                            &mut bi[lo..hi],
+                            &vals[lo..hi],
+                            base as u32,
+                            sw as u32,
+                        );
                     }
                 }
             }
@@ -154,6 +166,10 @@ fn max_plane<T: Real>(xp: &[T], g: &PoolGeom, yp: &mut [T], mut idx: Option<&mut
             }
         }
     }
+}
+
+simd_fn! {
+    fn max_plane<T: Real>(xp: &[T], g: &PoolGeom, yp: &mut [T], idx: Option<&mut [u32]>) = max_plane_imp;
 }
 
 /// Max pooling forward.
@@ -208,63 +224,79 @@ pub fn max_backward_indexed<T: Real>(idx: &[u32], dy: &[T], g: &PoolGeom) -> Vec
     dx
 }
 
-/// Average pooling forward; padded cells count as zeros (PyTorch's `count_include_pad`).
-pub fn avg_forward<T: Real>(x: &[T], g: &PoolGeom) -> Vec<T> {
+/// Average pooling of one plane.
+#[inline(always)]
+fn avg_plane_imp<T: Real>(xp: &[T], g: &PoolGeom, win: &[Vec<(usize, usize)>; 3], yp: &mut [T]) {
     let [_, h, w] = g.input;
     let scale = T::one() / T::from(g.kernel.iter().product::<usize>()).expect("window size");
+    let mut i = 0;
+    for &(z0, z1) in &win[0] {
+        for &(y0, y1) in &win[1] {
+            for &(x0, x1) in &win[2] {
+                let mut s = T::zero();
+                for z in z0..z1 {
+                    for yy in y0..y1 {
+                        let row = (z * h + yy) * w;
+                        for &v in &xp[row + x0..row + x1] {
+                            s += v;
+                        }
+                    }
+                }
+                yp[i] = s * scale;
+                i += 1;
+            }
+        }
+    }
+}
+
+/// The gradient of [`avg_plane_imp`] for one plane.
+#[inline(always)]
+fn avg_plane_grad_imp<T: Real>(dyp: &[T], g: &PoolGeom, win: &[Vec<(usize, usize)>; 3], dxp: &mut [T]) {
+    let [_, h, w] = g.input;
+    let scale = T::one() / T::from(g.kernel.iter().product::<usize>()).expect("window size");
+    let mut i = 0;
+    for &(z0, z1) in &win[0] {
+        for &(y0, y1) in &win[1] {
+            for &(x0, x1) in &win[2] {
+                let v = dyp[i] * scale;
+                for z in z0..z1 {
+                    for yy in y0..y1 {
+                        let row = (z * h + yy) * w;
+                        for d in &mut dxp[row + x0..row + x1] {
+                            *d += v;
+                        }
+                    }
+                }
+                i += 1;
+            }
+        }
+    }
+}
+
+simd_fn! {
+    fn avg_plane<T: Real>(xp: &[T], g: &PoolGeom, win: &[Vec<(usize, usize)>; 3], yp: &mut [T]) = avg_plane_imp;
+}
+
+simd_fn! {
+    fn avg_plane_grad<T: Real>(dyp: &[T], g: &PoolGeom, win: &[Vec<(usize, usize)>; 3], dxp: &mut [T]) = avg_plane_grad_imp;
+}
+
+/// Average pooling forward; padded cells count as zeros (PyTorch's `count_include_pad`).
+pub fn avg_forward<T: Real>(x: &[T], g: &PoolGeom) -> Vec<T> {
     let win = windows(g);
     let mut y = vec![T::zero(); g.planes * g.out_len()];
     y.par_chunks_mut(g.out_len().max(1))
         .zip(x.par_chunks(g.in_len().max(1)))
-        .for_each(|(yp, xp)| {
-            let mut i = 0;
-            for &(z0, z1) in &win[0] {
-                for &(y0, y1) in &win[1] {
-                    for &(x0, x1) in &win[2] {
-                        let mut s = T::zero();
-                        for z in z0..z1 {
-                            for yy in y0..y1 {
-                                let row = (z * h + yy) * w;
-                                for &v in &xp[row + x0..row + x1] {
-                                    s += v;
-                                }
-                            }
-                        }
-                        yp[i] = s * scale;
-                        i += 1;
-                    }
-                }
-            }
-        });
+        .for_each(|(yp, xp)| avg_plane(xp, g, &win, yp));
     y
 }
 
 /// Average pooling backward.
 pub fn avg_backward<T: Real>(dy: &[T], g: &PoolGeom) -> Vec<T> {
-    let [_, h, w] = g.input;
-    let scale = T::one() / T::from(g.kernel.iter().product::<usize>()).expect("window size");
     let win = windows(g);
     let mut dx = vec![T::zero(); g.planes * g.in_len()];
     dx.par_chunks_mut(g.in_len().max(1))
         .zip(dy.par_chunks(g.out_len().max(1)))
-        .for_each(|(dxp, dyp)| {
-            let mut i = 0;
-            for &(z0, z1) in &win[0] {
-                for &(y0, y1) in &win[1] {
-                    for &(x0, x1) in &win[2] {
-                        let v = dyp[i] * scale;
-                        for z in z0..z1 {
-                            for yy in y0..y1 {
-                                let row = (z * h + yy) * w;
-                                for d in &mut dxp[row + x0..row + x1] {
-                                    *d += v;
-                                }
-                            }
-                        }
-                        i += 1;
-                    }
-                }
-            }
-        });
+        .for_each(|(dxp, dyp)| avg_plane_grad(dyp, g, &win, dxp));
     dx
 }
