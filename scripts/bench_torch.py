@@ -11,6 +11,7 @@ Prints the same JSON rows as `pretext bench models --json`.
 """
 import argparse
 import json
+import resource
 import statistics
 import time
 
@@ -68,16 +69,24 @@ def main():
         torch.backends.cudnn.allow_tf32 = a.tf32
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
+    def cpu_ms():
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return (r.ru_utime + r.ru_stime) * 1e3
+
+    cpu_of = {}
+
     def timed(f, warmup=None, reps=None):
         for _ in range(a.warmup if warmup is None else warmup):
             f()
         sync()
-        ts = []
+        ts, cs = [], []
         for _ in range(a.reps if reps is None else reps):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), cpu_ms()
             f()
             sync()
             ts.append((time.perf_counter() - t0) * 1e3)
+            cs.append(cpu_ms() - c0)
+        cpu_of[f] = statistics.median(cs)
         return statistics.median(ts)
 
     sizes = [int(v) for v in a.sizes.split(",")] if a.model in ("unet", "all") else []
@@ -106,7 +115,7 @@ def main():
         fwd = timed(forward)
         st = timed(step)
         row = dict(op="unet3d_step", shape=f"{a.batch}x1x{s}^3 f{a.filters}", fwd_ms=fwd, fwd_bwd_ms=st,
-                   gflops=None, peak_rss_mib=peak_rss_mib(), first_ms=first,
+                   gflops=None, peak_rss_mib=peak_rss_mib(), first_ms=first, cpu_ms=cpu_of[step],
                    threads=torch.get_num_threads())
         if cuda:
             row["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
@@ -138,7 +147,8 @@ def main():
         fwd = timed(dforward)
         st = timed(dstep)
         row = dict(op="densenet_step", shape=name, fwd_ms=fwd, fwd_bwd_ms=st, gflops=None,
-                   peak_rss_mib=peak_rss_mib(), first_ms=first, threads=torch.get_num_threads())
+                   peak_rss_mib=peak_rss_mib(), first_ms=first, cpu_ms=cpu_of[dstep],
+                   threads=torch.get_num_threads())
         if cuda:
             row["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
         print(json.dumps(row), flush=True)

@@ -31,6 +31,43 @@ pub struct Row {
     /// Model rows: the first step's time, ms (weights just made, nothing warm yet).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_ms: Option<f64>,
+    /// Model rows: user + system CPU time of the process per step, ms (median), which other
+    /// work on the machine inflates less than the wall time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<f64>,
+}
+
+/// User + system CPU time of the process so far, ms (Linux; `None` elsewhere).
+pub fn cpu_time_ms() -> Option<f64> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: getrusage writes the struct it is given.
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0 {
+            let t = |v: libc::timeval| v.tv_sec as f64 * 1e3 + v.tv_usec as f64 * 1e-3;
+            return Some(t(ru.ru_utime) + t(ru.ru_stime));
+        }
+    }
+    None
+}
+
+/// The median wall time and the median CPU time of `f`'s timed runs, ms.
+fn wall_and_cpu_ms(t: Timing, mut f: impl FnMut() -> Result<()>) -> Result<(f64, Option<f64>)> {
+    for _ in 0..t.warmup {
+        f()?;
+    }
+    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+    for _ in 0..t.reps.max(1) {
+        let (start, c0) = (Instant::now(), cpu_time_ms());
+        f()?;
+        wall.push(start.elapsed().as_secs_f64() * 1e3);
+        if let (Some(a), Some(b)) = (c0, cpu_time_ms()) {
+            cpu.push(b - a);
+        }
+    }
+    wall.sort_by(f64::total_cmp);
+    cpu.sort_by(f64::total_cmp);
+    Ok((wall[wall.len() / 2], cpu.get(cpu.len() / 2).copied()))
 }
 
 /// How long to measure.
@@ -122,6 +159,7 @@ fn conv_row(c: usize, o: usize, s: usize, batch: usize, t: Timing, dev: &Device)
         gflops: Some(3.0 * flops / (fb * 1e6)),
         peak_rss_mib: peak_rss_mib(),
         first_ms: None,
+        cpu_ms: None,
     })
 }
 
@@ -169,6 +207,7 @@ fn conv2d_row(
         gflops: Some(3.0 * flops / (fb * 1e6)),
         peak_rss_mib: peak_rss_mib(),
         first_ms: None,
+        cpu_ms: None,
     })
 }
 
@@ -197,6 +236,7 @@ fn unary_row(
         gflops: None,
         peak_rss_mib: peak_rss_mib(),
         first_ms: None,
+        cpu_ms: None,
     })
 }
 
@@ -312,7 +352,7 @@ fn unet_step(s: usize, batch: usize, cfg: &UNet3dConfig, t: Timing, dev: &Device
         sync(dev)
     })?;
     let _ = ops::profile_report();
-    let step_ms = median_ms(t, step)?;
+    let (step_ms, cpu_ms) = wall_and_cpu_ms(t, step)?;
     eprint!("{}", ops::profile_report());
     Ok(Row {
         op: "unet3d_step".into(),
@@ -322,6 +362,7 @@ fn unet_step(s: usize, batch: usize, cfg: &UNet3dConfig, t: Timing, dev: &Device
         gflops: None,
         peak_rss_mib: peak_rss_mib(),
         first_ms: Some(first),
+        cpu_ms,
     })
 }
 
@@ -381,7 +422,7 @@ fn densenet_step(
         sync(dev)
     })?;
     let _ = ops::profile_report();
-    let step_ms = median_ms(t, step)?;
+    let (step_ms, cpu_ms) = wall_and_cpu_ms(t, step)?;
     eprint!("{}", ops::profile_report());
     Ok(Row {
         op: "densenet_step".into(),
@@ -391,6 +432,7 @@ fn densenet_step(
         gflops: None,
         peak_rss_mib: peak_rss_mib(),
         first_ms: Some(first),
+        cpu_ms,
     })
 }
 
@@ -411,27 +453,29 @@ pub fn forward_only(size: usize, batch: usize, cfg: &UNet3dConfig, dev: &Device)
         gflops: None,
         peak_rss_mib: peak_rss_mib(),
         first_ms: None,
+        cpu_ms: None,
     })
 }
 
 /// Renders rows as an aligned text table.
 pub fn table(rows: &[Row]) -> String {
     let mut s = format!(
-        "{:<20} {:<28} {:>10} {:>12} {:>8} {:>10} {:>10}\n",
-        "op", "shape", "fwd ms", "fwd+bwd ms", "GFLOP/s", "peak MiB", "first ms"
+        "{:<20} {:<28} {:>10} {:>12} {:>8} {:>10} {:>10} {:>10}\n",
+        "op", "shape", "fwd ms", "fwd+bwd ms", "GFLOP/s", "peak MiB", "first ms", "CPU ms"
     );
     for r in rows {
         let opt =
             |v: Option<f64>, p: usize| v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "-".into());
         s.push_str(&format!(
-            "{:<20} {:<28} {:>10.2} {:>12.2} {:>8} {:>10} {:>10}\n",
+            "{:<20} {:<28} {:>10.2} {:>12.2} {:>8} {:>10} {:>10} {:>10}\n",
             r.op,
             r.shape,
             r.fwd_ms,
             r.fwd_bwd_ms,
             opt(r.gflops, 1),
             opt(r.peak_rss_mib, 0),
-            opt(r.first_ms, 1)
+            opt(r.first_ms, 1),
+            opt(r.cpu_ms, 1)
         ));
     }
     s
@@ -471,6 +515,7 @@ pub fn pretext(size: usize, t: Timing) -> Result<Vec<Row>> {
             gflops: None,
             peak_rss_mib: peak_rss_mib(),
             first_ms: None,
+            cpu_ms: None,
         });
     }
     Ok(rows)

@@ -194,6 +194,203 @@ fn col2im<T: Real>(col: &[T], g: &Geom, r0: usize, rows: usize, dxp: &mut [T]) {
     }
 }
 
+/// Output positions (all samples together) below which a convolution runs as one GEMM over
+/// batch × positions ([`small`]) instead of per-sample tiles: the deep layers of a UNet
+/// (4³ and 2³ with 128–256 channels), whose per-sample tiles are narrower than a register block.
+const SMALL_POSITIONS: usize = 512;
+
+/// Rows of the output (forward, weight gradient) per task of the small path; fixed, so the
+/// results do not depend on the thread count.
+const SMALL_ROWS: usize = 32;
+
+/// Input channels per task of the small path's input gradient.
+const SMALL_CHANNELS: usize = 4;
+
+/// Whether `g` takes the [`small`] path.
+fn is_small(g: &Geom) -> bool {
+    !g.is_pointwise() && g.n * g.out_len() < SMALL_POSITIONS
+}
+
+/// Convolutions on small volumes as single GEMMs over batch × positions: the columns of every
+/// sample side by side (`[k, n·p]`), and the tasks split the output rows, so each result is one
+/// dot product computed by one task (no partial sums to combine).
+mod small {
+    use super::*;
+
+    /// The column matrix `[k, n·p]` of all samples.
+    pub(super) fn columns<T: Real>(x: &[T], g: &Geom) -> Vec<T> {
+        let (k, p) = (g.k(), g.out_len());
+        let np = g.n * p;
+        let xp = pad(x, g.n * g.c, g);
+        let lp = g.phased_len();
+        let rows = g.out()[0] * g.out()[1];
+        let mut col = vec![T::zero(); k * np];
+        let mut tmp = vec![T::zero(); k * p];
+        for n in 0..g.n {
+            im2col(&xp[n * g.c * lp..(n + 1) * g.c * lp], g, 0, rows, &mut tmp);
+            for r in 0..k {
+                col[r * np + n * p..r * np + (n + 1) * p].copy_from_slice(&tmp[r * p..(r + 1) * p]);
+            }
+        }
+        col
+    }
+
+    /// `[n, ch, p]` as `[ch, n·p]`.
+    pub(super) fn channel_major<T: Real>(v: &[T], n: usize, ch: usize, p: usize) -> Vec<T> {
+        let mut out = vec![T::zero(); v.len()];
+        for b in 0..n {
+            for c in 0..ch {
+                out[(c * n + b) * p..(c * n + b + 1) * p]
+                    .copy_from_slice(&v[(b * ch + c) * p..(b * ch + c + 1) * p]);
+            }
+        }
+        out
+    }
+
+    pub(super) fn forward<T: Real>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
+        let (k, p) = (g.k(), g.out_len());
+        let np = g.n * p;
+        let col = columns(x, g);
+        // y as [o, n·p], then back to [n, o, p].
+        let mut yt = vec![T::zero(); g.o * np];
+        yt.par_chunks_mut(SMALL_ROWS * np)
+            .enumerate()
+            .for_each(|(blk, dst)| {
+                let rows = dst.len() / np;
+                // SAFETY: dst is [rows, n·p]; w rows blk·SMALL_ROWS.. are [rows, k]; col is
+                // [k, n·p].
+                unsafe {
+                    matmul(
+                        (rows, np, k),
+                        dst.as_mut_ptr(),
+                        (np, 1),
+                        false,
+                        w.as_ptr().add(blk * SMALL_ROWS * k),
+                        (k, 1),
+                        col.as_ptr(),
+                        (np, 1),
+                    );
+                }
+            });
+        let mut y = vec![T::zero(); g.n * g.o * p];
+        for b in 0..g.n {
+            for o in 0..g.o {
+                y[(b * g.o + o) * p..(b * g.o + o + 1) * p]
+                    .copy_from_slice(&yt[(o * g.n + b) * p..(o * g.n + b + 1) * p]);
+            }
+        }
+        y
+    }
+
+    pub(super) fn weight_grad<T: Real>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
+        let (k, p) = (g.k(), g.out_len());
+        let np = g.n * p;
+        let col = columns(x, g);
+        let dyt = channel_major(dy, g.n, g.o, p);
+        let mut dw = vec![T::zero(); g.o * k];
+        dw.par_chunks_mut(SMALL_ROWS * k)
+            .enumerate()
+            .for_each(|(blk, dst)| {
+                let rows = dst.len() / k;
+                // SAFETY: dst is [rows, k]; dyt rows blk·SMALL_ROWS.. are [rows, n·p]; col is
+                // [k, n·p], read as its transpose.
+                unsafe {
+                    matmul(
+                        (rows, k, np),
+                        dst.as_mut_ptr(),
+                        (k, 1),
+                        false,
+                        dyt.as_ptr().add(blk * SMALL_ROWS * np),
+                        (np, 1),
+                        col.as_ptr(),
+                        (1, np),
+                    );
+                }
+            });
+        dw
+    }
+
+    pub(super) fn input_grad<T: Real>(dy: &[T], w: &[T], g: &Geom) -> Vec<T> {
+        let (k, p, taps) = (g.k(), g.out_len(), g.taps());
+        let np = g.n * p;
+        let dyt = channel_major(dy, g.n, g.o, p);
+        let [d, h, wd] = g.input;
+        let [kd, kh, kw] = g.kernel;
+        let [sd, sh, sw] = g.stride;
+        let [pd, ph, pw] = g.padding;
+        let [od, oh, ow] = g.out();
+        let in_len = g.in_len();
+        // dx as [c, n, in_len]: each task owns a group of channels.
+        let mut dxt = vec![T::zero(); g.c * g.n * in_len];
+        dxt.par_chunks_mut(SMALL_CHANNELS * g.n * in_len)
+            .enumerate()
+            .for_each(|(grp, dst)| {
+                let c0 = grp * SMALL_CHANNELS;
+                let cs = dst.len() / (g.n * in_len);
+                let rows = cs * taps;
+                // The columns' gradient for these channels: [rows, n·p] = wᵀ[rows, o] × dy.
+                let mut cg = vec![T::zero(); rows * np];
+                // SAFETY: cg is [rows, n·p]; w read as its transpose from column c0·taps;
+                // dyt is [o, n·p].
+                unsafe {
+                    matmul(
+                        (rows, np, g.o),
+                        cg.as_mut_ptr(),
+                        (np, 1),
+                        false,
+                        w.as_ptr().add(c0 * taps),
+                        (1, k),
+                        dyt.as_ptr(),
+                        (np, 1),
+                    );
+                }
+                // col2im, unpadded: output (z, y, x) of tap (a, b, e) reads input
+                // (z·sd + a - pd, ...).
+                for ci in 0..cs {
+                    for b in 0..g.n {
+                        let plane = &mut dst[(ci * g.n + b) * in_len..(ci * g.n + b + 1) * in_len];
+                        for a in 0..kd {
+                            for bb in 0..kh {
+                                for e in 0..kw {
+                                    let t = (a * kh + bb) * kw + e;
+                                    let src = &cg[(ci * taps + t) * np + b * p..][..p];
+                                    for z in 0..od {
+                                        let iz = z * sd + a;
+                                        if iz < pd || iz - pd >= d {
+                                            continue;
+                                        }
+                                        for y in 0..oh {
+                                            let iy = y * sh + bb;
+                                            if iy < ph || iy - ph >= h {
+                                                continue;
+                                            }
+                                            for x in 0..ow {
+                                                let ix = x * sw + e;
+                                                if ix < pw || ix - pw >= wd {
+                                                    continue;
+                                                }
+                                                plane[((iz - pd) * h + iy - ph) * wd + ix - pw] +=
+                                                    src[(z * oh + y) * ow + x];
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        let mut dx = vec![T::zero(); g.n * g.c * in_len];
+        for b in 0..g.n {
+            for c in 0..g.c {
+                dx[(b * g.c + c) * in_len..(b * g.c + c + 1) * in_len]
+                    .copy_from_slice(&dxt[(c * g.n + b) * in_len..(c * g.n + b + 1) * in_len]);
+            }
+        }
+        dx
+    }
+}
+
 /// The tiles of the output rows: `(sample, first row, rows)`.
 fn tiles(g: &Geom) -> Vec<(usize, usize, usize)> {
     let [d, h, _] = g.out();
@@ -212,6 +409,9 @@ fn tiles(g: &Geom) -> Vec<(usize, usize, usize)> {
 pub fn forward<T: Real>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
     if let Some(y) = T::direct_conv(x, w, g) {
         return y;
+    }
+    if is_small(g) {
+        return small::forward(x, w, g);
     }
     let (k, p) = (g.k(), g.out_len());
     let mut y = vec![T::zero(); g.n * g.o * p];
@@ -276,6 +476,9 @@ pub fn weight_grad<T: Real>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
     if let Some(dw) = T::direct_conv_weight_grad(x, dy, g) {
         return dw;
     }
+    if is_small(g) {
+        return small::weight_grad(x, dy, g);
+    }
     let (k, p) = (g.k(), g.out_len());
     if g.is_pointwise() {
         // Items: runs of positions of one sample (a fixed cut, so the sum's order does not
@@ -339,6 +542,9 @@ pub fn weight_grad<T: Real>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
 /// Stride 1 (with padding below the kernel size) is itself a forward convolution of `dy` with
 /// the flipped, channel-swapped kernel; other strides scatter columns back (col2im).
 pub fn input_grad<T: Real>(dy: &[T], w: &[T], g: &Geom) -> Vec<T> {
+    if is_small(g) {
+        return small::input_grad(dy, w, g);
+    }
     let (k, p) = (g.k(), g.out_len());
     if g.is_pointwise() {
         let mut dx = vec![T::zero(); g.n * g.c * p];
