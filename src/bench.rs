@@ -35,6 +35,10 @@ pub struct Row {
     /// work on the machine inflates less than the wall time.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_ms: Option<f64>,
+    /// Sampler rows: the time to copy as many bytes as the batch holds into a new buffer
+    /// (all threads), ms (median): the memory-bound floor of building the batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy_ms: Option<f64>,
 }
 
 /// User + system CPU time of the process so far, ms (Linux; `None` elsewhere).
@@ -160,6 +164,7 @@ fn conv_row(c: usize, o: usize, s: usize, batch: usize, t: Timing, dev: &Device)
         peak_rss_mib: peak_rss_mib(),
         first_ms: None,
         cpu_ms: None,
+        copy_ms: None,
     })
 }
 
@@ -208,6 +213,7 @@ fn conv2d_row(
         peak_rss_mib: peak_rss_mib(),
         first_ms: None,
         cpu_ms: None,
+        copy_ms: None,
     })
 }
 
@@ -237,6 +243,7 @@ fn unary_row(
         peak_rss_mib: peak_rss_mib(),
         first_ms: None,
         cpu_ms: None,
+        copy_ms: None,
     })
 }
 
@@ -363,6 +370,7 @@ fn unet_step(s: usize, batch: usize, cfg: &UNet3dConfig, t: Timing, dev: &Device
         peak_rss_mib: peak_rss_mib(),
         first_ms: Some(first),
         cpu_ms,
+        copy_ms: None,
     })
 }
 
@@ -433,6 +441,7 @@ fn densenet_step(
         peak_rss_mib: peak_rss_mib(),
         first_ms: Some(first),
         cpu_ms,
+        copy_ms: None,
     })
 }
 
@@ -454,20 +463,21 @@ pub fn forward_only(size: usize, batch: usize, cfg: &UNet3dConfig, dev: &Device)
         peak_rss_mib: peak_rss_mib(),
         first_ms: None,
         cpu_ms: None,
+        copy_ms: None,
     })
 }
 
 /// Renders rows as an aligned text table.
 pub fn table(rows: &[Row]) -> String {
     let mut s = format!(
-        "{:<20} {:<28} {:>10} {:>12} {:>8} {:>10} {:>10} {:>10}\n",
-        "op", "shape", "fwd ms", "fwd+bwd ms", "GFLOP/s", "peak MiB", "first ms", "CPU ms"
+        "{:<20} {:<28} {:>10} {:>12} {:>8} {:>10} {:>10} {:>10} {:>8}\n",
+        "op", "shape", "fwd ms", "fwd+bwd ms", "GFLOP/s", "peak MiB", "first ms", "CPU ms", "copy ms"
     );
     for r in rows {
         let opt =
             |v: Option<f64>, p: usize| v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "-".into());
         s.push_str(&format!(
-            "{:<20} {:<28} {:>10.2} {:>12.2} {:>8} {:>10} {:>10} {:>10}\n",
+            "{:<20} {:<28} {:>10.2} {:>12.2} {:>8} {:>10} {:>10} {:>10} {:>8}\n",
             r.op,
             r.shape,
             r.fwd_ms,
@@ -475,15 +485,38 @@ pub fn table(rows: &[Row]) -> String {
             opt(r.gflops, 1),
             opt(r.peak_rss_mib, 0),
             opt(r.first_ms, 1),
-            opt(r.cpu_ms, 1)
+            opt(r.cpu_ms, 1),
+            opt(r.copy_ms, 2)
         ));
     }
     s
 }
 
+/// The time to copy `len` f32 values into a new buffer with every thread, ms (median).
+fn copy_ms(len: usize, t: Timing) -> Result<f64> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 16;
+    let src = vec![1f32; len];
+    median_ms(t, || {
+        let mut dst: Vec<f32> = Vec::with_capacity(len);
+        dst.spare_capacity_mut()
+            .par_chunks_mut(CHUNK)
+            .zip(src.par_chunks(CHUNK))
+            .for_each(|(d, s)| {
+                for (a, &b) in d.iter_mut().zip(s) {
+                    a.write(b);
+                }
+            });
+        // SAFETY: the chunks above wrote all `len` values.
+        unsafe { dst.set_len(len) };
+        std::hint::black_box(&dst);
+        Ok(())
+    })
+}
+
 /// `pretext bench pretext`: the samplers at O's batch sizes on `size³` volumes held in memory
-/// (`fwd_ms` is the time to build one batch; no model runs). Compare with
-/// `scripts/bench_pretext_ref.py`.
+/// (`fwd_ms` is the time to build one batch; no model runs; `copy_ms` the time to copy as many
+/// bytes). Compare with `scripts/bench_pretext_ref.py`.
 pub fn pretext(size: usize, t: Timing) -> Result<Vec<Row>> {
     use crate::pretext::{Grid, Sampler, Task, TaskConfig};
     use rand::{RngExt, SeedableRng};
@@ -503,9 +536,16 @@ pub fn pretext(size: usize, t: Timing) -> Result<Vec<Row>> {
         let bs = task.batch_size(false);
         let ids: Vec<usize> = (0..bs).map(|i| i % vols.len()).collect();
         let mut seed = 0;
+        let mut elems = 0;
         let ms = median_ms(t, || {
             seed += 1;
-            s.batch(&vols, &ids, seed, true).map(|_| ())
+            let b = s.batch(&vols, &ids, seed, true)?;
+            elems = [Some(&b.x), b.y.as_ref(), b.context.as_ref(), b.targets.as_ref()]
+                .into_iter()
+                .flatten()
+                .map(|t| t.elem_count())
+                .sum();
+            Ok(())
         })?;
         rows.push(Row {
             op: format!("sample_{}", task.name()),
@@ -516,6 +556,7 @@ pub fn pretext(size: usize, t: Timing) -> Result<Vec<Row>> {
             peak_rss_mib: peak_rss_mib(),
             first_ms: None,
             cpu_ms: None,
+            copy_ms: Some(copy_ms(elems, t)?),
         });
     }
     Ok(rows)

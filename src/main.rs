@@ -408,6 +408,9 @@ fn main() -> ExitCode {
 
 fn bench(a: &BenchArgs) -> pretext::Result<()> {
     use pretext::bench::{self, Timing};
+    // SAFETY: nothing has started another thread yet (the bench commands start none before
+    // this line).
+    let candle_threads = unsafe { pretext::ops::cpu::configure_threads() };
     let dev = pretext::script::convert::parse_device(&a.device)?;
     let t = Timing {
         warmup: a.warmup,
@@ -419,7 +422,7 @@ fn bench(a: &BenchArgs) -> pretext::Result<()> {
     };
     let threads = rayon::current_num_threads();
     eprintln!(
-        "pretext bench {:?} on {} ({threads} threads)",
+        "pretext bench {:?} on {} ({threads} threads, CANDLE_NUM_THREADS={candle_threads})",
         a.kind, a.device
     );
     let rows = match a.kind {

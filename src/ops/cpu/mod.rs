@@ -114,6 +114,31 @@ pub(crate) fn simd_ok() -> bool {
     false
 }
 
+/// Turns candle's own thread pool for elementwise ops off (`CANDLE_NUM_THREADS=1`) unless the
+/// environment already sets `CANDLE_NUM_THREADS`; returns the value in effect.
+///
+/// candle 0.11 runs elementwise ops on large tensors (among them the gradient sums of every
+/// backward pass) on a second pool of threads beside rayon's, whose workers spin for tens of
+/// thousands of iterations after each op. Between an elementwise op and the next kernel of
+/// ours (on rayon), two idle spinners and two busy threads then share two cores: on the 2-core
+/// development machine that made the quick DenseNet step 3–4× and the 32³ UNet step 2× slower
+/// (CPU time per step 2×) whenever other work ran, and slower even on an idle machine. With
+/// the pool off, candle's elementwise ops run on the calling thread.
+///
+/// # Safety
+/// It may change the process environment: call it before any other thread exists (at the start
+/// of `main`), since reading the environment while it changes is undefined behaviour.
+pub unsafe fn configure_threads() -> String {
+    match std::env::var("CANDLE_NUM_THREADS") {
+        Ok(v) => v,
+        Err(_) => {
+            // SAFETY: the caller guarantees no other thread runs yet.
+            unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+            "1".into()
+        }
+    }
+}
+
 /// Makes glibc's allocator keep freed memory in the process, once per process: no `mmap` for
 /// large blocks, no trimming of the heap, one arena.
 ///
