@@ -57,7 +57,7 @@ impl Geom {
         Some(out)
     }
 
-    fn out(&self) -> [usize; 3] {
+    pub(crate) fn out(&self) -> [usize; 3] {
         self.output().expect("geometry checked by the caller")
     }
 
@@ -75,7 +75,7 @@ impl Geom {
         self.input.iter().product()
     }
 
-    fn out_len(&self) -> usize {
+    pub(crate) fn out_len(&self) -> usize {
         self.out().iter().product()
     }
 
@@ -84,12 +84,12 @@ impl Geom {
     }
 
     /// Values per phase of a padded row (see [`pad`]).
-    fn phased_width(&self) -> usize {
+    pub(crate) fn phased_width(&self) -> usize {
         self.padded()[2].div_ceil(self.stride[2])
     }
 
     /// Values per padded plane in the layout of [`pad`].
-    fn phased_len(&self) -> usize {
+    pub(crate) fn phased_len(&self) -> usize {
         let [dp, hp, _] = self.padded();
         dp * hp * self.stride[2] * self.phased_width()
     }
@@ -108,7 +108,7 @@ impl Geom {
 /// each padded row of `wp` values is stored as its `sw` phases (the columns `≡ 0, 1, … mod sw`),
 /// `wq = ⌈wp / sw⌉` values each, so that a tap of a strided convolution reads a contiguous run.
 /// With stride 1 this is the plain padded volume.
-fn pad<T: Real>(x: &[T], planes: usize, g: &Geom) -> Vec<T> {
+pub(crate) fn pad<T: Real>(x: &[T], planes: usize, g: &Geom) -> Vec<T> {
     let [d, h, w] = g.input;
     let [_, hp, _] = g.padded();
     let lp = g.phased_len();

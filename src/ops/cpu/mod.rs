@@ -53,6 +53,8 @@ pub mod conv;
 pub mod dense;
 #[cfg(target_arch = "x86_64")]
 mod direct;
+#[cfg(target_arch = "x86_64")]
+mod strided;
 pub mod norm;
 pub mod pool;
 pub mod resample;
@@ -67,9 +69,10 @@ thread_local! {
     static DIRECT_CALLS: Cell<[usize; 2]> = const { Cell::new([0, 0]) };
 }
 
-/// How many convolutions the direct AVX-512 kernels have computed for calls made on the
-/// calling thread: `[forward, weight gradient]` (a "same" convolution's input gradient is a
-/// forward convolution and counts as one). Tests read it before and after an op to know that
+/// How many convolutions the direct AVX-512 kernels (the "same" convolutions' and the strided
+/// 2D ones' with few input channels) have computed for calls made on the calling thread:
+/// `[forward, weight gradient]` (a "same" convolution's input gradient is a forward
+/// convolution and counts as one). Tests read it before and after an op to know that
 /// the fast path, not im2col + GEMM, was taken.
 pub fn direct_kernel_calls() -> [usize; 2] {
     DIRECT_CALLS.with(Cell::get)
@@ -199,6 +202,11 @@ impl Real for f32 {
             count_direct(0);
             return Some(direct::forward(x, w, g));
         }
+        #[cfg(target_arch = "x86_64")]
+        if strided::supports(g) {
+            count_direct(0);
+            return Some(strided::forward(x, w, g));
+        }
         let _ = (x, w, g);
         None
     }
@@ -208,6 +216,11 @@ impl Real for f32 {
         if direct::supports_weight_grad(g) {
             count_direct(1);
             return Some(direct::weight_grad(x, dy, g));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if strided::supports(g) {
+            count_direct(1);
+            return Some(strided::weight_grad(x, dy, g));
         }
         let _ = (x, dy, g);
         None
