@@ -45,6 +45,7 @@ pub struct Row {
 pub fn cpu_time_ms() -> Option<f64> {
     #[cfg(target_os = "linux")]
     {
+        // SAFETY: rusage is a plain C struct of integers, for which all zero bytes are valid.
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
         // SAFETY: getrusage writes the struct it is given.
         if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0 {
