@@ -14,6 +14,19 @@ import torch
 import torch.nn.functional as F
 
 
+CONV2D = [
+    (8, 3, 64, 224, 7, 3, 2),
+    (16, 3, 16, 96, 7, 3, 2),
+    (8, 256, 128, 56, 1, 0, 1),
+    (8, 512, 128, 28, 1, 0, 1),
+    (8, 1024, 128, 14, 1, 0, 1),
+    (8, 128, 32, 56, 3, 1, 1),
+    (8, 128, 32, 28, 3, 1, 1),
+    (8, 128, 32, 14, 3, 1, 1),
+    (8, 128, 32, 7, 3, 1, 1),
+]
+
+
 def unet_conv_shapes(size, depth=4, f=16):
     v = [(1, f, size), (f, f, size)]
     for level in range(1, depth + 1):
@@ -31,6 +44,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--no-conv2d", action="store_true", help="leave out the 2D convolution rows")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -61,7 +75,7 @@ def main():
                  gflops=(3 * flops / (t * 1e6)) if flops else None, threads=torch.get_num_threads())
         print(json.dumps(r), flush=True)
 
-    for size in [int(v) for v in a.sizes.split(",")]:
+    for size in [int(v) for v in a.sizes.split(",") if int(v) > 0]:
         for c, o, s in unet_conv_shapes(size):
             x = torch.randn(2, c, s, s, s, device=dev, requires_grad=True)
             w = (torch.randn(o, c, 3, 3, 3, device=dev) * 0.1).requires_grad_()
@@ -78,6 +92,13 @@ def main():
         b = torch.zeros(c, device=dev, requires_grad=True)
         row("batch_norm", f"2x{c}x{s}^3", lambda t: F.batch_norm(t, None, None, g, b, training=True, eps=1e-3), x)
         row("relu", f"2x{c}x{s}^3", torch.relu, x)
+    # DenseNet's 2D convolutions (as src/bench.rs conv2d_shapes).
+    for n, c, o, s, k, p, st in ([] if a.no_conv2d else CONV2D):
+        x = torch.randn(n, c, s, s, device=dev, requires_grad=True)
+        w = (torch.randn(o, c, k, k, device=dev) * 0.1).requires_grad_()
+        so = (s + 2 * p - k) // st + 1
+        row("conv2d", f"{n}x{c}x{s}^2 {c}->{o} k{k} s{st}",
+            lambda t, w=w, p=p, st=st: F.conv2d(t, w, padding=p, stride=st), x, 2.0 * n * o * c * k * k * so * so)
 
 
 if __name__ == "__main__":

@@ -209,7 +209,8 @@ fn parse_window(s: &str) -> Result<(f32, f32), String> {
 enum BenchKind {
     /// Each UNet3D convolution and the other ops of a block: forward and forward+backward.
     Ops,
-    /// UNet3D training steps (forward, Dice loss, backward, Adam).
+    /// Training steps (forward, loss, backward, Adam) of the UNet3D at --sizes and of the
+    /// DenseNets (quick profile 16x3x96^2, DenseNet-121 8x3x224^2); --model picks.
     Models,
     /// The pretext samplers at O's batch sizes on in-memory volumes (--sizes, default 128 for
     /// this kind): milliseconds per batch; compare with scripts/bench_pretext_ref.py.
@@ -220,6 +221,21 @@ enum BenchKind {
     /// The pancreas preprocessing (min-max, bounding box, crop, resize, min-max) of one CT;
     /// compare with scripts/bench_preprocess_ref.py on the same file.
     Preprocess,
+}
+
+/// The networks `pretext bench models` measures.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum BenchModel {
+    /// The UNet3D at each of --sizes.
+    Unet,
+    /// DenseNet at the quick profile's and the paper's shapes.
+    Densenet,
+    /// The quick profile's DenseNet (16x3x96^2) alone.
+    DensenetQuick,
+    /// DenseNet-121 (8x3x224^2) alone.
+    Densenet121,
+    /// All of them.
+    All,
 }
 
 #[derive(Args)]
@@ -243,6 +259,12 @@ struct BenchArgs {
     /// Base filters of the UNet (models).
     #[arg(long, default_value_t = 16)]
     filters: usize,
+    /// Models: which networks (unet, densenet = densenet-quick and densenet121, or all).
+    #[arg(long, default_value = "all")]
+    model: BenchModel,
+    /// Ops: leave out the 2D convolution rows (DenseNet's shapes).
+    #[arg(long)]
+    no_conv2d: bool,
     /// Only a forward pass in inference mode, once, with its peak memory (models).
     #[arg(long)]
     forward_only: bool,
@@ -386,6 +408,9 @@ fn main() -> ExitCode {
 
 fn bench(a: &BenchArgs) -> pretext::Result<()> {
     use pretext::bench::{self, Timing};
+    // SAFETY: nothing has started another thread yet (the bench commands start none before
+    // this line).
+    let candle_threads = unsafe { pretext::ops::cpu::configure_threads() };
     let dev = pretext::script::convert::parse_device(&a.device)?;
     let t = Timing {
         warmup: a.warmup,
@@ -397,17 +422,26 @@ fn bench(a: &BenchArgs) -> pretext::Result<()> {
     };
     let threads = rayon::current_num_threads();
     eprintln!(
-        "pretext bench {:?} on {} ({threads} threads)",
+        "pretext bench {:?} on {} ({threads} threads, CANDLE_NUM_THREADS={candle_threads})",
         a.kind, a.device
     );
     let rows = match a.kind {
-        BenchKind::Ops => bench::ops(&a.sizes, t, &dev)?,
+        BenchKind::Ops => bench::ops(&a.sizes, !a.no_conv2d, t, &dev)?,
         BenchKind::Models if a.forward_only => a
             .sizes
             .iter()
             .map(|&s| bench::forward_only(s, a.batch, &cfg, &dev))
             .collect::<pretext::Result<_>>()?,
-        BenchKind::Models => bench::models(&a.sizes, a.batch, &cfg, t, &dev)?,
+        BenchKind::Models => {
+            let kind = match a.model {
+                BenchModel::Unet => bench::ModelKind::Unet,
+                BenchModel::Densenet => bench::ModelKind::Densenet,
+                BenchModel::DensenetQuick => bench::ModelKind::DensenetQuick,
+                BenchModel::Densenet121 => bench::ModelKind::Densenet121,
+                BenchModel::All => bench::ModelKind::All,
+            };
+            bench::models(kind, &a.sizes, a.batch, &cfg, t, &dev)?
+        }
         BenchKind::Pretext => a
             .sizes
             .iter()

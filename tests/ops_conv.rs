@@ -312,3 +312,89 @@ fn the_existing_small_fixtures_stay_below_the_direct_kernels_threshold() {
     });
     assert_eq!(calls, [0, 0]);
 }
+
+/// y, dx and dw of conv2d with loss sum(y·g), computed in `dtype`, with the
+/// `[forward, weight gradient]` calls of the direct kernels they made.
+fn conv2d_grads(
+    x: &Tensor,
+    w: &Tensor,
+    g: &Tensor,
+    (padding, stride): ([usize; 2], [usize; 2]),
+    dtype: DType,
+) -> ((Tensor, Tensor, Tensor), [usize; 2]) {
+    let mut out = None;
+    let calls = direct_calls_during(|| {
+        let x = candle_core::Var::from_tensor(&x.to_dtype(dtype).unwrap()).unwrap();
+        let w = candle_core::Var::from_tensor(&w.to_dtype(dtype).unwrap()).unwrap();
+        let y = ops::conv2d(x.as_tensor(), w.as_tensor(), padding, stride).unwrap();
+        let grads = (&y * g.to_dtype(dtype).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        out = Some((
+            y,
+            grads.get(x.as_tensor()).unwrap().clone(),
+            grads.get(w.as_tensor()).unwrap().clone(),
+        ));
+    });
+    (out.unwrap(), calls)
+}
+
+/// Checks a strided f32 2D convolution and both gradients against f64 (im2col + GEMM) on
+/// random data; the output and weight gradient must come from the strided AVX-512 kernels
+/// where the CPU has them. Returns the f32 results.
+fn check_strided_2d(
+    [n, c, h, wd]: [usize; 4],
+    o: usize,
+    k: [usize; 2],
+    padding: [usize; 2],
+    stride: [usize; 2],
+) -> (Tensor, Tensor, Tensor) {
+    let x = uniform(&[n, c, h, wd], 1.0, 7);
+    let w = uniform(&[o, c, k[0], k[1]], 0.3, 8);
+    let oh = (h + 2 * padding[0] - k[0]) / stride[0] + 1;
+    let ow = (wd + 2 * padding[1] - k[1]) / stride[1] + 1;
+    let g = uniform(&[n, o, oh, ow], 1.0, 9);
+    let what = format!("x [{n}, {c}, {h}, {wd}] -> {o}, kernel {k:?}, stride {stride:?}");
+    let ((y64, dx64, dw64), _) = conv2d_grads(&x, &w, &g, (padding, stride), DType::F64);
+    let ((y32, dx32, dw32), calls) = conv2d_grads(&x, &w, &g, (padding, stride), DType::F32);
+    if pretext::ops::cpu::direct_kernels_available() {
+        assert_eq!(calls, [1, 1], "{what}: the strided kernels were not taken");
+    }
+    assert_close(&y32, &y64, 1e-5, &format!("{what}: y"));
+    assert_close(&dx32, &dx64, 1e-5, &format!("{what}: dx"));
+    assert_close(&dw32, &dw64, 1e-5, &format!("{what}: dw"));
+    (y32, dx32, dw32)
+}
+
+#[test]
+fn f32_strided_2d_convolutions_match_f64_on_odd_sizes_and_channel_counts() {
+    // DenseNet's stem (7×7, stride 2, 3 channels) with output channels that leave partial
+    // register tiles (10: 8 + 2 forward, 3 + 3 + 3 + 1 weight gradient), rows that end
+    // mid-vector and rows of more than one tile (57 outputs).
+    check_strided_2d([2, 3, 37, 113], 10, [7, 7], [3, 3], [2, 2]);
+    check_strided_2d([1, 3, 40, 40], 64, [7, 7], [3, 3], [2, 2]);
+    // Other kernels, strides per axis, no padding, 16 input channels.
+    check_strided_2d([3, 16, 21, 30], 5, [3, 3], [1, 1], [2, 2]);
+    check_strided_2d([2, 2, 30, 27], 4, [5, 3], [0, 1], [1, 2]);
+    check_strided_2d([2, 4, 31, 24], 3, [3, 1], [1, 0], [3, 1]);
+    check_strided_2d([1, 1, 64, 70], 1, [2, 2], [0, 0], [2, 2]);
+}
+
+#[test]
+fn f32_strided_2d_convolution_gives_identical_results_with_one_and_two_threads() {
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| check_strided_2d([4, 3, 48, 50], 16, [7, 7], [3, 3], [2, 2]))
+    };
+    let (y1, dx1, dw1) = run(1);
+    let (y2, dx2, dw2) = run(2);
+    assert_close(&y2, &y1, 0.0, "y");
+    assert_close(&dx2, &dx1, 0.0, "dx");
+    assert_close(&dw2, &dw1, 0.0, "dw");
+}

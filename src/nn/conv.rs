@@ -141,6 +141,11 @@ pub fn conv2d(
 }
 
 impl Conv2d {
+    /// The weight `[O, C, k, k]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
     /// Applies the convolution.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = ops::conv2d(x, &self.weight, [self.padding; 2], [self.stride; 2])?;

@@ -103,11 +103,20 @@ impl DenseLayer {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self
-            .conv1
-            .forward(&ops::relu(&self.norm1.forward_t(x, train)?)?)?;
-        self.conv2
-            .forward(&ops::relu(&self.norm2.forward_t(&h, train)?)?)
+        let h = self.conv1.forward(&self.norm1.forward_relu_t(x, train)?)?;
+        self.conv2.forward(&self.norm2.forward_relu_t(&h, train)?)
+    }
+
+    /// The layer's parameters in the order of [`ops::dense_block_train`]'s packing.
+    fn packed(&self) -> Result<[Tensor; 6]> {
+        Ok([
+            self.norm1.weight().clone(),
+            self.norm1.bias().clone(),
+            self.conv1.weight().flatten_all()?,
+            self.norm2.weight().clone(),
+            self.norm2.bias().clone(),
+            self.conv2.weight().flatten_all()?,
+        ])
     }
 }
 
@@ -133,7 +142,50 @@ impl DenseBlock {
     }
 
     /// The input with every layer's output appended along the channels.
+    ///
+    /// On the CPU, in training mode and in inference under [`ops::no_grad`], the whole block is
+    /// one kernel on one growing buffer ([`ops::dense_block_train`]); otherwise the layers run
+    /// one by one ([`DenseBlock::forward_layers_t`]).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if self.layers.is_empty()
+            || !ops::dense_block_available(x)
+            || !(train || ops::grad_disabled())
+        {
+            return self.forward_layers_t(x, train);
+        }
+        let first = &self.layers[0];
+        let spec = ops::DenseBlockSpec {
+            growth: first.conv2.weight().dims()[0],
+            width: first.conv1.weight().dims()[0],
+            layers: self.layers.len(),
+            eps: first.norm1.config().eps,
+        };
+        let mut parts = Vec::with_capacity(6 * self.layers.len());
+        for l in &self.layers {
+            parts.extend(l.packed()?);
+        }
+        let params = Tensor::cat(&parts, 0)?;
+        if train {
+            let (y, stats) = ops::dense_block_train(x, &params, spec)?;
+            for (l, (s1, s2)) in self.layers.iter().zip(stats) {
+                l.norm1.update_running(s1)?;
+                l.norm2.update_running(s2)?;
+            }
+            return Ok(y);
+        }
+        let running = self
+            .layers
+            .iter()
+            .map(|l| {
+                let stats = |(mean, var)| ops::cpu::norm::Stats { mean, var };
+                Ok((stats(l.norm1.running()?), stats(l.norm2.running()?)))
+            })
+            .collect::<Result<_>>()?;
+        ops::dense_block_eval(x, &params, spec, running)
+    }
+
+    /// [`DenseBlock::forward_t`] layer by layer, with a concatenation per layer (any device).
+    pub fn forward_layers_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut features = vec![x.clone()];
         for layer in &self.layers {
             let inp = Tensor::cat(&features, 1)?;
@@ -238,20 +290,26 @@ impl DenseNet {
                 ),
             ));
         }
-        let h = ops::relu(&self.norm0.forward_t(&self.conv0.forward(x)?, train)?)?;
+        let h = self
+            .norm0
+            .forward_relu_t(&self.conv0.forward(x)?, train)?;
         let mut h = ops::max_pool2d(&h, [3, 3], [2, 2], [1, 1])?;
         for (i, block) in self.blocks.iter().enumerate() {
             h = block.forward_t(&h, train)?;
             if let Some(t) = self.transitions.get(i) {
-                let y = t.conv.forward(&ops::relu(&t.norm.forward_t(&h, train)?)?)?;
-                h = if y.dims()[2] >= 2 && y.dims()[3] >= 2 {
-                    ops::avg_pool2d(&y, [2, 2], [2, 2], [0, 0])?
+                let r = t.norm.forward_relu_t(&h, train)?;
+                // torchvision pools the 1×1 convolution's output; the convolution acts on each
+                // position alone, so pooling its input first is the same map at a quarter of
+                // the cost.
+                h = if r.dims()[2] >= 2 && r.dims()[3] >= 2 {
+                    t.conv
+                        .forward(&ops::avg_pool2d(&r, [2, 2], [2, 2], [0, 0])?)?
                 } else {
-                    y
+                    t.conv.forward(&r)?
                 };
             }
         }
-        ops::relu(&self.norm5.forward_t(&h, train)?)
+        self.norm5.forward_relu_t(&h, train)
     }
 
     /// A feature vector `[N, C]` per image.

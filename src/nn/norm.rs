@@ -75,6 +75,47 @@ impl BatchNorm {
         self.eval(x)
     }
 
+    /// `relu(forward_t(x))` (BatchNorm → ReLU, DenseNet's order), fused into one kernel in
+    /// training mode and under [`ops::no_grad`].
+    pub fn forward_relu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if train {
+            let (y, st) = ops::batch_norm_relu_train(x, &self.weight, &self.bias, self.cfg.eps)?;
+            self.update_running(st)?;
+            return Ok(y);
+        }
+        if ops::grad_disabled() {
+            let (scale, shift) = self.eval_affine()?;
+            return ops::affine_relu(x, &scale, &shift);
+        }
+        ops::relu(&self.eval(x)?)
+    }
+
+    /// The scale `gamma` `[C]`.
+    pub(crate) fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The shift `beta` `[C]`.
+    pub(crate) fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+
+    /// The settings.
+    pub(crate) fn config(&self) -> BatchNormConfig {
+        self.cfg
+    }
+
+    /// The running mean and variance as f64 values.
+    pub(crate) fn running(&self) -> Result<(Vec<f64>, Vec<f64>)> {
+        let v = |t: &Tensor| -> Result<Vec<f64>> {
+            Ok(t.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?)
+        };
+        Ok((
+            v(self.running_mean.as_tensor())?,
+            v(self.running_var.as_tensor())?,
+        ))
+    }
+
     /// `forward_t(relu(x + bias))` with `bias [C]` per channel (a convolution's bias), fused
     /// into one kernel in training mode.
     pub fn forward_bias_relu_t(&self, x: &Tensor, bias: &Tensor, train: bool) -> Result<Tensor> {
@@ -92,7 +133,7 @@ impl BatchNorm {
     }
 
     /// Moves the running averages towards the batch statistics `st`.
-    fn update_running(&self, st: ops::BatchStats) -> Result<()> {
+    pub(crate) fn update_running(&self, st: ops::BatchStats) -> Result<()> {
         let m = self.cfg.momentum;
         let unbiased = st.count as f64 / (st.count as f64 - 1.0);
         let mean = ((self.running_mean.as_tensor() * (1.0 - m))? + (st.mean * m)?)?;

@@ -102,6 +102,13 @@ fn geometry(x: &Tensor, w: &Tensor, spec: ConvSpec) -> Result<Geom> {
     Ok(g)
 }
 
+fn describe(g: &Geom) -> String {
+    format!(
+        "n{} {}->{} in{:?} k{:?} p{:?} s{:?}",
+        g.n, g.c, g.o, g.input, g.kernel, g.padding, g.stride
+    )
+}
+
 fn out_dims(g: &Geom) -> [usize; 3] {
     g.output().expect("checked when the geometry was built")
 }
@@ -114,6 +121,10 @@ struct ConvInputGrad(Geom);
 struct ConvWeightGrad(Geom);
 
 impl Kernel for ConvForward {
+    fn describe(&self) -> String {
+        describe(&self.0)
+    }
+
     const NAME: &'static str = "conv3d";
 
     fn out_shape(&self) -> Shape {
@@ -168,6 +179,10 @@ impl Kernel for ConvForward {
 }
 
 impl Kernel for ConvInputGrad {
+    fn describe(&self) -> String {
+        describe(&self.0)
+    }
+
     const NAME: &'static str = "conv3d_input_grad";
 
     fn out_shape(&self) -> Shape {
@@ -199,6 +214,10 @@ impl Kernel for ConvInputGrad {
 }
 
 impl Kernel for ConvWeightGrad {
+    fn describe(&self) -> String {
+        describe(&self.0)
+    }
+
     const NAME: &'static str = "conv3d_weight_grad";
 
     fn out_shape(&self) -> Shape {

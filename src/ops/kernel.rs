@@ -50,6 +50,11 @@ pub(crate) trait Kernel: Send + Sync + Sized + 'static {
     /// The CPU kernel on contiguous inputs.
     fn cpu<T: Real>(&self, inputs: &[&[T]]) -> Vec<T>;
 
+    /// The geometry in a few words, for [`profile_report`] (empty: the name alone).
+    fn describe(&self) -> String {
+        String::new()
+    }
+
     /// The same computation from candle tensor ops (used on non-CPU devices).
     fn composed(&self, inputs: &[&Tensor]) -> candle_core::Result<Tensor>;
 
@@ -159,6 +164,65 @@ fn run_composed<K: Kernel>(
     Ok((out, layout.shape().clone()))
 }
 
+/// Per-kernel time, kept when `PRETEXT_OP_PROFILE` is set: (calls, wall seconds, CPU
+/// seconds of the process) per kernel name and geometry.
+type Profile = std::collections::BTreeMap<String, (usize, f64, f64)>;
+
+/// User + system CPU time of the process, seconds (Linux; 0 elsewhere).
+fn cpu_seconds() -> f64 {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: rusage is a plain C struct of integers, for which all zero bytes are valid.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: getrusage writes the struct it is given.
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0 {
+            let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 * 1e-6;
+            return t(ru.ru_utime) + t(ru.ru_stime);
+        }
+    }
+    0.0
+}
+static PROFILE: std::sync::Mutex<Profile> = std::sync::Mutex::new(Profile::new());
+
+fn profiling() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("PRETEXT_OP_PROFILE").is_some())
+}
+
+/// Runs `f`, adding its wall time to the profile under `key` when profiling (for the parts of
+/// a kernel).
+pub(crate) fn timed<R>(key: impl FnOnce() -> String, f: impl FnOnce() -> R) -> R {
+    if !profiling() {
+        return f();
+    }
+    let (start, cpu) = (std::time::Instant::now(), cpu_seconds());
+    let r = f();
+    let mut p = PROFILE.lock().unwrap_or_else(|e| e.into_inner());
+    let e = p.entry(format!("  {}", key())).or_default();
+    e.0 += 1;
+    e.1 += start.elapsed().as_secs_f64();
+    e.2 += cpu_seconds() - cpu;
+    r
+}
+
+/// The CPU kernels' wall time per name and geometry since the last call, as text lines
+/// `total ms, calls, name geometry`, largest first, when `PRETEXT_OP_PROFILE` is set (empty
+/// otherwise). Clears the record.
+pub fn profile_report() -> String {
+    let mut p = PROFILE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rows: Vec<_> = std::mem::take(&mut *p).into_iter().collect();
+    rows.sort_by(|a, b| b.1.1.total_cmp(&a.1.1));
+    let total: f64 = rows.iter().map(|r| r.1.1).sum();
+    let mut s = format!(
+        "{:>10.1} ms in kernels (wall ms, CPU ms, calls, kernel; indented: parts)\n",
+        total * 1e3
+    );
+    for (k, (n, t, c)) in rows {
+        s.push_str(&format!("{:>10.2} {:>10.2} {n:>6} {k}\n", t * 1e3, c * 1e3));
+    }
+    s
+}
+
 fn run_cpu<K: Kernel>(
     k: &K,
     inputs: &[(&CpuStorage, &Layout)],
@@ -166,6 +230,24 @@ fn run_cpu<K: Kernel>(
     if composed_mode() {
         return run_composed(k, inputs);
     }
+    if profiling() {
+        let (start, cpu) = (std::time::Instant::now(), cpu_seconds());
+        let r = run_cpu_timed(k, inputs);
+        let key = format!("{} {}", K::NAME, k.describe());
+        let mut p = PROFILE.lock().unwrap_or_else(|e| e.into_inner());
+        let e = p.entry(key).or_default();
+        e.0 += 1;
+        e.1 += start.elapsed().as_secs_f64();
+        e.2 += cpu_seconds() - cpu;
+        return r;
+    }
+    run_cpu_timed(k, inputs)
+}
+
+fn run_cpu_timed<K: Kernel>(
+    k: &K,
+    inputs: &[(&CpuStorage, &Layout)],
+) -> candle_core::Result<(CpuStorage, Shape)> {
     let shape = k.out_shape();
     let dtype = inputs[0].0.dtype();
     let out = match dtype {

@@ -10,13 +10,14 @@
 pub mod activation;
 pub mod conv;
 pub mod cpu;
+pub mod dense;
 #[cfg(feature = "cuda")]
 mod cudnn;
 #[cfg(feature = "cuda")]
 mod device;
 mod kernel;
-pub(crate) use kernel::grad_disabled;
-pub use kernel::{no_grad, with_composed};
+pub(crate) use kernel::{grad_disabled, timed};
+pub use kernel::{no_grad, profile_report, with_composed};
 pub(crate) use norm::per_channel;
 pub mod norm;
 pub mod pool;
@@ -24,8 +25,10 @@ pub mod resample;
 
 pub use activation::relu;
 pub use conv::{ConvSpec, conv2d, conv3d};
+pub use dense::{DenseBlockSpec, dense_block_available, dense_block_eval, dense_block_train};
 pub use norm::{
-    BatchStats, batch_norm_train, bias_add, bias_relu_affine, bias_relu_batch_norm_train,
+    BatchStats, affine_relu, batch_norm_relu_train, batch_norm_train, bias_add, bias_relu_affine,
+    bias_relu_batch_norm_train,
 };
 pub use pool::{
     PoolSpec, avg_pool2d, avg_pool3d, global_avg_pool, global_max_pool, max_pool2d, max_pool3d,

@@ -33,7 +33,35 @@ pub fn batch_norm_train(
     beta: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, BatchStats)> {
-    normalize_train("batch_norm", x, None, gamma, beta, eps)
+    normalize_train("batch_norm", x, None, gamma, beta, eps, false)
+}
+
+/// `relu(batch_norm_train(x))` in one kernel and one backward kernel (BatchNorm → ReLU, the
+/// order of DenseNet); the ReLU passes gradient where its output is positive, as in PyTorch.
+/// Differentiable in `x`, `gamma` and `beta`.
+pub fn batch_norm_relu_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, BatchStats)> {
+    normalize_train("batch_norm_relu", x, None, gamma, beta, eps, true)
+}
+
+/// Inference `relu(x · scale + shift)` per channel `[C]` in one pass: a BatchNorm on its
+/// running averages followed by a ReLU. Not differentiable; for use under
+/// [`crate::ops::no_grad`].
+pub fn affine_relu(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+    let d = dims("affine_relu", x)?;
+    check_channels("affine_relu", x, d, &[scale, shift])?;
+    let p = Tensor::cat(&[scale, shift], 0)?;
+    Ok(apply(
+        AffineRelu {
+            d,
+            shape: x.shape().clone(),
+        },
+        &[x, &p],
+    )?)
 }
 
 /// `batch_norm_train(relu(x + bias))` with `bias [C]` added per channel, in one kernel and
@@ -46,7 +74,7 @@ pub fn bias_relu_batch_norm_train(
     beta: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, BatchStats)> {
-    normalize_train("bias_relu_batch_norm", x, Some(bias), gamma, beta, eps)
+    normalize_train("bias_relu_batch_norm", x, Some(bias), gamma, beta, eps, false)
 }
 
 /// `x [N, C, ...] + bias [C]` per channel, with a kernel for the bias gradient (channel sums).
@@ -120,6 +148,7 @@ fn normalize_train(
     gamma: &Tensor,
     beta: &Tensor,
     eps: f64,
+    post_relu: bool,
 ) -> Result<(Tensor, BatchStats)> {
     let d = dims(op, x)?;
     let mut params = vec![gamma, beta];
@@ -141,7 +170,8 @@ fn normalize_train(
             Some(b) => bias_relu_composed(x, b, d)?,
             None => x.clone(),
         };
-        return composed(&xin, gamma, beta, eps, d);
+        let (y, st) = composed(&xin, gamma, beta, eps, d)?;
+        return Ok((if post_relu { super::relu(&y)? } else { y }, st));
     }
     // The parameters travel as one vector [bias?, gamma, beta] (custom ops take ≤ 3 inputs).
     let packed = match bias {
@@ -153,6 +183,7 @@ fn normalize_train(
         d,
         eps,
         bias: bias.is_some(),
+        post_relu,
         shape: x.shape().clone(),
         stats: cell.clone(),
     };
@@ -227,6 +258,8 @@ struct Normalize {
     d: Dims,
     eps: f64,
     bias: bool,
+    /// A ReLU after the normalisation.
+    post_relu: bool,
     shape: Shape,
     stats: Arc<Mutex<Option<Stats>>>,
 }
@@ -237,6 +270,7 @@ struct NormalizeGrad {
     d: Dims,
     eps: f64,
     bias: bool,
+    post_relu: bool,
     /// The statistics of the forward pass (recomputed when absent).
     stats: Option<Stats>,
 }
@@ -244,13 +278,25 @@ struct NormalizeGrad {
 impl Kernel for Normalize {
     const NAME: &'static str = "batch_norm";
 
+    fn describe(&self) -> String {
+        format!("{:?} relu {}", self.d, self.post_relu)
+    }
+
     fn out_shape(&self) -> Shape {
         self.shape.clone()
     }
 
     fn cpu<T: Real>(&self, i: &[&[T]]) -> Vec<T> {
         let (bias, gamma, beta) = split(i[1], self.bias, self.d.c);
-        let (y, st) = cpu::norm::forward(i[0], pre_of(bias), gamma, beta, self.eps, self.d);
+        let (y, st) = cpu::norm::forward(
+            i[0],
+            pre_of(bias),
+            gamma,
+            beta,
+            self.eps,
+            self.post_relu,
+            self.d,
+        );
         if let Ok(mut cell) = self.stats.lock() {
             *cell = Some(st);
         }
@@ -267,9 +313,14 @@ impl Kernel for Normalize {
             i[0].clone()
         };
         let (gamma, beta) = (i[1].narrow(0, o, c)?, i[1].narrow(0, o + c, c)?);
-        composed(&x, &gamma, &beta, self.eps, d)
+        let y = composed(&x, &gamma, &beta, self.eps, d)
             .map(|(y, _)| y)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        if self.post_relu {
+            y.relu()
+        } else {
+            Ok(y)
+        }
     }
 
     fn backward(
@@ -285,6 +336,7 @@ impl Kernel for Normalize {
                 d,
                 eps: self.eps,
                 bias: self.bias,
+                post_relu: self.post_relu,
                 stats,
             };
             let packed = apply_no_grad(grad, &[i[0], i[1], g])?;
@@ -299,13 +351,17 @@ impl Kernel for Normalize {
 impl Kernel for NormalizeGrad {
     const NAME: &'static str = "batch_norm_grad";
 
+    fn describe(&self) -> String {
+        format!("{:?} relu {}", self.d, self.post_relu)
+    }
+
     fn out_shape(&self) -> Shape {
         let params = if self.bias { 3 } else { 2 };
         Shape::from(self.d.n * self.d.c * self.d.s + params * self.d.c)
     }
 
     fn cpu<T: Real>(&self, i: &[&[T]]) -> Vec<T> {
-        let (bias, gamma, _) = split(i[1], self.bias, self.d.c);
+        let (bias, gamma, beta) = split(i[1], self.bias, self.d.c);
         let pre = pre_of(bias);
         let computed;
         let st = match &self.stats {
@@ -315,8 +371,17 @@ impl Kernel for NormalizeGrad {
                 &computed
             }
         };
-        let (mut dx, db, dg, dbeta) =
-            cpu::norm::backward(i[0], pre, gamma, i[2], st, self.eps, self.d);
+        let (mut dx, db, dg, dbeta) = cpu::norm::backward(
+            i[0],
+            pre,
+            gamma,
+            beta,
+            i[2],
+            st,
+            self.eps,
+            self.post_relu,
+            self.d,
+        );
         dx.extend(db);
         dx.extend(dg);
         dx.extend(dbeta);
@@ -344,6 +409,15 @@ impl Kernel for NormalizeGrad {
             .sqrt()?
             .recip()?;
         let that = centred.broadcast_mul(&inv)?;
+        let g = if self.post_relu {
+            // The ReLU after the normalisation passes gradient where its output is positive.
+            let y = that
+                .broadcast_mul(&channel_view(&gamma, d)?)?
+                .broadcast_add(&channel_view(&i[1].narrow(0, o + c, c)?, d)?)?;
+            (g * y.gt(0.0)?.to_dtype(y.dtype())?)?
+        } else {
+            g
+        };
         let dbeta = g.sum_keepdim(2)?.sum_keepdim(0)?;
         let dgamma = (&g * &that)?.sum_keepdim(2)?.sum_keepdim(0)?;
         let k = inv.broadcast_mul(&channel_view(&gamma, d)?)?;
@@ -449,6 +523,32 @@ impl Kernel for BiasReluAffine {
             .relu()?
             .broadcast_mul(&param(1)?)?
             .broadcast_add(&param(2)?)
+    }
+}
+
+/// See [`affine_relu`]; inputs `(x, [scale; shift])`.
+struct AffineRelu {
+    d: Dims,
+    shape: Shape,
+}
+
+impl Kernel for AffineRelu {
+    const NAME: &'static str = "affine_relu";
+
+    fn out_shape(&self) -> Shape {
+        self.shape.clone()
+    }
+
+    fn cpu<T: Real>(&self, i: &[&[T]]) -> Vec<T> {
+        cpu::norm::affine_relu(i[0], i[1], self.d)
+    }
+
+    fn composed(&self, i: &[&Tensor]) -> candle_core::Result<Tensor> {
+        let c = self.d.c;
+        let param = |k: usize| per_channel(&i[1].narrow(0, k * c, c)?, i[0].rank());
+        i[0].broadcast_mul(&param(0)?)?
+            .broadcast_add(&param(1)?)?
+            .relu()
     }
 }
 

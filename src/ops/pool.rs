@@ -1,10 +1,12 @@
 //! Pooling: max and average in 3D and 2D (windows, strides and padding of any size), and
 //! global pooling. Max pooling matches PyTorch on ties: the gradient goes to the first maximum.
 
+use std::sync::{Arc, Mutex};
+
 use candle_core::{Shape, Tensor};
 
 use super::cpu::{self, Real, pool::PoolGeom};
-use super::kernel::{Kernel, apply, apply_no_grad};
+use super::kernel::{Kernel, apply, apply_no_grad, grad_disabled};
 use crate::{Error, Result};
 
 /// Window, stride and padding of a pooling, per axis `[d, h, w]`.
@@ -41,7 +43,14 @@ impl PoolSpec {
 /// 3D max pooling of `x [N, C, D, H, W]`.
 pub fn max_pool3d(x: &Tensor, spec: PoolSpec) -> Result<Tensor> {
     let (g, shape) = geometry("max_pool3d", x, spec)?;
-    Ok(apply(MaxPool(g, shape), &[x])?)
+    Ok(apply(
+        MaxPool {
+            g,
+            out: shape,
+            indices: Arc::new(Mutex::new(None)),
+        },
+        &[x],
+    )?)
 }
 
 /// 3D average pooling of `x [N, C, D, H, W]` (padding counts as zeros).
@@ -135,8 +144,15 @@ fn geometry(op: &'static str, x: &Tensor, spec: PoolSpec) -> Result<(PoolGeom, [
     Ok((g, [n, c, out[0], out[1], out[2]]))
 }
 
-struct MaxPool(PoolGeom, [usize; 5]);
-struct MaxPoolGrad(PoolGeom, [usize; 5]);
+/// Max pooling; on the CPU with gradients recorded, it keeps the index of each output's input
+/// for the backward pass (as PyTorch does).
+struct MaxPool {
+    g: PoolGeom,
+    out: [usize; 5],
+    indices: Arc<Mutex<Option<Vec<u32>>>>,
+}
+/// Inputs `(x, dy)`; uses the forward pass's indices where it kept them.
+struct MaxPoolGrad(PoolGeom, [usize; 5], Arc<Mutex<Option<Vec<u32>>>>);
 struct AvgPool(PoolGeom, [usize; 5]);
 struct AvgPoolGrad(PoolGeom, [usize; 5]);
 
@@ -147,16 +163,27 @@ fn in_shape(g: &PoolGeom, out: &[usize; 5]) -> Shape {
 impl Kernel for MaxPool {
     const NAME: &'static str = "max_pool3d";
 
+    fn describe(&self) -> String {
+        format!("{:?} k{:?}", self.out, self.g.kernel)
+    }
+
     fn out_shape(&self) -> Shape {
-        Shape::from(self.1.to_vec())
+        Shape::from(self.out.to_vec())
     }
 
     fn cpu<T: Real>(&self, i: &[&[T]]) -> Vec<T> {
-        cpu::pool::max_forward(i[0], &self.0)
+        if grad_disabled() {
+            return cpu::pool::max_forward(i[0], &self.g);
+        }
+        let (y, idx) = cpu::pool::max_forward_indexed(i[0], &self.g);
+        if let Ok(mut cell) = self.indices.lock() {
+            *cell = Some(idx);
+        }
+        y
     }
 
     fn composed(&self, i: &[&Tensor]) -> candle_core::Result<Tensor> {
-        composed::max_forward(i[0], &self.0)
+        composed::max_forward(i[0], &self.g)
     }
 
     fn backward(
@@ -165,7 +192,13 @@ impl Kernel for MaxPool {
         _o: &Tensor,
         g: &Tensor,
     ) -> Option<candle_core::Result<Vec<Option<Tensor>>>> {
-        Some(apply_no_grad(MaxPoolGrad(self.0, self.1), &[i[0], g]).map(|t| vec![Some(t)]))
+        Some(
+            apply_no_grad(
+                MaxPoolGrad(self.g, self.out, self.indices.clone()),
+                &[i[0], g],
+            )
+            .map(|t| vec![Some(t)]),
+        )
     }
 }
 
@@ -177,7 +210,11 @@ impl Kernel for MaxPoolGrad {
     }
 
     fn cpu<T: Real>(&self, i: &[&[T]]) -> Vec<T> {
-        cpu::pool::max_backward(i[0], i[1], &self.0)
+        let cell = self.2.lock().unwrap_or_else(|e| e.into_inner());
+        match cell.as_ref() {
+            Some(idx) => cpu::pool::max_backward_indexed(idx, i[1], &self.0),
+            None => cpu::pool::max_backward(i[0], i[1], &self.0),
+        }
     }
 
     fn composed(&self, i: &[&Tensor]) -> candle_core::Result<Tensor> {

@@ -13,6 +13,12 @@ use super::{Real, SendPtr, matmul, ordered_sum};
 /// Elements of a column tile (per worker); about 256 KiB of f32, which stays in L2.
 const TILE_ELEMS: usize = 65_536;
 
+/// Columns (positions) per task of the 1×1×1 convolutions' GEMMs.
+const POINTWISE_COLS: usize = 1024;
+
+/// Positions per item of the 1×1×1 weight gradient's ordered sum.
+const POINTWISE_WGRAD_COLS: usize = 4096;
+
 /// The geometry of one convolution: `x [n, c, d, h, w]`, `w [o, c, kd, kh, kw]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Geom {
@@ -51,7 +57,7 @@ impl Geom {
         Some(out)
     }
 
-    fn out(&self) -> [usize; 3] {
+    pub(crate) fn out(&self) -> [usize; 3] {
         self.output().expect("geometry checked by the caller")
     }
 
@@ -69,12 +75,23 @@ impl Geom {
         self.input.iter().product()
     }
 
-    fn out_len(&self) -> usize {
+    pub(crate) fn out_len(&self) -> usize {
         self.out().iter().product()
     }
 
     fn padded_len(&self) -> usize {
         self.padded().iter().product()
+    }
+
+    /// Values per phase of a padded row (see [`pad`]).
+    pub(crate) fn phased_width(&self) -> usize {
+        self.padded()[2].div_ceil(self.stride[2])
+    }
+
+    /// Values per padded plane in the layout of [`pad`].
+    pub(crate) fn phased_len(&self) -> usize {
+        let [dp, hp, _] = self.padded();
+        dp * hp * self.stride[2] * self.phased_width()
     }
 
     fn is_pointwise(&self) -> bool {
@@ -87,11 +104,16 @@ impl Geom {
     }
 }
 
-/// Zero-pads every `[d, h, w]` plane of `x` (`planes` of them).
-fn pad<T: Real>(x: &[T], planes: usize, g: &Geom) -> Vec<T> {
+/// Zero-pads every `[d, h, w]` plane of `x` (`planes` of them) into the layout im2col reads:
+/// each padded row of `wp` values is stored as its `sw` phases (the columns `≡ 0, 1, … mod sw`),
+/// `wq = ⌈wp / sw⌉` values each, so that a tap of a strided convolution reads a contiguous run.
+/// With stride 1 this is the plain padded volume.
+pub(crate) fn pad<T: Real>(x: &[T], planes: usize, g: &Geom) -> Vec<T> {
     let [d, h, w] = g.input;
-    let [_, hp, wp] = g.padded();
-    let lp = g.padded_len();
+    let [_, hp, _] = g.padded();
+    let lp = g.phased_len();
+    let (sw, wq) = (g.stride[2], g.phased_width());
+    let row = sw * wq;
     let [pd, ph, pw] = g.padding;
     let mut out = vec![T::zero(); planes * lp];
     out.par_chunks_mut(lp)
@@ -100,21 +122,31 @@ fn pad<T: Real>(x: &[T], planes: usize, g: &Geom) -> Vec<T> {
             for z in 0..d {
                 for y in 0..h {
                     let s = (z * h + y) * w;
-                    let t = ((z + pd) * hp + y + ph) * wp + pw;
-                    dst[t..t + w].copy_from_slice(&src[s..s + w]);
+                    let t = ((z + pd) * hp + y + ph) * row;
+                    if sw == 1 {
+                        dst[t + pw..t + pw + w].copy_from_slice(&src[s..s + w]);
+                    } else {
+                        for (x, &v) in src[s..s + w].iter().enumerate() {
+                            let col = x + pw;
+                            dst[t + (col % sw) * wq + col / sw] = v;
+                        }
+                    }
                 }
             }
         });
     out
 }
 
-/// Fills `col [k, rows·wo]` for output rows `r0..r0+rows` of one padded sample `xp [c, lp]`.
+/// Fills `col [k, rows·wo]` for output rows `r0..r0+rows` of one padded sample `xp` (in the
+/// layout of [`pad`]).
 fn im2col<T: Real>(xp: &[T], g: &Geom, r0: usize, rows: usize, col: &mut [T]) {
     let [kd, kh, kw] = g.kernel;
     let [sd, sh, sw] = g.stride;
-    let [_, hp, wp] = g.padded();
+    let [_, hp, _] = g.padded();
     let [_, ho, wo] = g.out();
-    let lp = g.padded_len();
+    let lp = g.phased_len();
+    let wq = g.phased_width();
+    let prow = sw * wq;
     let t = rows * wo;
     let mut dst = col.chunks_exact_mut(t);
     for c in 0..g.c {
@@ -122,17 +154,11 @@ fn im2col<T: Real>(xp: &[T], g: &Geom, r0: usize, rows: usize, col: &mut [T]) {
             for b in 0..kh {
                 for e in 0..kw {
                     let row = dst.next().expect("col has k rows");
+                    let phase = (e % sw) * wq + e / sw;
                     for r in 0..rows {
                         let (z, y) = ((r0 + r) / ho, (r0 + r) % ho);
-                        let src = c * lp + ((z * sd + a) * hp + y * sh + b) * wp + e;
-                        let seg = &mut row[r * wo..(r + 1) * wo];
-                        if sw == 1 {
-                            seg.copy_from_slice(&xp[src..src + wo]);
-                        } else {
-                            for (x, v) in seg.iter_mut().enumerate() {
-                                *v = xp[src + x * sw];
-                            }
-                        }
+                        let src = c * lp + ((z * sd + a) * hp + y * sh + b) * prow + phase;
+                        row[r * wo..(r + 1) * wo].copy_from_slice(&xp[src..src + wo]);
                     }
                 }
             }
@@ -168,6 +194,203 @@ fn col2im<T: Real>(col: &[T], g: &Geom, r0: usize, rows: usize, dxp: &mut [T]) {
     }
 }
 
+/// Output positions (all samples together) below which a convolution runs as one GEMM over
+/// batch × positions ([`small`]) instead of per-sample tiles: the deep layers of a UNet
+/// (4³ and 2³ with 128–256 channels), whose per-sample tiles are narrower than a register block.
+const SMALL_POSITIONS: usize = 512;
+
+/// Rows of the output (forward, weight gradient) per task of the small path; fixed, so the
+/// results do not depend on the thread count.
+const SMALL_ROWS: usize = 32;
+
+/// Input channels per task of the small path's input gradient.
+const SMALL_CHANNELS: usize = 4;
+
+/// Whether `g` takes the [`small`] path.
+fn is_small(g: &Geom) -> bool {
+    !g.is_pointwise() && g.n * g.out_len() < SMALL_POSITIONS
+}
+
+/// Convolutions on small volumes as single GEMMs over batch × positions: the columns of every
+/// sample side by side (`[k, n·p]`), and the tasks split the output rows, so each result is one
+/// dot product computed by one task (no partial sums to combine).
+mod small {
+    use super::*;
+
+    /// The column matrix `[k, n·p]` of all samples.
+    pub(super) fn columns<T: Real>(x: &[T], g: &Geom) -> Vec<T> {
+        let (k, p) = (g.k(), g.out_len());
+        let np = g.n * p;
+        let xp = pad(x, g.n * g.c, g);
+        let lp = g.phased_len();
+        let rows = g.out()[0] * g.out()[1];
+        let mut col = vec![T::zero(); k * np];
+        let mut tmp = vec![T::zero(); k * p];
+        for n in 0..g.n {
+            im2col(&xp[n * g.c * lp..(n + 1) * g.c * lp], g, 0, rows, &mut tmp);
+            for r in 0..k {
+                col[r * np + n * p..r * np + (n + 1) * p].copy_from_slice(&tmp[r * p..(r + 1) * p]);
+            }
+        }
+        col
+    }
+
+    /// `[n, ch, p]` as `[ch, n·p]`.
+    pub(super) fn channel_major<T: Real>(v: &[T], n: usize, ch: usize, p: usize) -> Vec<T> {
+        let mut out = vec![T::zero(); v.len()];
+        for b in 0..n {
+            for c in 0..ch {
+                out[(c * n + b) * p..(c * n + b + 1) * p]
+                    .copy_from_slice(&v[(b * ch + c) * p..(b * ch + c + 1) * p]);
+            }
+        }
+        out
+    }
+
+    pub(super) fn forward<T: Real>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
+        let (k, p) = (g.k(), g.out_len());
+        let np = g.n * p;
+        let col = columns(x, g);
+        // y as [o, n·p], then back to [n, o, p].
+        let mut yt = vec![T::zero(); g.o * np];
+        yt.par_chunks_mut(SMALL_ROWS * np)
+            .enumerate()
+            .for_each(|(blk, dst)| {
+                let rows = dst.len() / np;
+                // SAFETY: dst is [rows, n·p]; w rows blk·SMALL_ROWS.. are [rows, k]; col is
+                // [k, n·p].
+                unsafe {
+                    matmul(
+                        (rows, np, k),
+                        dst.as_mut_ptr(),
+                        (np, 1),
+                        false,
+                        w.as_ptr().add(blk * SMALL_ROWS * k),
+                        (k, 1),
+                        col.as_ptr(),
+                        (np, 1),
+                    );
+                }
+            });
+        let mut y = vec![T::zero(); g.n * g.o * p];
+        for b in 0..g.n {
+            for o in 0..g.o {
+                y[(b * g.o + o) * p..(b * g.o + o + 1) * p]
+                    .copy_from_slice(&yt[(o * g.n + b) * p..(o * g.n + b + 1) * p]);
+            }
+        }
+        y
+    }
+
+    pub(super) fn weight_grad<T: Real>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
+        let (k, p) = (g.k(), g.out_len());
+        let np = g.n * p;
+        let col = columns(x, g);
+        let dyt = channel_major(dy, g.n, g.o, p);
+        let mut dw = vec![T::zero(); g.o * k];
+        dw.par_chunks_mut(SMALL_ROWS * k)
+            .enumerate()
+            .for_each(|(blk, dst)| {
+                let rows = dst.len() / k;
+                // SAFETY: dst is [rows, k]; dyt rows blk·SMALL_ROWS.. are [rows, n·p]; col is
+                // [k, n·p], read as its transpose.
+                unsafe {
+                    matmul(
+                        (rows, k, np),
+                        dst.as_mut_ptr(),
+                        (k, 1),
+                        false,
+                        dyt.as_ptr().add(blk * SMALL_ROWS * np),
+                        (np, 1),
+                        col.as_ptr(),
+                        (1, np),
+                    );
+                }
+            });
+        dw
+    }
+
+    pub(super) fn input_grad<T: Real>(dy: &[T], w: &[T], g: &Geom) -> Vec<T> {
+        let (k, p, taps) = (g.k(), g.out_len(), g.taps());
+        let np = g.n * p;
+        let dyt = channel_major(dy, g.n, g.o, p);
+        let [d, h, wd] = g.input;
+        let [kd, kh, kw] = g.kernel;
+        let [sd, sh, sw] = g.stride;
+        let [pd, ph, pw] = g.padding;
+        let [od, oh, ow] = g.out();
+        let in_len = g.in_len();
+        // dx as [c, n, in_len]: each task owns a group of channels.
+        let mut dxt = vec![T::zero(); g.c * g.n * in_len];
+        dxt.par_chunks_mut(SMALL_CHANNELS * g.n * in_len)
+            .enumerate()
+            .for_each(|(grp, dst)| {
+                let c0 = grp * SMALL_CHANNELS;
+                let cs = dst.len() / (g.n * in_len);
+                let rows = cs * taps;
+                // The columns' gradient for these channels: [rows, n·p] = wᵀ[rows, o] × dy.
+                let mut cg = vec![T::zero(); rows * np];
+                // SAFETY: cg is [rows, n·p]; w read as its transpose from column c0·taps;
+                // dyt is [o, n·p].
+                unsafe {
+                    matmul(
+                        (rows, np, g.o),
+                        cg.as_mut_ptr(),
+                        (np, 1),
+                        false,
+                        w.as_ptr().add(c0 * taps),
+                        (1, k),
+                        dyt.as_ptr(),
+                        (np, 1),
+                    );
+                }
+                // col2im, unpadded: output (z, y, x) of tap (a, b, e) reads input
+                // (z·sd + a - pd, ...).
+                for ci in 0..cs {
+                    for b in 0..g.n {
+                        let plane = &mut dst[(ci * g.n + b) * in_len..(ci * g.n + b + 1) * in_len];
+                        for a in 0..kd {
+                            for bb in 0..kh {
+                                for e in 0..kw {
+                                    let t = (a * kh + bb) * kw + e;
+                                    let src = &cg[(ci * taps + t) * np + b * p..][..p];
+                                    for z in 0..od {
+                                        let iz = z * sd + a;
+                                        if iz < pd || iz - pd >= d {
+                                            continue;
+                                        }
+                                        for y in 0..oh {
+                                            let iy = y * sh + bb;
+                                            if iy < ph || iy - ph >= h {
+                                                continue;
+                                            }
+                                            for x in 0..ow {
+                                                let ix = x * sw + e;
+                                                if ix < pw || ix - pw >= wd {
+                                                    continue;
+                                                }
+                                                plane[((iz - pd) * h + iy - ph) * wd + ix - pw] +=
+                                                    src[(z * oh + y) * ow + x];
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        let mut dx = vec![T::zero(); g.n * g.c * in_len];
+        for b in 0..g.n {
+            for c in 0..g.c {
+                dx[(b * g.c + c) * in_len..(b * g.c + c + 1) * in_len]
+                    .copy_from_slice(&dxt[(c * g.n + b) * in_len..(c * g.n + b + 1) * in_len]);
+            }
+        }
+        dx
+    }
+}
+
 /// The tiles of the output rows: `(sample, first row, rows)`.
 fn tiles(g: &Geom) -> Vec<(usize, usize, usize)> {
     let [d, h, _] = g.out();
@@ -187,16 +410,19 @@ pub fn forward<T: Real>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
     if let Some(y) = T::direct_conv(x, w, g) {
         return y;
     }
+    if is_small(g) {
+        return small::forward(x, w, g);
+    }
     let (k, p) = (g.k(), g.out_len());
     let mut y = vec![T::zero(); g.n * g.o * p];
     let yp = SendPtr(y.as_mut_ptr());
     if g.is_pointwise() {
         // y[n] = w [o, c] × x[n] [c, p], in column blocks.
         let blocks: Vec<(usize, usize)> = (0..g.n)
-            .flat_map(|n| (0..p).step_by(4096).map(move |j| (n, j)))
+            .flat_map(|n| (0..p).step_by(POINTWISE_COLS).map(move |j| (n, j)))
             .collect();
         blocks.into_par_iter().for_each(|(n, j)| {
-            let cols = 4096.min(p - j);
+            let cols = POINTWISE_COLS.min(p - j);
             // SAFETY: each block writes its own columns of sample n.
             unsafe {
                 matmul(
@@ -214,7 +440,7 @@ pub fn forward<T: Real>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
         return y;
     }
     let xp = pad(x, g.n * g.c, g);
-    let (lp, wo) = (g.padded_len(), g.out()[2]);
+    let (lp, wo) = (g.phased_len(), g.out()[2]);
     let per = g.rows_per_tile();
     tiles(g).into_par_iter().for_each_init(
         || vec![T::zero(); k * per * wo],
@@ -250,27 +476,36 @@ pub fn weight_grad<T: Real>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
     if let Some(dw) = T::direct_conv_weight_grad(x, dy, g) {
         return dw;
     }
+    if is_small(g) {
+        return small::weight_grad(x, dy, g);
+    }
     let (k, p) = (g.k(), g.out_len());
     if g.is_pointwise() {
-        let samples: Vec<usize> = (0..g.n).collect();
-        return ordered_sum(&samples, g.o * g.c, || (), |_, acc: &mut [T], &n| {
-            // SAFETY: acc is [o, c]; dy[n] is [o, p]; x[n] is [c, p] read as its transpose.
+        // Items: runs of positions of one sample (a fixed cut, so the sum's order does not
+        // depend on the thread count).
+        let runs: Vec<(usize, usize)> = (0..g.n)
+            .flat_map(|n| (0..p).step_by(POINTWISE_WGRAD_COLS).map(move |j| (n, j)))
+            .collect();
+        return ordered_sum(&runs, g.o * g.c, || (), |_, acc: &mut [T], &(n, j)| {
+            let cols = POINTWISE_WGRAD_COLS.min(p - j);
+            // SAFETY: acc is [o, c]; dy[n] is [o, p]; x[n] is [c, p] read as its transpose;
+            // the run covers columns j..j+cols of both.
             unsafe {
                 matmul(
-                    (g.o, g.c, p),
+                    (g.o, g.c, cols),
                     acc.as_mut_ptr(),
                     (g.c, 1),
                     true,
-                    dy.as_ptr().add(n * g.o * p),
+                    dy.as_ptr().add(n * g.o * p + j),
                     (p, 1),
-                    x.as_ptr().add(n * g.c * p),
+                    x.as_ptr().add(n * g.c * p + j),
                     (1, p),
                 );
             }
         });
     }
     let xp = pad(x, g.n * g.c, g);
-    let (lp, wo) = (g.padded_len(), g.out()[2]);
+    let (lp, wo) = (g.phased_len(), g.out()[2]);
     let per = g.rows_per_tile();
     ordered_sum(
         &tiles(g),
@@ -307,15 +542,18 @@ pub fn weight_grad<T: Real>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
 /// Stride 1 (with padding below the kernel size) is itself a forward convolution of `dy` with
 /// the flipped, channel-swapped kernel; other strides scatter columns back (col2im).
 pub fn input_grad<T: Real>(dy: &[T], w: &[T], g: &Geom) -> Vec<T> {
+    if is_small(g) {
+        return small::input_grad(dy, w, g);
+    }
     let (k, p) = (g.k(), g.out_len());
     if g.is_pointwise() {
         let mut dx = vec![T::zero(); g.n * g.c * p];
         let dxp = SendPtr(dx.as_mut_ptr());
         let blocks: Vec<(usize, usize)> = (0..g.n)
-            .flat_map(|n| (0..p).step_by(4096).map(move |j| (n, j)))
+            .flat_map(|n| (0..p).step_by(POINTWISE_COLS).map(move |j| (n, j)))
             .collect();
         blocks.into_par_iter().for_each(|(n, j)| {
-            let cols = 4096.min(p - j);
+            let cols = POINTWISE_COLS.min(p - j);
             // SAFETY: each block writes its own columns of sample n; w read as [c, o].
             unsafe {
                 matmul(

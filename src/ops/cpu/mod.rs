@@ -3,9 +3,58 @@
 //! Nothing here knows about candle tensors: the custom ops in [`crate::ops`] unwrap storages,
 //! call these kernels and wrap the results.
 
+/// Defines `fn $name<T: Real>(args) -> R` that runs `$imp` (an `#[inline(always)]` generic
+/// function) compiled for AVX-512 where the CPU has it, and as compiled for the baseline (SSE2)
+/// elsewhere. Only the vector width changes: no fused multiply-adds are introduced and the
+/// kernels' sums keep their explicit lane order, so both give bit-identical results.
+macro_rules! simd_fn {
+    ($(#[$m:meta])* $vis:vis fn $name:ident<$T:ident: Real>($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)? = $imp:ident;) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name<$T: Real>($($a: $t),*) $(-> $r)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn fast<$T: Real>($($a: $t),*) $(-> $r)? {
+                    $imp($($a),*)
+                }
+                if $crate::ops::cpu::simd_ok() {
+                    // SAFETY: the CPU has the features `fast` is compiled for.
+                    return unsafe { fast::<$T>($($a),*) };
+                }
+            }
+            $imp($($a),*)
+        }
+    };
+    ($(#[$m:meta])* $vis:vis unsafe fn $name:ident<$T:ident: Real>($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)? = $imp:ident;) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        $vis unsafe fn $name<$T: Real>($($a: $t),*) $(-> $r)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn fast<$T: Real>($($a: $t),*) $(-> $r)? {
+                    $imp($($a),*)
+                }
+                if $crate::ops::cpu::simd_ok() {
+                    // SAFETY: the CPU has the features `fast` is compiled for; the caller
+                    // upholds `$name`'s contract.
+                    return unsafe { fast::<$T>($($a),*) };
+                }
+            }
+            $imp($($a),*)
+        }
+    };
+}
+
 pub mod conv;
+pub mod dense;
 #[cfg(target_arch = "x86_64")]
 mod direct;
+#[cfg(target_arch = "x86_64")]
+mod strided;
 pub mod norm;
 pub mod pool;
 pub mod resample;
@@ -20,9 +69,10 @@ thread_local! {
     static DIRECT_CALLS: Cell<[usize; 2]> = const { Cell::new([0, 0]) };
 }
 
-/// How many convolutions the direct AVX-512 kernels have computed for calls made on the
-/// calling thread: `[forward, weight gradient]` (a "same" convolution's input gradient is a
-/// forward convolution and counts as one). Tests read it before and after an op to know that
+/// How many convolutions the direct AVX-512 kernels (the "same" convolutions' and the strided
+/// 2D ones' with few input channels) have computed for calls made on the calling thread:
+/// `[forward, weight gradient]` (a "same" convolution's input gradient is a forward
+/// convolution and counts as one). Tests read it before and after an op to know that
 /// the fast path, not im2col + GEMM, was taken.
 pub fn direct_kernel_calls() -> [usize; 2] {
     DIRECT_CALLS.with(Cell::get)
@@ -48,6 +98,48 @@ fn count_direct(which: usize) {
         v[which] += 1;
         c.set(v);
     });
+}
+
+/// Whether this CPU runs the AVX-512 versions of [`simd_fn`] functions (checked once).
+pub(crate) fn simd_ok() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *OK.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512dq")
+                && std::arch::is_x86_feature_detected!("avx2")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Turns candle's own thread pool for elementwise ops off (`CANDLE_NUM_THREADS=1`) unless the
+/// environment already sets `CANDLE_NUM_THREADS`; returns the value in effect.
+///
+/// candle 0.11 runs elementwise ops on large tensors (among them the gradient sums of every
+/// backward pass) on a second pool of threads beside rayon's, whose workers spin for tens of
+/// thousands of iterations after each op. Between an elementwise op and the next kernel of
+/// ours (on rayon), two idle spinners and two busy threads then share two cores: on the 2-core
+/// development machine that made the quick DenseNet step 3–4× and the 32³ UNet step 2× slower
+/// (CPU time per step 2×) whenever other work ran, and slower even on an idle machine. With
+/// the pool off, candle's elementwise ops run on the calling thread.
+///
+/// # Safety
+/// It may change the process environment: call it before any other thread exists (at the start
+/// of `main`), since reading the environment while it changes is undefined behaviour.
+pub unsafe fn configure_threads() -> String {
+    match std::env::var("CANDLE_NUM_THREADS") {
+        Ok(v) => v,
+        Err(_) => {
+            // SAFETY: the caller guarantees no other thread runs yet.
+            unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+            "1".into()
+        }
+    }
 }
 
 /// Makes glibc's allocator keep freed memory in the process, once per process: no `mmap` for
@@ -110,6 +202,11 @@ impl Real for f32 {
             count_direct(0);
             return Some(direct::forward(x, w, g));
         }
+        #[cfg(target_arch = "x86_64")]
+        if strided::supports(g) {
+            count_direct(0);
+            return Some(strided::forward(x, w, g));
+        }
         let _ = (x, w, g);
         None
     }
@@ -119,6 +216,11 @@ impl Real for f32 {
         if direct::supports_weight_grad(g) {
             count_direct(1);
             return Some(direct::weight_grad(x, dy, g));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if strided::supports(g) {
+            count_direct(1);
+            return Some(strided::weight_grad(x, dy, g));
         }
         let _ = (x, dy, g);
         None

@@ -51,6 +51,7 @@ pub enum Pre<'a, T> {
 
 impl<T: Real> Pre<'_, T> {
     /// The per-channel map `x ↦ t` of channel `ch`.
+    #[inline(always)]
     fn map(&self, ch: usize) -> impl Fn(T) -> T + Copy + use<T> {
         let (relu, b) = match *self {
             Pre::Identity => (false, T::zero()),
@@ -72,7 +73,8 @@ const BLOCK: usize = 1024;
 
 /// `Σ f(x)` over `xs`, summed in lanes of `T` per block of [`BLOCK`] values, in f64 across
 /// blocks.
-fn sum_of<T: Real>(xs: &[T], f: impl Fn(T) -> T) -> f64 {
+#[inline(always)]
+pub(crate) fn sum_of<T: Real>(xs: &[T], f: impl Fn(T) -> T) -> f64 {
     let mut total = 0.0;
     for blk in xs.chunks(BLOCK) {
         let mut acc = [T::zero(); LANES];
@@ -89,7 +91,8 @@ fn sum_of<T: Real>(xs: &[T], f: impl Fn(T) -> T) -> f64 {
 }
 
 /// `(Σ f(x, y), Σ g(x, y))` over two slices of one length, as [`sum_of`].
-fn sum2_of<T: Real>(xs: &[T], ys: &[T], f: impl Fn(T, T) -> (T, T)) -> (f64, f64) {
+#[inline(always)]
+pub(crate) fn sum2_of<T: Real>(xs: &[T], ys: &[T], f: impl Fn(T, T) -> (T, T)) -> (f64, f64) {
     let (mut t0, mut t1) = (0.0, 0.0);
     for (bx, by) in xs.chunks(BLOCK).zip(ys.chunks(BLOCK)) {
         let mut a0 = [T::zero(); LANES];
@@ -114,8 +117,13 @@ fn sum2_of<T: Real>(xs: &[T], ys: &[T], f: impl Fn(T, T) -> (T, T)) -> (f64, f64
     (t0, t1)
 }
 
-/// Mean and biased variance of channel `ch` of `t = pre(x)` (two passes).
-fn channel_stats<T: Real>(x: &[T], pre: Pre<'_, T>, ch: usize, d: Dims) -> (f64, f64) {
+simd_fn! {
+    /// Mean and biased variance of channel `ch` of `t = pre(x)` (two passes).
+    pub(crate) fn channel_stats<T: Real>(x: &[T], pre: Pre<'_, T>, ch: usize, d: Dims) -> (f64, f64) = channel_stats_imp;
+}
+
+#[inline(always)]
+fn channel_stats_imp<T: Real>(x: &[T], pre: Pre<'_, T>, ch: usize, d: Dims) -> (f64, f64) {
     let f = pre.map(ch);
     let sum: f64 = (0..d.n).map(|b| sum_of(&x[d.row(b, ch)], f)).sum();
     let mean = sum / d.count();
@@ -142,14 +150,29 @@ pub fn stats<T: Real>(x: &[T], pre: Pre<'_, T>, d: Dims) -> Stats {
     Stats { mean, var }
 }
 
+/// The per-channel affine map `(scale, shift)` of a normalisation with statistics
+/// `(mean, var)`: `y = t · scale + shift`. The forward and backward kernels share it, so a ReLU
+/// after the normalisation sees the same values in both.
+pub(crate) fn affine<T: Real>(mean: f64, var: f64, eps: f64, gamma: T, beta: T) -> (T, T) {
+    let k = gamma.to64() / (var + eps).sqrt();
+    (T::of(k), T::of(beta.to64() - mean * k))
+}
+
+/// `max(v, 0)` (NaN gives 0, as in the other fused kernels).
+#[inline(always)]
+pub(crate) fn relu<T: Real>(v: T) -> T {
+    if v > T::zero() { v } else { T::zero() }
+}
+
 /// `y = (pre(x) - mean) / sqrt(var + eps) · gamma + beta` with the batch statistics, which it
-/// also returns.
+/// also returns; with `post_relu`, `max(y, 0)` (BatchNorm → ReLU, DenseNet's order).
 pub fn forward<T: Real>(
     x: &[T],
     pre: Pre<'_, T>,
     gamma: &[T],
     beta: &[T],
     eps: f64,
+    post_relu: bool,
     d: Dims,
 ) -> (Vec<T>, Stats) {
     let mut y: Vec<T> = Vec::with_capacity(x.len());
@@ -158,17 +181,10 @@ pub fn forward<T: Real>(
         .into_par_iter()
         .map(|ch| {
             let (mean, var) = channel_stats(x, pre, ch, d);
-            let k = gamma[ch].to64() / (var + eps).sqrt();
-            let (scale, shift) = (T::of(k), T::of(beta[ch].to64() - mean * k));
-            let f = pre.map(ch);
-            for b in 0..d.n {
-                let r = d.row(b, ch);
-                // SAFETY: row r of y belongs to channel ch alone and lies inside y's capacity.
-                let yr = unsafe { std::slice::from_raw_parts_mut(yp.get().add(r.start), d.s) };
-                for (o, &v) in yr.iter_mut().zip(&x[r]) {
-                    *o = f(v) * scale + shift;
-                }
-            }
+            let (scale, shift) = affine(mean, var, eps, gamma[ch], beta[ch]);
+            // SAFETY: the rows of channel ch of y belong to this task alone and lie inside y's
+            // capacity.
+            unsafe { normalize_rows(x, pre, ch, d, scale, shift, post_relu, yp.get()) };
             (mean, var)
         })
         .unzip();
@@ -177,67 +193,90 @@ pub fn forward<T: Real>(
     (y, Stats { mean, var })
 }
 
+simd_fn! {
+    /// Writes `y = pre(x) · scale + shift` (with `post_relu`, its ReLU) for the rows of
+    /// channel `ch`.
+    ///
+    /// # Safety
+    /// `y` addresses a buffer laid out like `x` whose rows of channel `ch` no one else
+    /// accesses.
+    unsafe fn normalize_rows<T: Real>(
+        x: &[T],
+        pre: Pre<'_, T>,
+        ch: usize,
+        d: Dims,
+        scale: T,
+        shift: T,
+        post_relu: bool,
+        y: *mut T,
+    ) = normalize_rows_imp;
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn normalize_rows_imp<T: Real>(
+    x: &[T],
+    pre: Pre<'_, T>,
+    ch: usize,
+    d: Dims,
+    scale: T,
+    shift: T,
+    post_relu: bool,
+    y: *mut T,
+) {
+    let f = pre.map(ch);
+    for b in 0..d.n {
+        let r = d.row(b, ch);
+        // SAFETY: forwarded from normalize_rows' contract.
+        let yr = unsafe { std::slice::from_raw_parts_mut(y.add(r.start), d.s) };
+        if post_relu {
+            for (o, &v) in yr.iter_mut().zip(&x[r]) {
+                *o = relu(f(v) * scale + shift);
+            }
+        } else {
+            for (o, &v) in yr.iter_mut().zip(&x[r]) {
+                *o = f(v) * scale + shift;
+            }
+        }
+    }
+}
+
 /// The gradients of [`forward`]: `dx` (like `x`), `dbias` (empty without a bias), `dgamma`
-/// and `dbeta`, from the statistics the forward pass used.
+/// and `dbeta`, from the statistics the forward pass used. `post_relu` is the forward's; the
+/// ReLU passes gradient where its output is positive (`beta` recomputes it).
+#[allow(clippy::too_many_arguments)]
 pub fn backward<T: Real>(
     x: &[T],
     pre: Pre<'_, T>,
     gamma: &[T],
+    beta: &[T],
     dy: &[T],
     st: &Stats,
     eps: f64,
+    post_relu: bool,
     d: Dims,
 ) -> (Vec<T>, Vec<T>, Vec<T>, Vec<T>) {
     let mut dx: Vec<T> = Vec::with_capacity(x.len());
     let dxp = SendPtr(dx.as_mut_ptr());
-    let m = d.count();
     let per: Vec<(f64, f64, f64)> = (0..d.c)
         .into_par_iter()
         .map(|ch| {
-            let f = pre.map(ch);
-            let mean = st.mean[ch];
-            let inv = 1.0 / (st.var[ch] + eps).sqrt();
-            let (mut sg, mut sgt) = (0.0, 0.0);
-            for b in 0..d.n {
-                let r = d.row(b, ch);
-                let (a, c) = sum2_of(&x[r.clone()], &dy[r], |v, g| (g, g * f(v)));
-                sg += a;
-                sgt += c;
+            // SAFETY: the rows of channel ch of dx belong to this task alone and lie inside
+            // dx's capacity.
+            unsafe {
+                backward_channel(
+                    x,
+                    pre,
+                    (gamma[ch], beta[ch]),
+                    dy,
+                    (st.mean[ch], st.var[ch]),
+                    eps,
+                    post_relu,
+                    d,
+                    ch,
+                    dxp.get(),
+                )
             }
-            let dbeta = sg;
-            let dgamma = inv * (sgt - mean * sg);
-            // dt = k·(g - dbeta/m - that·dgamma/m) with that = (t - mean)·inv, as g·a + t·b + c0.
-            let k = gamma[ch].to64() * inv;
-            let slope = dgamma / m * inv;
-            let (a, bt) = (T::of(k), T::of(-k * slope));
-            let c0 = T::of(k * (slope * mean - dbeta / m));
-            let mut dbias = 0.0;
-            for b in 0..d.n {
-                let r = d.row(b, ch);
-                // SAFETY: row r of dx belongs to channel ch alone and lies inside dx's capacity.
-                let out = unsafe { std::slice::from_raw_parts_mut(dxp.get().add(r.start), d.s) };
-                let (xr, gr) = (&x[r.clone()], &dy[r]);
-                match pre {
-                    Pre::Identity => {
-                        for ((o, &v), &g) in out.iter_mut().zip(xr).zip(gr) {
-                            *o = g * a + v * bt + c0;
-                        }
-                    }
-                    Pre::BiasRelu(bias) => {
-                        let bc = bias[ch];
-                        for ((o, &v), &g) in out.iter_mut().zip(xr).zip(gr) {
-                            let u = v + bc;
-                            *o = if u > T::zero() {
-                                g * a + u * bt + c0
-                            } else {
-                                T::zero()
-                            };
-                        }
-                        dbias += sum_of(out, |v| v);
-                    }
-                }
-            }
-            (dbias, dgamma, dbeta)
         })
         .collect();
     // SAFETY: the channel tasks wrote every row of every sample.
@@ -252,6 +291,100 @@ pub fn backward<T: Real>(
         per.iter().map(|p| T::of(p.1)).collect(),
         per.iter().map(|p| T::of(p.2)).collect(),
     )
+}
+
+simd_fn! {
+    /// One channel of [`backward`]: writes its rows of `dx` and returns `(dbias, dgamma,
+    /// dbeta)`.
+    ///
+    /// # Safety
+    /// `dx` addresses a buffer laid out like `x` whose rows of channel `ch` no one else
+    /// accesses.
+    unsafe fn backward_channel<T: Real>(
+        x: &[T],
+        pre: Pre<'_, T>,
+        gamma_beta: (T, T),
+        dy: &[T],
+        stats: (f64, f64),
+        eps: f64,
+        post_relu: bool,
+        d: Dims,
+        ch: usize,
+        dx: *mut T,
+    ) -> (f64, f64, f64) = backward_channel_imp;
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_channel_imp<T: Real>(
+    x: &[T],
+    pre: Pre<'_, T>,
+    (gamma, beta): (T, T),
+    dy: &[T],
+    (mean, var): (f64, f64),
+    eps: f64,
+    post_relu: bool,
+    d: Dims,
+    ch: usize,
+    dx: *mut T,
+) -> (f64, f64, f64) {
+    let m = d.count();
+    let f = pre.map(ch);
+    let inv = 1.0 / (var + eps).sqrt();
+    let (scale, shift) = affine(mean, var, eps, gamma, beta);
+    // The gradient reaching the normalisation's output: dy, or dy where the ReLU after
+    // it passed the value.
+    let gate = move |v: T, g: T| {
+        if !post_relu || f(v) * scale + shift > T::zero() {
+            g
+        } else {
+            T::zero()
+        }
+    };
+    let (mut sg, mut sgt) = (0.0, 0.0);
+    for b in 0..d.n {
+        let r = d.row(b, ch);
+        let (a, c) = sum2_of(&x[r.clone()], &dy[r], |v, g| {
+            let g = gate(v, g);
+            (g, g * f(v))
+        });
+        sg += a;
+        sgt += c;
+    }
+    let dbeta = sg;
+    let dgamma = inv * (sgt - mean * sg);
+    // dt = k·(g - dbeta/m - that·dgamma/m) with that = (t - mean)·inv, as g·a + t·b + c0.
+    let k = gamma.to64() * inv;
+    let slope = dgamma / m * inv;
+    let (a, bt) = (T::of(k), T::of(-k * slope));
+    let c0 = T::of(k * (slope * mean - dbeta / m));
+    let mut dbias = 0.0;
+    for b in 0..d.n {
+        let r = d.row(b, ch);
+        // SAFETY: forwarded from backward_channel's contract.
+        let out = unsafe { std::slice::from_raw_parts_mut(dx.add(r.start), d.s) };
+        let (xr, gr) = (&x[r.clone()], &dy[r]);
+        match pre {
+            Pre::Identity => {
+                for ((o, &v), &g) in out.iter_mut().zip(xr).zip(gr) {
+                    *o = gate(v, g) * a + v * bt + c0;
+                }
+            }
+            Pre::BiasRelu(bias) => {
+                let bc = bias[ch];
+                for ((o, &v), &g) in out.iter_mut().zip(xr).zip(gr) {
+                    let u = v + bc;
+                    *o = if u > T::zero() {
+                        gate(v, g) * a + u * bt + c0
+                    } else {
+                        T::zero()
+                    };
+                }
+                dbias += sum_of(out, |v| v);
+            }
+        }
+    }
+    (dbias, dgamma, dbeta)
 }
 
 /// Per-channel sums of `x [n, c, s]` (the gradient of a bias).
@@ -291,4 +424,11 @@ pub fn bias_relu_affine<T: Real>(x: &[T], p: &[T], d: Dims) -> Vec<T> {
     map_channels(x, d, |ch, v| {
         (v + bias[ch]).max(T::zero()) * scale[ch] + shift[ch]
     })
+}
+
+/// Inference-mode `y = relu(x · scale[c] + shift[c])` over `[n, c, s]`, with
+/// `p = [scale; shift]` (`2·c` values): a BatchNorm on its running averages and a ReLU.
+pub fn affine_relu<T: Real>(x: &[T], p: &[T], d: Dims) -> Vec<T> {
+    let (scale, shift) = p.split_at(d.c);
+    map_channels(x, d, |ch, v| relu(v * scale[ch] + shift[ch]))
 }
