@@ -336,6 +336,8 @@ const SCRIPT_ERROR: u8 = 1;
 const USAGE_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
+    // SAFETY: no other thread exists yet (argument parsing starts none).
+    unsafe { pretext::ops::cpu::configure_threads() };
     let cli = Cli::parse();
     let host_of = |h: &HostArgs| {
         h.host().map_err(|e| {
@@ -408,9 +410,8 @@ fn main() -> ExitCode {
 
 fn bench(a: &BenchArgs) -> pretext::Result<()> {
     use pretext::bench::{self, Timing};
-    // SAFETY: nothing has started another thread yet (the bench commands start none before
-    // this line).
-    let candle_threads = unsafe { pretext::ops::cpu::configure_threads() };
+    // Set by main before any thread started (`configure_threads`).
+    let candle_threads = std::env::var("CANDLE_NUM_THREADS").unwrap_or_default();
     let dev = pretext::script::convert::parse_device(&a.device)?;
     let t = Timing {
         warmup: a.warmup,
