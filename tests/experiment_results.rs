@@ -519,3 +519,32 @@ fn pretext_curves_are_written_as_png_and_svg() {
         assert!(svg.lines().any(|l| l.trim() == t), "{t} not in the legend");
     }
 }
+
+#[test]
+fn an_axis_tick_at_zero_reads_zero_not_minus_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    // rotation − baseline is −0.1 at 5 % and +0.1 at 100 %: the axis spans zero.
+    let mut rows = Vec::new();
+    for s in 0..3 {
+        rows.push(row("baseline", 0.05, s, 0.5));
+        rows.push(row("baseline", 1.0, s, 0.5));
+        rows.push(row("rotation", 0.05, s, 0.4 + 0.001 * s as f64));
+        rows.push(row("rotation", 1.0, s, 0.6 + 0.001 * s as f64));
+    }
+    let cfg = DeltaPlot {
+        metric: "dice_mean".into(),
+        baseline: "baseline".into(),
+        title: "Pancreas".into(),
+        y_label: "Dice".into(),
+        size: DEFAULT_SIZE,
+    };
+    let files = delta_figure(&rows, &cfg, &dir.path().join("delta")).unwrap();
+    let svg = std::fs::read_to_string(&files[1]).unwrap();
+    // Tick labels are the text lines between the SVG's <text> tags.
+    let ticks: Vec<&str> = svg.lines().map(str::trim).collect();
+    assert!(
+        !ticks.iter().any(|t| *t == "-0.00" || *t == "-0.000"),
+        "{svg}"
+    );
+    assert!(ticks.iter().any(|t| *t == "0.00" || *t == "0.000"), "{svg}");
+}

@@ -615,7 +615,15 @@ fn panel<'a, DB: DrawingBackend>(
             .unwrap_or_default()
     };
     let decimals = if y.1 - y.0 <= 0.12 { 3 } else { 2 };
-    let y_fmt = |v: &f64| format!("{v:.decimals$}");
+    // A tick that rounds to zero reads "0.00", not "-0.00".
+    let y_fmt = |v: &f64| {
+        let r = format!("{v:.decimals$}");
+        if r.trim_start_matches('-').chars().all(|c| c == '0' || c == '.') {
+            format!("{:.decimals$}", 0.0)
+        } else {
+            r
+        }
+    };
     chart
         .configure_mesh()
         .disable_x_mesh()
