@@ -472,7 +472,15 @@ pub fn forward_only(size: usize, batch: usize, cfg: &UNet3dConfig, dev: &Device)
 pub fn table(rows: &[Row]) -> String {
     let mut s = format!(
         "{:<20} {:<28} {:>10} {:>12} {:>8} {:>10} {:>10} {:>10} {:>8}\n",
-        "op", "shape", "fwd ms", "fwd+bwd ms", "GFLOP/s", "peak MiB", "first ms", "CPU ms", "copy ms"
+        "op",
+        "shape",
+        "fwd ms",
+        "fwd+bwd ms",
+        "GFLOP/s",
+        "peak MiB",
+        "first ms",
+        "CPU ms",
+        "copy ms"
     );
     for r in rows {
         let opt =
@@ -541,11 +549,16 @@ pub fn pretext(size: usize, t: Timing) -> Result<Vec<Row>> {
         let ms = median_ms(t, || {
             seed += 1;
             let b = s.batch(&vols, &ids, seed, true)?;
-            elems = [Some(&b.x), b.y.as_ref(), b.context.as_ref(), b.targets.as_ref()]
-                .into_iter()
-                .flatten()
-                .map(|t| t.elem_count())
-                .sum();
+            elems = [
+                Some(&b.x),
+                b.y.as_ref(),
+                b.context.as_ref(),
+                b.targets.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|t| t.elem_count())
+            .sum();
             Ok(())
         })?;
         rows.push(Row {

@@ -498,7 +498,10 @@ fn run_jobs(script: &std::path::Path, n: usize, host: &HostArgs) -> Result<(), E
     let mut children = Vec::with_capacity(n);
     for i in 0..n {
         let mut cmd = std::process::Command::new(&exe);
-        cmd.arg("run").arg(script).arg("--shard").arg(format!("{i}/{n}"));
+        cmd.arg("run")
+            .arg(script)
+            .arg("--shard")
+            .arg(format!("{i}/{n}"));
         cmd.arg("--seed").arg(host.seed.to_string());
         cmd.arg("--device").arg(&host.device);
         for s in &host.set {

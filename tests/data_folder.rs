@@ -19,7 +19,8 @@ fn fixtures() -> PathBuf {
 fn ramp(shape: [usize; 3], spacing: [f64; 3]) -> Volume {
     let v: Vec<f32> = (0..shape[0])
         .flat_map(|x| {
-            (0..shape[1]).flat_map(move |y| (0..shape[2]).map(move |z| (x + 10 * y + 100 * z) as f32))
+            (0..shape[1])
+                .flat_map(move |y| (0..shape[2]).map(move |z| (x + 10 * y + 100 * z) as f32))
         })
         .collect();
     let t = Tensor::from_vec(v, (shape[0], shape[1], shape[2]), &Device::Cpu).unwrap();
@@ -72,10 +73,9 @@ fn percentiles_are_numpys_linear_ones() {
     // np.percentile([1, 2, 3, 4, 5], 10) = 1.4
     assert!((percentile(&v, 10.0) - 1.4).abs() < 1e-12);
     // The fixture CT: numpy's 0.5 and 99.5 percentiles of its HU values.
-    let exp: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("expected.json")).unwrap(),
-    )
-    .unwrap();
+    let exp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap())
+            .unwrap();
     let ct = Volume::load(fixtures().join("images/ct_001.nii.gz")).unwrap();
     let data = ct.to_vec().unwrap();
     for (k, q) in [0.5, 99.5].iter().enumerate() {
@@ -93,7 +93,10 @@ fn a_folder_opens_by_glob_with_labels_ids_and_unlabelled_cases() {
     std::fs::create_dir_all(root.join("sub-02/anat")).unwrap();
     std::fs::create_dir_all(&labels).unwrap();
     // nnU-Net style names: images carry "_0000", labels do not.
-    for (i, rel) in ["a_0000.nii.gz", "b_0000.nii", "sub-02/anat/c_0000.nii.gz"].iter().enumerate() {
+    for (i, rel) in ["a_0000.nii.gz", "b_0000.nii", "sub-02/anat/c_0000.nii.gz"]
+        .iter()
+        .enumerate()
+    {
         ramp([12, 10, 6 + i], [1.0, 1.0, 2.0])
             .save_as(root.join(rel), VoxelType::I16)
             .unwrap();
@@ -145,19 +148,36 @@ fn problems_name_the_file_and_the_way_out() {
     std::fs::create_dir_all(&root).unwrap();
     std::fs::create_dir_all(&labels).unwrap();
     let cache = dir.path().join("cache");
-    let err = NiftiFolderSet::open(&opts(&root, &cache)).unwrap_err().to_string();
-    assert!(err.contains("no .nii or .nii.gz file matches") && err.contains("**/*.nii.gz"), "{err}");
-    ramp([6, 6, 6], [1.0; 3]).save(root.join("x.nii.gz")).unwrap();
+    let err = NiftiFolderSet::open(&opts(&root, &cache))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no .nii or .nii.gz file matches") && err.contains("**/*.nii.gz"),
+        "{err}"
+    );
+    ramp([6, 6, 6], [1.0; 3])
+        .save(root.join("x.nii.gz"))
+        .unwrap();
     let mut o = opts(&root, &cache);
     o.labels = labels.display().to_string();
     let err = NiftiFolderSet::open(&o).unwrap_err().to_string();
-    assert!(err.contains("no label map here matches") && err.contains("x.nii.gz"), "{err}");
+    assert!(
+        err.contains("no label map here matches") && err.contains("x.nii.gz"),
+        "{err}"
+    );
     // A label of another shape: the error names the image and says what differs.
-    box_label([6, 6, 5], [1, 1, 1], [3, 3, 3]).save(labels.join("x.nii.gz")).unwrap();
+    box_label([6, 6, 5], [1, 1, 1], [3, 3, 3])
+        .save(labels.join("x.nii.gz"))
+        .unwrap();
     let err = NiftiFolderSet::open(&o).unwrap_err().to_string();
-    assert!(err.contains("x.nii.gz") && err.contains("differs from image shape"), "{err}");
+    assert!(
+        err.contains("x.nii.gz") && err.contains("differs from image shape"),
+        "{err}"
+    );
     // A label value outside `classes`.
-    box_label([6, 6, 6], [1, 1, 1], [3, 3, 3]).save(labels.join("x.nii.gz")).unwrap();
+    box_label([6, 6, 6], [1, 1, 1], [3, 3, 3])
+        .save(labels.join("x.nii.gz"))
+        .unwrap();
     o.classes = Some(1);
     let err = NiftiFolderSet::open(&o).unwrap_err().to_string();
     assert!(err.contains("labels") && err.contains("x.nii.gz"), "{err}");
@@ -209,7 +229,10 @@ fn preprocessing_normalises_resamples_crops_and_fits() {
     let (img, _, prepared, _) = p.apply_raw(&v, shape, [1.0, 1.0, 2.0], None).unwrap();
     assert_eq!(prepared, [10, 8, 10]);
     let max = img.iter().copied().fold(0f32, f32::max);
-    assert!(max > 0.8 && max <= 1.0, "min-max scaling, then a blurred resample: {max}");
+    assert!(
+        max > 0.8 && max <= 1.0,
+        "min-max scaling, then a blurred resample: {max}"
+    );
     // crop_pad is a plain crop or padding.
     let c = crop_pad(&[1.0, 2.0, 3.0, 4.0], [4, 1, 1], [-1, 0, 0], [3, 1, 1], 9.0);
     assert_eq!(c, vec![9.0, 1.0, 2.0]);
@@ -239,13 +262,24 @@ fn resample_and_resize_keep_the_field_of_view_and_the_alignment() {
     let p = dir.path().join("r.nii.gz");
     r.save_as(&p, VoxelType::F32).unwrap();
     let back = Volume::load(&p).unwrap();
-    for (a, b) in back.affine().iter().flatten().zip(r.affine().iter().flatten()) {
-        assert!((a - b).abs() < 1e-4, "the sform is written as f32: {a} vs {b}");
+    for (a, b) in back
+        .affine()
+        .iter()
+        .flatten()
+        .zip(r.affine().iter().flatten())
+    {
+        assert!(
+            (a - b).abs() < 1e-4,
+            "the sform is written as f32: {a} vs {b}"
+        );
     }
     let h = back.header();
     assert_eq!(h.qform_code, 1);
     for (k, q) in [h.quatern_x, h.quatern_y, h.quatern_z].iter().enumerate() {
-        assert!((*q as f64 - r.affine()[k][3]).abs() < 1e-3, "qoffset {k}: {q}");
+        assert!(
+            (*q as f64 - r.affine()[k][3]).abs() < 1e-3,
+            "qoffset {k}: {q}"
+        );
     }
     // Nearest keeps label values; resize to a shape keeps the field of view too.
     let lab = Volume::load(fixtures().join("labels/ct_001.nii.gz")).unwrap();
@@ -269,7 +303,9 @@ fn script_functions_open_resample_and_describe_a_folder() {
     let root = dir.path().join("images");
     std::fs::create_dir_all(&root).unwrap();
     for n in ["p", "q"] {
-        ramp([10, 12, 8], [1.0, 1.0, 1.5]).save(root.join(format!("{n}.nii.gz"))).unwrap();
+        ramp([10, 12, 8], [1.0, 1.0, 1.5])
+            .save(root.join(format!("{n}.nii.gz")))
+            .unwrap();
     }
     let code = format!(
         r#"let s = nifti_folder(#{{ root: "{}", cache: "{}", shape: [8, 8, 8], percentiles: [0, 100] }});

@@ -40,7 +40,10 @@ fn peak(args: &[&str], env: &[(&str, &str)], data_home: &Path) -> u64 {
 fn cube(path: &Path, n: usize, value: u8, ripple: bool) {
     let mut b = vec![0u8; 348];
     b[0..4].copy_from_slice(&348i32.to_le_bytes());
-    for (i, d) in [3i16, n as i16, n as i16, n as i16, 1, 1, 1, 1].iter().enumerate() {
+    for (i, d) in [3i16, n as i16, n as i16, n as i16, 1, 1, 1, 1]
+        .iter()
+        .enumerate()
+    {
         b[40 + 2 * i..42 + 2 * i].copy_from_slice(&d.to_le_bytes());
     }
     b[70..72].copy_from_slice(&2i16.to_le_bytes());
@@ -95,14 +98,22 @@ fn reading_verifying_and_preparing_are_bounded_by_the_volume_size_and_the_budget
     let load = format!("load_nifti(\"{}\"); 1", image.display());
     let base = peak(&["eval", "1"], &[], &home);
     let read = extra(base, peak(&["eval", &load], &[], &home));
-    assert!(read < 1.2 * volume, "reading took {:.0} MiB for a {:.0} MiB volume", mb(read), mb(volume));
+    assert!(
+        read < 1.2 * volume,
+        "reading took {:.0} MiB for a {:.0} MiB volume",
+        mb(read),
+        mb(volume)
+    );
 
     // verify: one volume of a case in memory at a time; with a budget for one case, one case
     // at a time although two threads are free (before: both volumes of two cases, and copies).
     let vbase = peak(&["data", "verify", small.to_str().unwrap()], &[], &home);
     let args = ["data", "verify", big.to_str().unwrap()];
     for budget in ["1", "100M"] {
-        let v = extra(vbase, peak(&args, &[("PRETEXT_DATA_MEMORY", budget)], &home));
+        let v = extra(
+            vbase,
+            peak(&args, &[("PRETEXT_DATA_MEMORY", budget)], &home),
+        );
         assert!(
             v < 1.3 * volume,
             "verify with a budget of {budget} took {:.0} MiB (one volume: {:.0} MiB)",
@@ -111,7 +122,11 @@ fn reading_verifying_and_preparing_are_bounded_by_the_volume_size_and_the_budget
         );
     }
     let v = extra(vbase, peak(&args, &[], &home));
-    assert!(v < 2.3 * volume, "verify took {:.0} MiB on two threads", mb(v));
+    assert!(
+        v < 2.3 * volume,
+        "verify took {:.0} MiB on two threads",
+        mb(v)
+    );
 
     // Preparation: a case's image, label and preprocessing intermediates, one case at a time
     // within a budget that fits one (estimated 4 volumes; before: both cases at once, each
@@ -125,7 +140,11 @@ fn reading_verifying_and_preparing_are_bounded_by_the_volume_size_and_the_budget
     let pbase = peak(&["eval", &script(&small)], &[], &home);
     let p = extra(
         pbase,
-        peak(&["eval", &script(&big)], &[("PRETEXT_DATA_MEMORY", "300M")], &home),
+        peak(
+            &["eval", &script(&big)],
+            &[("PRETEXT_DATA_MEMORY", "300M")],
+            &home,
+        ),
     );
     assert!(
         p < 3.5 * volume,

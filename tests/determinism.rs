@@ -82,7 +82,10 @@ fn every_task_and_finetuning_cell_is_bit_identical_at_one_and_two_threads() {
         .iter()
         .map(|(name, threads)| contents(&run(&dir.path().join(name), threads)))
         .collect();
-    let checkpoints = runs[0].keys().filter(|k| k.ends_with(".safetensors")).count();
+    let checkpoints = runs[0]
+        .keys()
+        .filter(|k| k.ends_with(".safetensors"))
+        .count();
     // Best and last of ten pretrainings, and the two finetuned models.
     assert_eq!(checkpoints, 22, "{:?}", runs[0].keys().collect::<Vec<_>>());
     for (i, other) in runs.iter().enumerate().skip(1) {

@@ -203,12 +203,21 @@ fn the_own_data_example_pretrains_finetunes_and_writes_predictions_in_each_cases
     let out = run_example(
         "own_data.rhai",
         &[
-            "--set", "size=16", "--set", "filters=2", "--set", "epochs=2", "--set",
+            "--set",
+            "size=16",
+            "--set",
+            "filters=2",
+            "--set",
+            "epochs=2",
+            "--set",
             "finetune_epochs=2",
         ],
         dir.path(),
     );
-    assert!(out.contains("rotation: loss") && out.contains("Dice on the original grid"), "{out}");
+    assert!(
+        out.contains("rotation: loss") && out.contains("Dice on the original grid"),
+        "{out}"
+    );
     let runs = dir.path().join("runs/own_data");
     let splits: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(runs.join("splits.json")).unwrap()).unwrap();
@@ -217,7 +226,8 @@ fn the_own_data_example_pretrains_finetunes_and_writes_predictions_in_each_cases
     for id in test {
         let id = id.as_str().unwrap();
         let pred = pretext::Volume::load(runs.join(format!("predictions/{id}.nii.gz"))).unwrap();
-        let src = pretext::Volume::load(runs.join(format!("demo_data/imagesTr/{id}.nii.gz"))).unwrap();
+        let src =
+            pretext::Volume::load(runs.join(format!("demo_data/imagesTr/{id}.nii.gz"))).unwrap();
         assert_eq!(pred.shape(), src.shape(), "{id}");
         assert_eq!(pred.affine(), src.affine(), "{id}");
         assert_eq!(pred.dtype(), pretext::VoxelType::U8);

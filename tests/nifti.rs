@@ -103,7 +103,11 @@ fn a_scaled_integer_file_saved_in_its_own_type_keeps_nibabels_values_and_its_sca
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap();
-            assert_eq!(got as f64, probe["value"].as_f64().unwrap(), "{name} {idx:?}");
+            assert_eq!(
+                got as f64,
+                probe["value"].as_f64().unwrap(),
+                "{name} {idx:?}"
+            );
         }
     }
 }
@@ -385,14 +389,24 @@ fn vox_offset_inside_the_header_or_past_the_end_is_an_error_naming_it() {
             ..Nii::u8(&[2, 3, 4])
         }
         .bytes(&file);
-        let e = load_bytes(dir.path(), "low.nii", &b).unwrap_err().to_string();
-        assert!(e.contains("low.nii") && e.contains("vox_offset") && e.contains("352"), "{e}");
+        let e = load_bytes(dir.path(), "low.nii", &b)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("low.nii") && e.contains("vox_offset") && e.contains("352"),
+            "{e}"
+        );
     }
     let mut b = Nii::u8(&[2, 3, 4]).bytes(&file);
     b[108..112].copy_from_slice(&4000f32.to_le_bytes());
     for (name, bytes) in [("far.nii", b.clone()), ("far.nii.gz", gzip(&b))] {
-        let e = load_bytes(dir.path(), name, &bytes).unwrap_err().to_string();
-        assert!(e.contains(name) && e.contains("4000") && e.contains("[2, 3, 4]"), "{e}");
+        let e = load_bytes(dir.path(), name, &bytes)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(name) && e.contains("4000") && e.contains("[2, 3, 4]"),
+            "{e}"
+        );
     }
 }
 
@@ -450,9 +464,18 @@ fn bad_dims_name_the_field_and_its_value_in_either_byte_order() {
             ..Nii::u8(dims)
         };
         let cases: Vec<(Vec<u8>, &str)> = vec![
-            (with(&[2, -3, 4]).bytes(&[0; 24]), "dim[2] (the size of dimension 2 of 3) is -3"),
-            (with(&[2, 3, 0]).bytes(&[0; 24]), "dim[3] (the size of dimension 3 of 3) is 0"),
-            (with(&[-7, 3, 4]).bytes(&[0; 24]), "dim[1] (the size of dimension 1 of 3) is -7"),
+            (
+                with(&[2, -3, 4]).bytes(&[0; 24]),
+                "dim[2] (the size of dimension 2 of 3) is -3",
+            ),
+            (
+                with(&[2, 3, 0]).bytes(&[0; 24]),
+                "dim[3] (the size of dimension 3 of 3) is 0",
+            ),
+            (
+                with(&[-7, 3, 4]).bytes(&[0; 24]),
+                "dim[1] (the size of dimension 1 of 3) is -7",
+            ),
             (
                 {
                     let mut b = with(&[2, 3, 4]).bytes(&[0; 24]);
@@ -464,7 +487,11 @@ fn bad_dims_name_the_field_and_its_value_in_either_byte_order() {
             (
                 {
                     let mut b = with(&[2, 3, 4]).bytes(&[0; 24]);
-                    let v = if little { 9i16.to_le_bytes() } else { 9i16.to_be_bytes() };
+                    let v = if little {
+                        9i16.to_le_bytes()
+                    } else {
+                        9i16.to_be_bytes()
+                    };
                     b[40..42].copy_from_slice(&v);
                     b
                 },
@@ -473,7 +500,11 @@ fn bad_dims_name_the_field_and_its_value_in_either_byte_order() {
             (
                 {
                     let mut b = with(&[2, 3, 4]).bytes(&[0; 24]);
-                    let v = if little { (-1i16).to_le_bytes() } else { (-1i16).to_be_bytes() };
+                    let v = if little {
+                        (-1i16).to_le_bytes()
+                    } else {
+                        (-1i16).to_be_bytes()
+                    };
                     b[40..42].copy_from_slice(&v);
                     b
                 },
@@ -481,8 +512,13 @@ fn bad_dims_name_the_field_and_its_value_in_either_byte_order() {
             ),
         ];
         for (bytes, want) in cases {
-            let e = load_bytes(dir.path(), "d.nii", &bytes).unwrap_err().to_string();
-            assert!(e.contains("d.nii") && e.contains(want), "little {little}: {e}");
+            let e = load_bytes(dir.path(), "d.nii", &bytes)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("d.nii") && e.contains(want),
+                "little {little}: {e}"
+            );
         }
         // The same header in big-endian order reads as the little-endian one.
         let (file, want) = ramp_u8();
@@ -508,7 +544,11 @@ fn bitpix_that_disagrees_with_datatype_is_ignored_as_in_nibabel() {
             let v = load_bytes(dir.path(), name, &bytes).unwrap();
             assert_eq!(v.dtype(), VoxelType::I16);
             let sum: f32 = v.to_vec().unwrap().iter().sum();
-            assert_eq!(sum, values.iter().map(|&v| v as f32).sum::<f32>(), "bitpix {bitpix}");
+            assert_eq!(
+                sum,
+                values.iter().map(|&v| v as f32).sum::<f32>(),
+                "bitpix {bitpix}"
+            );
         }
     }
 }
@@ -516,7 +556,12 @@ fn bitpix_that_disagrees_with_datatype_is_ignored_as_in_nibabel() {
 #[test]
 fn unsupported_datatypes_name_the_type() {
     let dir = tempfile::tempdir().unwrap();
-    for (code, name) in [(0, "unknown (0)"), (32, "complex64 (32)"), (128, "RGB24"), (7, "7")] {
+    for (code, name) in [
+        (0, "unknown (0)"),
+        (32, "complex64 (32)"),
+        (128, "RGB24"),
+        (7, "7"),
+    ] {
         let b = Nii {
             datatype: code,
             ..Nii::u8(&[2, 3, 4])
@@ -540,27 +585,54 @@ fn io_failures_are_described_in_words_naming_the_file() {
     std::fs::create_dir(&folder).unwrap();
     let e = Volume::load(&folder).unwrap_err().to_string();
     no_debug(&e);
-    assert!(e.contains("scan.nii.gz") && e.contains("a folder, expected a NIfTI-1 file"), "{e}");
+    assert!(
+        e.contains("scan.nii.gz") && e.contains("a folder, expected a NIfTI-1 file"),
+        "{e}"
+    );
     // Empty, cut inside the header, cut inside the voxels; plain and gzip.
     let (file, _) = ramp_u8();
     let full = Nii::u8(&[2, 3, 4]).bytes(&file);
     let cases: [(&str, Vec<u8>, &str); 6] = [
         ("empty.nii", vec![], "an empty file"),
-        ("head.nii", full[..200].to_vec(), "ends after 200 bytes, inside the 348-byte header"),
-        ("voxels.nii", full[..360].to_vec(), "the file has 360 bytes, but the header's dims"),
-        ("head.nii.gz", gzip(&full[..200]), "ends after 200 bytes, inside the 348-byte header"),
-        ("voxels.nii.gz", gzip(&full[..360]), "ends after 8 bytes of voxels"),
-        ("cut.nii.gz", gzip(&full)[..30].to_vec(), "truncated .gz file"),
+        (
+            "head.nii",
+            full[..200].to_vec(),
+            "ends after 200 bytes, inside the 348-byte header",
+        ),
+        (
+            "voxels.nii",
+            full[..360].to_vec(),
+            "the file has 360 bytes, but the header's dims",
+        ),
+        (
+            "head.nii.gz",
+            gzip(&full[..200]),
+            "ends after 200 bytes, inside the 348-byte header",
+        ),
+        (
+            "voxels.nii.gz",
+            gzip(&full[..360]),
+            "ends after 8 bytes of voxels",
+        ),
+        (
+            "cut.nii.gz",
+            gzip(&full)[..30].to_vec(),
+            "truncated .gz file",
+        ),
     ];
     for (name, bytes, want) in cases {
-        let e = load_bytes(dir.path(), name, &bytes).unwrap_err().to_string();
+        let e = load_bytes(dir.path(), name, &bytes)
+            .unwrap_err()
+            .to_string();
         no_debug(&e);
         assert!(e.contains(name) && e.contains(want), "{name}: {e}");
     }
     // A NIfTI-2 header says so.
     let mut two = full.clone();
     two[..4].copy_from_slice(&540i32.to_le_bytes());
-    let e = load_bytes(dir.path(), "two.nii", &two).unwrap_err().to_string();
+    let e = load_bytes(dir.path(), "two.nii", &two)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("NIfTI-2"), "{e}");
 }
 
@@ -583,7 +655,13 @@ fn a_volume_of_several_read_blocks_reads_in_nibabels_index_order() {
         assert_eq!(v.shape(), &[nx, ny, nz]);
         let values = v.to_vec().unwrap();
         // Voxel [x, y, z] holds file element x + nx y + nx ny z.
-        for (x, y, z) in [(0, 0, 0), (99, 0, 0), (1, 2, 3), (99, 119, 199), (10, 40, 150)] {
+        for (x, y, z) in [
+            (0, 0, 0),
+            (99, 0, 0),
+            (1, 2, 3),
+            (99, 119, 199),
+            (10, 40, 150),
+        ] {
             let got = values[(x * ny + y) * nz + z];
             let want = ((x + nx * y + nx * ny * z) % 65521) as f32;
             assert_eq!(got, want, "{name} [{x}, {y}, {z}]");

@@ -27,7 +27,9 @@ fn an_unknown_nested_option_is_named_with_its_path() {
         e.contains("unknown option `unet.filtres`") && e.contains("did you mean `unet.filters`?"),
         "{e}"
     );
-    let e = eval_err("pretext_batch(\"exemplar\", [zeros([8, 8, 8])], #{ exemplar: #{ negativs: \"batch\" } })");
+    let e = eval_err(
+        "pretext_batch(\"exemplar\", [zeros([8, 8, 8])], #{ exemplar: #{ negativs: \"batch\" } })",
+    );
     assert!(e.contains("`exemplar.negatives`"), "{e}");
 }
 
@@ -128,7 +130,10 @@ fn unset_options_take_the_papers_values_for_the_data_kind() {
     assert_eq!(images.train.adam.lr, 1e-5);
     assert_eq!(volumes.train.epochs, 1000);
     assert_eq!(volumes.head.hidden, vec![2048, 1024]);
-    assert_eq!(volumes.train.seed, 7, "the master seed stands in for an unset seed");
+    assert_eq!(
+        volumes.train.seed, 7,
+        "the master seed stands in for an unset seed"
+    );
     let seg = SegmentationOptions {
         common: FinetuneOptions {
             train: vec![0],
@@ -139,7 +144,11 @@ fn unset_options_take_the_papers_values_for_the_data_kind() {
     };
     let (_, cfg) = seg.resolve(0).unwrap();
     assert_eq!(
-        (cfg.schedule.epochs, cfg.schedule.warmup_epochs, cfg.schedule.adam.clip_norm),
+        (
+            cfg.schedule.epochs,
+            cfg.schedule.warmup_epochs,
+            cfg.schedule.adam.clip_norm
+        ),
         (400, 25, Some(1.0))
     );
     let (_, cfg) = GradingOptions {
@@ -149,7 +158,11 @@ fn unset_options_take_the_papers_values_for_the_data_kind() {
     .resolve(0)
     .unwrap();
     assert_eq!(
-        (cfg.schedule.epochs, cfg.schedule.adam.lr, cfg.schedule.adam.clip_norm),
+        (
+            cfg.schedule.epochs,
+            cfg.schedule.adam.lr,
+            cfg.schedule.adam.clip_norm
+        ),
         (20, 5e-5, None)
     );
 }
@@ -168,16 +181,24 @@ fn every_option_has_a_type_and_a_meaning_in_the_reference() {
     }
     let pre = docs::<PretrainOptions>();
     let epochs = pre.iter().find(|r| r.key == "epochs").unwrap();
-    assert_eq!((epochs.ty.as_str(), epochs.default.as_str()), ("INT", "1000"));
+    assert_eq!(
+        (epochs.ty.as_str(), epochs.default.as_str()),
+        ("INT", "1000")
+    );
     assert!(pre.iter().any(|r| r.key == "task.exemplar.negatives"));
-    let md = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/scripting.md"))
-        .unwrap();
+    let md =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/scripting.md")).unwrap();
     assert!(md.contains("### Options of `finetune_segmentation`"));
     assert!(md.contains("| `warmup` | INT or () | `()` |"), "warmup row");
 }
 
 fn fig3(args: &[&str]) -> String {
-    let mut v = vec!["run", "examples/fig3_pancreas.rhai", "--set", "profile=test"];
+    let mut v = vec![
+        "run",
+        "examples/fig3_pancreas.rhai",
+        "--set",
+        "profile=test",
+    ];
     v.extend(args);
     let o = pretext(&v, None);
     assert!(!o.status.success(), "{args:?} ran");

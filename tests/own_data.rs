@@ -69,7 +69,11 @@ fn mni_folder(dir: &Path, n: usize) -> Option<()> {
             }
         })
         .collect();
-    let lab_vol = t1.with_labels(&Tensor::zeros(t1.tensor().dims(), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap();
+    let lab_vol = t1
+        .with_labels(
+            &Tensor::zeros(t1.tensor().dims(), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        )
+        .unwrap();
     std::fs::create_dir_all(dir.join("images")).unwrap();
     std::fs::create_dir_all(dir.join("labels")).unwrap();
     let size = [150, 180, 150];
@@ -103,8 +107,13 @@ fn floats(v: &rhai::Dynamic) -> Vec<f64> {
 fn mni152_pretrains_with_falling_loss_finetunes_and_segments_in_each_cases_geometry() {
     let dir = tempfile::tempdir().unwrap();
     let started = std::time::Instant::now();
-    let Some(()) = mni_folder(dir.path(), 12) else { return };
-    eprintln!("12 MNI cases written in {:.1} s", started.elapsed().as_secs_f64());
+    let Some(()) = mni_folder(dir.path(), 12) else {
+        return;
+    };
+    eprintln!(
+        "12 MNI cases written in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let code = format!(
         r#"
         let t0 = timestamp();
@@ -158,21 +167,42 @@ fn mni152_pretrains_with_falling_loss_finetunes_and_segments_in_each_cases_geome
         secs[2],
         secs[3]
     );
-    assert!(last < 0.75 * first, "the rotation loss must fall: {losses:?}");
+    assert!(
+        last < 0.75 * first,
+        "the rotation loss must fall: {losses:?}"
+    );
     assert!(out["loaded"].as_int().unwrap() > 0 && out["missing"].as_int().unwrap() == 0);
-    assert!(ft[ft.len() - 1] < ft[0], "finetuning loss must fall: {ft:?}");
-    assert!(dice[1] > 0.5 && dice[2] > 0.5, "grey and white matter are found: {dice:?}");
+    assert!(
+        ft[ft.len() - 1] < ft[0],
+        "finetuning loss must fall: {ft:?}"
+    );
+    assert!(
+        dice[1] > 0.5 && dice[2] > 0.5,
+        "grey and white matter are found: {dice:?}"
+    );
     // The prediction lies on the case's own grid: its shape and affine, aligned with the truth.
     let src = Volume::load(dir.path().join("images/mni_10.nii.gz")).unwrap();
     let pred = Volume::load(dir.path().join("pred_10.nii.gz")).unwrap();
     assert_eq!(pred.shape(), src.shape());
-    for (a, b) in pred.affine().iter().flatten().zip(src.affine().iter().flatten()) {
+    for (a, b) in pred
+        .affine()
+        .iter()
+        .flatten()
+        .zip(src.affine().iter().flatten())
+    {
         assert!((a - b).abs() < 1e-5);
     }
-    let truth = Volume::load(dir.path().join("labels/mni_10.nii.gz")).unwrap().to_vec().unwrap();
+    let truth = Volume::load(dir.path().join("labels/mni_10.nii.gz"))
+        .unwrap()
+        .to_vec()
+        .unwrap();
     let p = pred.to_vec().unwrap();
     for l in [1.0, 2.0] {
-        let i = p.iter().zip(&truth).filter(|(a, b)| **a == l && **b == l).count();
+        let i = p
+            .iter()
+            .zip(&truth)
+            .filter(|(a, b)| **a == l && **b == l)
+            .count();
         let n = p.iter().filter(|a| **a == l).count() + truth.iter().filter(|b| **b == l).count();
         let d = 2.0 * i as f64 / n as f64;
         eprintln!("case mni_10 in its own 150x180x150 grid: label {l} Dice {d:.3}");
@@ -208,8 +238,17 @@ fn run_tiny(root: &Path, threads: &str) -> Vec<(String, Vec<u8>)> {
         .unwrap();
     assert!(o.status.success(), "{}", common::stderr(&o));
     let mut files = Vec::new();
-    for name in ["rot/best.safetensors", "rot/last.safetensors", "seg.safetensors", "pred.nii.gz", "pred0.nii.gz"] {
-        files.push((name.to_string(), std::fs::read(root.join("out").join(name)).unwrap()));
+    for name in [
+        "rot/best.safetensors",
+        "rot/last.safetensors",
+        "seg.safetensors",
+        "pred.nii.gz",
+        "pred0.nii.gz",
+    ] {
+        files.push((
+            name.to_string(),
+            std::fs::read(root.join("out").join(name)).unwrap(),
+        ));
     }
     files
 }
@@ -221,7 +260,17 @@ fn the_own_data_path_is_bit_identical_at_one_and_two_threads() {
     for (name, threads) in [("a", "2"), ("b", "1")] {
         let root = dir.path().join(name);
         let o = common::pretext(
-            &["data", "synth", "pancreas", "--out", &root.display().to_string(), "--n", "4", "--shape", "48,48,32"],
+            &[
+                "data",
+                "synth",
+                "pancreas",
+                "--out",
+                &root.display().to_string(),
+                "--n",
+                "4",
+                "--shape",
+                "48,48,32",
+            ],
             None,
         );
         assert!(o.status.success(), "{}", common::stderr(&o));

@@ -26,7 +26,12 @@ fn expected() -> Value {
 }
 
 fn values(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -71,7 +76,11 @@ fn windows_and_weights_are_monais() {
     let g = importance_map([5, 5, 5], Blend::Gaussian, 0.125);
     assert_eq!(g[62], 1.0, "the centre weighs 1");
     assert!(g.iter().all(|&w| w >= 1e-3), "clamped below at 1e-3");
-    assert!(importance_map([3, 4, 2], Blend::Constant, 0.125).iter().all(|&w| w == 1.0));
+    assert!(
+        importance_map([3, 4, 2], Blend::Constant, 0.125)
+            .iter()
+            .all(|&w| w == 1.0)
+    );
 }
 
 #[test]
@@ -81,10 +90,7 @@ fn sliding_window_matches_monai() {
         &Device::Cpu,
     )
     .unwrap();
-    let names: Vec<&str> = f
-        .keys()
-        .filter_map(|k| k.strip_suffix(".cfg"))
-        .collect();
+    let names: Vec<&str> = f.keys().filter_map(|k| k.strip_suffix(".cfg")).collect();
     assert_eq!(names.len(), 4, "{names:?}");
     for name in names {
         let get = |k: &str| f[&format!("{name}.{k}")].clone();
@@ -92,7 +98,11 @@ fn sliding_window_matches_monai() {
         let cfg = SlidingWindow {
             window: None,
             overlap: c[3],
-            mode: if c[4] == 1.0 { Blend::Gaussian } else { Blend::Constant },
+            mode: if c[4] == 1.0 {
+                Blend::Gaussian
+            } else {
+                Blend::Constant
+            },
             sigma_scale: c[5],
             batch: c[6] as usize,
         };
@@ -181,19 +191,38 @@ fn sliding_window_covers_a_volume_larger_than_its_window() {
     assert_eq!(sw.dims(), [1, 3, 32, 16, 48]);
     for i in 0..2 {
         for k in 0..3 {
-            let block = x.narrow(2, 16 * i, 16).unwrap().narrow(4, 16 * k, 16).unwrap();
+            let block = x
+                .narrow(2, 16 * i, 16)
+                .unwrap()
+                .narrow(4, 16 * k, 16)
+                .unwrap();
             let direct = softmax_of(&net)(&block.contiguous().unwrap()).unwrap();
-            let got = sw.narrow(2, 16 * i, 16).unwrap().narrow(4, 16 * k, 16).unwrap();
-            assert!(max_diff(&got.contiguous().unwrap(), &direct) <= 1e-6, "block {i} {k}");
+            let got = sw
+                .narrow(2, 16 * i, 16)
+                .unwrap()
+                .narrow(4, 16 * k, 16)
+                .unwrap();
+            assert!(
+                max_diff(&got.contiguous().unwrap(), &direct) <= 1e-6,
+                "block {i} {k}"
+            );
         }
     }
     // Overlapping Gaussian windows on an odd-sized volume: probabilities everywhere.
     let x = blobs([37, 16, 25], 3);
-    let sw = sliding_window(&x, [16, 16, 16], &SlidingWindow::default(), &mut softmax_of(&net))
-        .unwrap();
+    let sw = sliding_window(
+        &x,
+        [16, 16, 16],
+        &SlidingWindow::default(),
+        &mut softmax_of(&net),
+    )
+    .unwrap();
     assert_eq!(sw.dims(), [1, 3, 37, 16, 25]);
     let sums = values(&sw.sum(1).unwrap());
-    assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5), "blended probabilities sum to 1");
+    assert!(
+        sums.iter().all(|s| (s - 1.0).abs() < 1e-5),
+        "blended probabilities sum to 1"
+    );
 }
 
 fn geometry_set(cache: &Path) -> NiftiFolderSet {
@@ -225,7 +254,11 @@ fn affine_of(v: &Value) -> [[f64; 4]; 4] {
 }
 
 /// Per label: voxel count and world centroid (mm), from voxels [x][y][z] and an affine.
-fn centroids(labels: &[f32], shape: [usize; 3], a: &[[f64; 4]; 4]) -> HashMap<u32, (usize, [f64; 3])> {
+fn centroids(
+    labels: &[f32],
+    shape: [usize; 3],
+    a: &[[f64; 4]; 4],
+) -> HashMap<u32, (usize, [f64; 3])> {
     let mut acc: HashMap<u32, (usize, [f64; 3])> = HashMap::new();
     for x in 0..shape[0] {
         for y in 0..shape[1] {
@@ -267,16 +300,30 @@ fn dice(a: &[f32], b: &[f32], label: f32) -> f64 {
 fn check_against_nibabel(path: &Path) -> Vec<f64> {
     let exp = expected();
     let pred = Volume::load(path).unwrap();
-    let shape: Vec<usize> = exp["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    let shape: Vec<usize> = exp["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
     assert_eq!(pred.shape(), &shape[..], "shape equals the source's");
     let want = affine_of(&exp["affine"]);
     for (r, (got, want)) in pred.affine().iter().zip(&want).enumerate() {
         for (c, (a, b)) in got.iter().zip(want).enumerate() {
-            assert!((a - b).abs() < 1e-5, "affine[{r}][{c}]: {a} vs nibabel's {b}");
+            assert!(
+                (a - b).abs() < 1e-5,
+                "affine[{r}][{c}]: {a} vs nibabel's {b}"
+            );
         }
     }
-    assert_eq!(pred.header().qform_code, exp["qform_code"].as_i64().unwrap() as i16);
-    assert_eq!(pred.header().sform_code, exp["sform_code"].as_i64().unwrap() as i16);
+    assert_eq!(
+        pred.header().qform_code,
+        exp["qform_code"].as_i64().unwrap() as i16
+    );
+    assert_eq!(
+        pred.header().sform_code,
+        exp["sform_code"].as_i64().unwrap() as i16
+    );
     assert_eq!(pred.dtype(), VoxelType::U8);
     let truth = Volume::load(fixtures().join("geometry/labels/ct_001.nii.gz")).unwrap();
     let (p, t) = (pred.to_vec().unwrap(), truth.to_vec().unwrap());
@@ -285,12 +332,20 @@ fn check_against_nibabel(path: &Path) -> Vec<f64> {
     let mut dices = Vec::new();
     for (label, info) in exp["labels"].as_object().unwrap() {
         let l: u32 = label.parse().unwrap();
-        let w: Vec<f64> = info["world"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let w: Vec<f64> = info["world"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         let (_, c) = got.get(&l).unwrap_or_else(|| panic!("label {l} missing"));
         let dist = (0..3).map(|k| (c[k] - w[k]).powi(2)).sum::<f64>().sqrt();
         let d = dice(&p, &t, l as f32);
         eprintln!("label {l}: centroid {dist:.2} mm from nibabel's truth centroid, Dice {d:.3}");
-        assert!(dist < 2.0, "label {l} is {dist:.2} mm away from where nibabel puts it");
+        assert!(
+            dist < 2.0,
+            "label {l} is {dist:.2} mm away from where nibabel puts it"
+        );
         dices.push(d);
     }
     dices
@@ -325,7 +380,12 @@ fn labels_come_back_in_the_original_geometry_as_nibabel_sees_it() {
     let c = centroids(&values(&label), [24, 24, 16], prepared.affine());
     let exp = expected();
     for (l, info) in exp["labels"].as_object().unwrap() {
-        let w: Vec<f64> = info["world"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let w: Vec<f64> = info["world"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         let got = c[&l.parse::<u32>().unwrap()].1;
         let dist = (0..3).map(|k| (got[k] - w[k]).powi(2)).sum::<f64>().sqrt();
         assert!(dist < 2.0, "prepared label {l}: {dist:.2} mm");
@@ -355,7 +415,10 @@ fn segment_writes_label_maps_in_the_source_geometry() {
     let host = pretext::script::Host::new(Default::default());
     let v = host.eval(&code, "<test>").unwrap_or_else(|e| panic!("{e}"));
     let shown = format!("{v:?}");
-    assert!(shown.contains("u8") && shown.contains("[3, 24, 24, 16]") && shown.contains("[40, 36, 18]"), "{shown}");
+    assert!(
+        shown.contains("u8") && shown.contains("[3, 24, 24, 16]") && shown.contains("[40, 36, 18]"),
+        "{shown}"
+    );
     // A file preprocessed on the fly gives what the cached case gives.
     let (a, b) = (
         Volume::load(dir.path().join("a.nii.gz")).unwrap(),
@@ -406,14 +469,20 @@ fn preview_draws_predictions_against_the_truth() {
     );
     assert!(o.status.success(), "{}", common::stderr(&o));
     let text = common::stdout(&o);
-    assert!(text.contains("ct_001") && text.contains("dice 1.000"), "{text}");
+    assert!(
+        text.contains("ct_001") && text.contains("dice 1.000"),
+        "{text}"
+    );
     let img = image::open(&out).unwrap();
     assert_eq!(img.width(), 3 * 160 + 4, "image | truth | prediction");
     // A prediction of another shape is refused, naming the file.
-    Volume::from_tensor(&Tensor::zeros((4, 4, 4), DType::F32, &Device::Cpu).unwrap(), [1.0; 3])
-        .unwrap()
-        .save(pred.join("ct_001.nii.gz"))
-        .unwrap();
+    Volume::from_tensor(
+        &Tensor::zeros((4, 4, 4), DType::F32, &Device::Cpu).unwrap(),
+        [1.0; 3],
+    )
+    .unwrap()
+    .save(pred.join("ct_001.nii.gz"))
+    .unwrap();
     let o = common::pretext(
         &[
             "data",
@@ -428,5 +497,8 @@ fn preview_draws_predictions_against_the_truth() {
     );
     assert!(!o.status.success());
     let err = common::stderr(&o);
-    assert!(err.contains("ct_001.nii.gz") && err.contains("shape"), "{err}");
+    assert!(
+        err.contains("ct_001.nii.gz") && err.contains("shape"),
+        "{err}"
+    );
 }

@@ -139,12 +139,7 @@ fn rpl_and_jigsaw_work_on_2d_images() {
     assert_eq!(b.x.dims(), [8, 3, 7, 7], "cell 15, jitter 8");
     let mut jig_cfg = TaskConfig::new(Task::Jigsaw);
     jig_cfg.options.jitter = Some(3);
-    let jig = Sampler::new(
-        &jig_cfg,
-        3,
-        [1, 45, 45],
-    )
-    .unwrap();
+    let jig = Sampler::new(&jig_cfg, 3, [1, 45, 45]).unwrap();
     assert_eq!(
         jig.batch(&data, &[0, 1], 1, true).unwrap().x.dims(),
         [18, 3, 12, 12]

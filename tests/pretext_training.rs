@@ -279,7 +279,10 @@ fn a_step_budget_gives_every_task_the_same_number_of_updates_and_marks_the_final
     let report = p.run(&data, &cfg, Some(&files), &mut |_, _| {}).unwrap();
     assert_eq!(report.epochs.len(), 3);
     let last = ParamStore::manifest(dir.path().join("last.safetensors")).unwrap();
-    assert_eq!((last["epoch"].as_u64(), last["final"].as_bool()), (Some(3), Some(true)));
+    assert_eq!(
+        (last["epoch"].as_u64(), last["final"].as_bool()),
+        (Some(3), Some(true))
+    );
 }
 
 /// The exemplar shortcut diagnostic (issue 14, item 8): every validation row of an exemplar run
@@ -301,26 +304,39 @@ fn exemplar_logs_the_role_swap_shortcut_diagnostic() {
     let sh = run(shared, data.clone(), unet(), 10, 4, Some(&files));
     let sep = run(TaskConfig::new(Task::Exemplar), data, unet(), 10, 4, None);
     let text = std::fs::read_to_string(dir.path().join("log.jsonl")).unwrap();
-    assert!(text.lines().all(|l| l.contains("\"val_swap_loss\":")
-        && l.contains("\"val_swap_accuracy\":")), "{text}");
+    assert!(
+        text.lines()
+            .all(|l| l.contains("\"val_swap_loss\":") && l.contains("\"val_swap_accuracy\":")),
+        "{text}"
+    );
     let read = read_log(&dir.path().join("log.jsonl")).unwrap();
     assert_eq!(read[0].val_swap_accuracy, sh.epochs[0].val_swap_accuracy);
     for (name, log) in [("shared", &sh.epochs), ("separate", &sep.epochs)] {
         for e in log.iter() {
             let (l, a) = (e.val_swap_loss.unwrap(), e.val_swap_accuracy.unwrap());
-            assert!(l.is_finite() && l >= 0.0 && (0.0..=1.0).contains(&a), "{name}: {e:?}");
+            assert!(
+                l.is_finite() && l >= 0.0 && (0.0..=1.0).contains(&a),
+                "{name}: {e:?}"
+            );
         }
         eprintln!(
             "{name}: val acc {:?}\n  swap acc {:?}\n  val loss {:?}\n  swap loss {:?}",
             log.iter().map(|e| e.val_accuracy).collect::<Vec<_>>(),
-            log.iter().map(|e| e.val_swap_accuracy.unwrap()).collect::<Vec<_>>(),
+            log.iter()
+                .map(|e| e.val_swap_accuracy.unwrap())
+                .collect::<Vec<_>>(),
             log.iter().map(|e| e.val_loss).collect::<Vec<_>>(),
-            log.iter().map(|e| e.val_swap_loss.unwrap()).collect::<Vec<_>>(),
+            log.iter()
+                .map(|e| e.val_swap_loss.unwrap())
+                .collect::<Vec<_>>(),
         );
     }
     for e in &sh.epochs {
         let a = e.val_swap_accuracy.unwrap();
-        assert!((a + e.val_accuracy - 1.0).abs() < 1e-9, "shared head: {e:?}");
+        assert!(
+            (a + e.val_accuracy - 1.0).abs() < 1e-9,
+            "shared head: {e:?}"
+        );
     }
     // O's separate heads: the swapped inputs score as well as the true ones (measured: loss
     // 0.0002 vs swapped 0.0005, accuracy 1.0 in both from epoch 1), where a model that compared
@@ -333,6 +349,13 @@ fn exemplar_logs_the_role_swap_shortcut_diagnostic() {
         "separate heads: accuracy {acc}, swapped {swap}, swapped loss {swap_loss}"
     );
     // Other tasks log no diagnostic.
-    let rot = run(TaskConfig::new(Task::Rotation), (0..8).map(|s| volume(16, s)).collect(), unet(), 1, 4, None);
+    let rot = run(
+        TaskConfig::new(Task::Rotation),
+        (0..8).map(|s| volume(16, s)).collect(),
+        unet(),
+        1,
+        4,
+        None,
+    );
     assert!(rot.epochs[0].val_swap_loss.is_none() && rot.epochs[0].val_swap_accuracy.is_none());
 }

@@ -96,7 +96,10 @@ fn help_lists_the_stdlib_modules_and_shows_one_of_their_functions() {
     );
     let out = common::stdout(&o);
     assert!(out.contains("stdlib modules"), "{out}");
-    assert!(out.contains("sweep: ") && out.contains("data_efficiency"), "{out}");
+    assert!(
+        out.contains("sweep: ") && out.contains("data_efficiency"),
+        "{out}"
+    );
     assert!(
         out.contains("sweep::data_efficiency(data, cfg)") && out.contains("Runs every cell"),
         "{out}"

@@ -115,7 +115,10 @@ fn a_tiny_sweep_writes_rows_a_csv_and_the_figure() {
     // tests/experiment_results.rs).
     let svg = std::fs::read_to_string(out.join("fig3.svg")).unwrap();
     for task in ["baseline", "rotation"] {
-        assert!(svg.lines().any(|l| l.trim() == task), "{task} not in the legend");
+        assert!(
+            svg.lines().any(|l| l.trim() == task),
+            "{task} not in the legend"
+        );
     }
     assert!(out.join("splits/seed0/splits.json").is_file());
     assert!(
@@ -460,7 +463,11 @@ fn a_finetuning_stage_without_its_pretraining_names_the_stage_that_writes_it_and
     );
     let o = run(&staged, &["--set", "stage=\"pretrain\""]);
     assert!(o.status.success(), "{}", common::stderr(&o));
-    assert!(staged.join("pretrain/rotation-seed0/best.safetensors").is_file());
+    assert!(
+        staged
+            .join("pretrain/rotation-seed0/best.safetensors")
+            .is_file()
+    );
     // The baseline's cells ran in the refused finetuning stage; no pretrained arm's cell has.
     let tasks: Vec<String> = ResultsFile::open(staged.join("results.jsonl"))
         .unwrap()

@@ -364,5 +364,10 @@ fn a_step_budget_gives_every_fraction_the_same_number_of_steps_and_the_lr_decays
     assert!((LrSchedule::Linear.at(2.0, 9, 10) - 0.2).abs() < 1e-12);
     let mut bad = sched.clone();
     bad.warmup_steps = 7;
-    assert!(bad.validate().unwrap_err().to_string().contains("warm-up of 7 steps in 7"));
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("warm-up of 7 steps in 7")
+    );
 }

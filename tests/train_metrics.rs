@@ -128,7 +128,10 @@ fn undecodable_grades_are_counted_and_left_out_as_o_does() {
         let minus_one = p.iter().filter(|&&x| x == -1).count();
         assert_eq!(s.undecodable, minus_one, "case {i}");
         assert_eq!(s.scored + s.undecodable, p.len(), "case {i}");
-        assert!((s.qwk - case["qwk"].as_f64().unwrap()).abs() < 1e-12, "case {i}");
+        assert!(
+            (s.qwk - case["qwk"].as_f64().unwrap()).abs() < 1e-12,
+            "case {i}"
+        );
         assert!(
             (s.accuracy - case["accuracy_valid"].as_f64().unwrap()).abs() < 1e-12,
             "case {i}"
@@ -136,7 +139,10 @@ fn undecodable_grades_are_counted_and_left_out_as_o_does() {
         total_undecodable += minus_one;
     }
     assert!(total_undecodable > 0, "the fixture has undecodable grades");
-    assert!(grade_scores(&[5], &[0], 5).is_err(), "a true grade outside 0..5");
+    assert!(
+        grade_scores(&[5], &[0], 5).is_err(),
+        "a true grade outside 0..5"
+    );
 }
 
 /// O's decoding (`sum(sigmoid > 0.5) − 1`) on hand-made logits, then O's scoring: a row with no

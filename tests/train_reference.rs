@@ -357,4 +357,3 @@ fn cumulative_grades_encode_and_decode_like_o_and_score_like_scikit_learn() {
         "accuracy",
     );
 }
-

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-
 use super::Image;
 use super::verify::{CaseReport, Problem, Report};
 use crate::error::{Error, Result};

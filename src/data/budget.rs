@@ -132,7 +132,13 @@ where
     T: Sync,
     R: Send,
 {
-    map_bounded(items, rayon::current_num_threads(), budget(), footprint, work)
+    map_bounded(
+        items,
+        rayon::current_num_threads(),
+        budget(),
+        footprint,
+        work,
+    )
 }
 
 /// The bytes of one volume file as read (f32 voxels), from its header; 0 when the header
@@ -163,16 +169,22 @@ mod tests {
     fn the_footprints_in_flight_stay_within_the_budget() {
         let items: Vec<u64> = vec![5, 3, 7, 2, 9, 1, 4, 6, 8, 20];
         let state = Mutex::new((0u64, 0u64)); // (in flight, most seen)
-        let out = map_bounded(&items, 4, 10, |&b| b, |&b| {
-            {
-                let mut s = state.lock().unwrap();
-                s.0 += b.min(10);
-                s.1 = s.1.max(s.0);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-            state.lock().unwrap().0 -= b.min(10);
-            b * 2
-        });
+        let out = map_bounded(
+            &items,
+            4,
+            10,
+            |&b| b,
+            |&b| {
+                {
+                    let mut s = state.lock().unwrap();
+                    s.0 += b.min(10);
+                    s.1 = s.1.max(s.0);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                state.lock().unwrap().0 -= b.min(10);
+                b * 2
+            },
+        );
         assert_eq!(out, items.iter().map(|b| b * 2).collect::<Vec<_>>());
         assert!(state.lock().unwrap().1 <= 10);
     }

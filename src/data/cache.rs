@@ -233,7 +233,12 @@ pub(super) fn load(path: &Path, name: &str) -> Result<Option<Tensor>> {
     Ok(t.remove(name))
 }
 
-pub(super) fn cache_dir(cache: &Path, kind: &str, params: &serde_json::Value, root: &Path) -> PathBuf {
+pub(super) fn cache_dir(
+    cache: &Path,
+    kind: &str,
+    params: &serde_json::Value,
+    root: &Path,
+) -> PathBuf {
     let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
     let key = super::key(&format!("{kind} {params} {}", root.display()));
     cache.join(format!("{kind}-{key}"))
@@ -282,7 +287,10 @@ impl PancreasSet {
         // or label and a resized copy of it (at most the image's size each).
         let footprint = |it: &Item| {
             let image = super::budget::volume_bytes(&it.sources[0]);
-            let label = it.sources.get(1).map_or(0, |p| super::budget::volume_bytes(p));
+            let label = it
+                .sources
+                .get(1)
+                .map_or(0, |p| super::budget::volume_bytes(p));
             3 * image + label
         };
         prepare(&dir, "pancreas", pj, ds.root(), &items, footprint, |it| {

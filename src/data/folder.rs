@@ -242,10 +242,10 @@ impl VolumePreprocess {
             clip: true,
         };
         let resize_to = |img: &mut Vec<f32>,
-                             lab: &mut Option<Vec<f32>>,
-                             cur: &mut [usize; 3],
-                             map: &mut IndexMap,
-                             to: [usize; 3]|
+                         lab: &mut Option<Vec<f32>>,
+                         cur: &mut [usize; 3],
+                         map: &mut IndexMap,
+                         to: [usize; 3]|
          -> Result<()> {
             if to == *cur {
                 return Ok(());
@@ -261,9 +261,8 @@ impl VolumePreprocess {
         };
         // 2. Resampling to a spacing.
         if let Some(target) = self.spacing {
-            let to = [0, 1, 2].map(|a| {
-                ((cur[a] as f64 * spacing[a] / target[a]).round() as usize).max(1)
-            });
+            let to = [0, 1, 2]
+                .map(|a| ((cur[a] as f64 * spacing[a] / target[a]).round() as usize).max(1));
             resize_to(&mut img, &mut lab, &mut cur, &mut map, to)?;
         }
         // 3. The foreground box.
@@ -313,7 +312,10 @@ pub fn resize_labels(labels: &[f32], shape: [usize; 3], to: [usize; 3]) -> Resul
     let mut best = vec![f32::NEG_INFINITY; n];
     let mut out = vec![0f32; n];
     for v in values {
-        let mask: Vec<f32> = labels.par_iter().map(|&l| f32::from(l as i64 == v)).collect();
+        let mask: Vec<f32> = labels
+            .par_iter()
+            .map(|&l| f32::from(l as i64 == v))
+            .collect();
         let r = resize3d(&mask, shape, to, opts)?;
         for ((b, o), x) in best.iter_mut().zip(out.iter_mut()).zip(r) {
             if x > *b {
@@ -628,7 +630,11 @@ impl NiftiFolderSet {
             return Err(Error::file(l, "no such labels folder"));
         }
         let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
-        let skip: Vec<PathBuf> = labels_dir.iter().map(|p| canon(p)).chain([canon(&cache)]).collect();
+        let skip: Vec<PathBuf> = labels_dir
+            .iter()
+            .map(|p| canon(p))
+            .chain([canon(&cache)])
+            .collect();
         let files: Vec<(PathBuf, String)> = glob_files(&root, &o.glob, &skip)?
             .into_iter()
             .filter(|(_, rel)| is_nifti_name(rel))
@@ -652,15 +658,21 @@ impl NiftiFolderSet {
             if let Some(other) = seen.insert(id.clone(), rel.clone()) {
                 return Err(Error::file(
                     path,
-                    format!("case id `{id}` is also the id of {other}; ids (file names) must be unique"),
+                    format!(
+                        "case id `{id}` is also the id of {other}; ids (file names) must be unique"
+                    ),
                 ));
             }
             let label = labels_dir.as_ref().and_then(|dir| {
                 let by_rel = crate::io::confined(dir, Path::new(rel)).ok();
-                [by_rel, Some(dir.join(format!("{id}.nii.gz"))), Some(dir.join(format!("{id}.nii")))]
-                    .into_iter()
-                    .flatten()
-                    .find(|p| p.is_file())
+                [
+                    by_rel,
+                    Some(dir.join(format!("{id}.nii.gz"))),
+                    Some(dir.join(format!("{id}.nii"))),
+                ]
+                .into_iter()
+                .flatten()
+                .find(|p| p.is_file())
             });
             items.push(Item {
                 id,
@@ -677,7 +689,11 @@ impl NiftiFolderSet {
                     "no label map here matches an image (expected e.g. {}.nii.gz, or the \
                      image's own file name{})",
                     items[0].id,
-                    if o.suffix.is_empty() { "; see the `suffix` option" } else { "" }
+                    if o.suffix.is_empty() {
+                        "; see the `suffix` option"
+                    } else {
+                        ""
+                    }
                 ),
             ));
         }
@@ -697,40 +713,57 @@ impl NiftiFolderSet {
         // size, unless `spacing` is finer than the file's).
         let footprint = |it: &Item| {
             let image = super::budget::volume_bytes(&it.sources[0]);
-            let label = it.sources.get(1).map_or(0, |p| super::budget::volume_bytes(p));
+            let label = it
+                .sources
+                .get(1)
+                .map_or(0, |p| super::budget::volume_bytes(p));
             4 * image + 2 * label
         };
-        prepare(&dir, "nifti", params.clone(), &root, &items, footprint, |it| {
-            let image = Volume::load(&it.sources[0])?;
-            let label = it.sources.get(1).map(Volume::load).transpose()?;
-            if let Some(l) = &label {
-                let found = l
-                    .with_values(|v| super::verify::label_problem(v, l.shape(), allowed.as_ref()))?
-                    .map_err(|(_, msg)| Error::file(&it.sources[1], msg))?;
-                if let Some(v) = found.iter().find(|&&v| !(0..=255).contains(&v)) {
-                    return Err(Error::file(
-                        &it.sources[1],
-                        format!("label value {v} is outside 0..255"),
-                    ));
+        prepare(
+            &dir,
+            "nifti",
+            params.clone(),
+            &root,
+            &items,
+            footprint,
+            |it| {
+                let image = Volume::load(&it.sources[0])?;
+                let label = it.sources.get(1).map(Volume::load).transpose()?;
+                if let Some(l) = &label {
+                    let found = l
+                        .with_values(|v| {
+                            super::verify::label_problem(v, l.shape(), allowed.as_ref())
+                        })?
+                        .map_err(|(_, msg)| Error::file(&it.sources[1], msg))?;
+                    if let Some(v) = found.iter().find(|&&v| !(0..=255).contains(&v)) {
+                        return Err(Error::file(
+                            &it.sources[1],
+                            format!("label value {v} is outside 0..255"),
+                        ));
+                    }
                 }
-            }
-            let out = pre
-                .apply(&image, label.as_ref())
-                .map_err(|e| Error::file(&it.sources[0], e))?;
-            let mut t = HashMap::from([
-                ("image".to_string(), out.image),
-                (
-                    "geometry".to_string(),
-                    Tensor::from_vec(pack(&out.geometry), GEOMETRY_LEN, &Device::Cpu)?,
-                ),
-            ]);
-            if let Some(l) = out.label {
-                t.insert("label".into(), l);
-            }
-            Ok(t)
-        })?;
-        let labelled = (0..items.len()).filter(|&i| label_paths[i].is_some()).collect();
-        let unlabelled = (0..items.len()).filter(|&i| label_paths[i].is_none()).collect();
+                let out = pre
+                    .apply(&image, label.as_ref())
+                    .map_err(|e| Error::file(&it.sources[0], e))?;
+                let mut t = HashMap::from([
+                    ("image".to_string(), out.image),
+                    (
+                        "geometry".to_string(),
+                        Tensor::from_vec(pack(&out.geometry), GEOMETRY_LEN, &Device::Cpu)?,
+                    ),
+                ]);
+                if let Some(l) = out.label {
+                    t.insert("label".into(), l);
+                }
+                Ok(t)
+            },
+        )?;
+        let labelled = (0..items.len())
+            .filter(|&i| label_paths[i].is_some())
+            .collect();
+        let unlabelled = (0..items.len())
+            .filter(|&i| label_paths[i].is_none())
+            .collect();
         Ok(NiftiFolderSet {
             dir,
             root,
@@ -789,7 +822,10 @@ impl NiftiFolderSet {
         } else {
             Err(Error::arg(
                 "i",
-                format!("case index {i} out of range: the set has {} cases", self.len()),
+                format!(
+                    "case index {i} out of range: the set has {} cases",
+                    self.len()
+                ),
             ))
         }
     }
@@ -853,7 +889,10 @@ impl NiftiFolderSet {
     /// and its prepared image and geometry.
     pub fn prepare_file(&self, path: &Path) -> Result<(Volume, PreparedVolume)> {
         let v = Volume::load(path)?;
-        let p = self.params.apply(&v, None).map_err(|e| Error::file(path, e))?;
+        let p = self
+            .params
+            .apply(&v, None)
+            .map_err(|e| Error::file(path, e))?;
         Ok((v, p))
     }
 }

@@ -156,15 +156,17 @@ impl Geometry {
         if (0..3).all(|a| (0..self.shape[a]).all(|i| inside(a, i))) {
             return;
         }
-        out.par_chunks_mut(ny * nz).enumerate().for_each(|(x, slab)| {
-            for y in 0..ny {
-                for z in 0..nz {
-                    if !(inside(0, x) && inside(1, y) && inside(2, z)) {
-                        slab[y * nz + z] = fill;
+        out.par_chunks_mut(ny * nz)
+            .enumerate()
+            .for_each(|(x, slab)| {
+                for y in 0..ny {
+                    for z in 0..nz {
+                        if !(inside(0, x) && inside(1, y) && inside(2, z)) {
+                            slab[y * nz + z] = fill;
+                        }
                     }
                 }
-            }
-        });
+            });
     }
 
     /// Class scores `[classes, prepared...]` (probabilities or logits, C order) as a label map
@@ -250,12 +252,18 @@ impl ResampleOptions {
 /// [`super::resize`]), f32 on the tensor's device.
 pub fn resize_tensor(t: &Tensor, shape: [usize; 3], opts: &ResampleOptions) -> Result<Tensor> {
     let (x, y, z) = t.dims3().map_err(|_| {
-        Error::shape("resize", format!("expected a 3D tensor [x, y, z], got {:?}", t.dims()))
+        Error::shape(
+            "resize",
+            format!("expected a 3D tensor [x, y, z], got {:?}", t.dims()),
+        )
     })?;
     crate::memory::check_shape(&shape, 4, "a resized volume")?;
     let data: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     let out = resize3d(&data, [x, y, z], shape, opts.resize())?;
-    Ok(Tensor::from_vec(out, (shape[0], shape[1], shape[2]), &Device::Cpu)?.to_device(t.device())?)
+    Ok(
+        Tensor::from_vec(out, (shape[0], shape[1], shape[2]), &Device::Cpu)?
+            .to_device(t.device())?,
+    )
 }
 
 /// A volume (3D, or 4D with one frame) resized to `shape` voxels over the same field of view:
@@ -263,7 +271,10 @@ pub fn resize_tensor(t: &Tensor, shape: [usize; 3], opts: &ResampleOptions) -> R
 pub fn resize_volume(v: &Volume, shape: [usize; 3], opts: &ResampleOptions) -> Result<Volume> {
     let from = super::preprocess::spatial3(v.shape(), "volume")?;
     if shape.contains(&0) {
-        return Err(Error::arg("shape", format!("every size must be positive, got {shape:?}")));
+        return Err(Error::arg(
+            "shape",
+            format!("every size must be positive, got {shape:?}"),
+        ));
     }
     let t = v.tensor().reshape((from[0], from[1], from[2]))?;
     let out = resize_tensor(&t, shape, opts)?;
@@ -274,7 +285,10 @@ pub fn resize_volume(v: &Volume, shape: [usize; 3], opts: &ResampleOptions) -> R
 /// same field of view (the exact new spacing is `old · n / m`), aligned with the original.
 pub fn resample_volume(v: &Volume, spacing: [f64; 3], opts: &ResampleOptions) -> Result<Volume> {
     if let Some(s) = spacing.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-        return Err(Error::arg("spacing", format!("every spacing must be a positive number of mm, got {s}")));
+        return Err(Error::arg(
+            "spacing",
+            format!("every spacing must be a positive number of mm, got {s}"),
+        ));
     }
     let from = super::preprocess::spatial3(v.shape(), "volume")?;
     let old = v.spacing();
@@ -311,7 +325,12 @@ mod tests {
     fn an_identity_geometry_gives_back_the_labels() {
         let g = Geometry {
             shape: [3, 4, 5],
-            affine: [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]],
+            affine: [
+                [1.0, 0.0, 0.0, 0.0],
+                [0.0, 1.0, 0.0, 0.0],
+                [0.0, 0.0, 1.0, 0.0],
+                [0.0, 0.0, 0.0, 1.0],
+            ],
             prepared: [3, 4, 5],
             map: IndexMap::IDENTITY,
         };
@@ -324,13 +343,20 @@ mod tests {
         // Prepared = original voxels 2..6 along x.
         let g = Geometry {
             shape: [8, 1, 1],
-            affine: [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]],
+            affine: [
+                [1.0, 0.0, 0.0, 0.0],
+                [0.0, 1.0, 0.0, 0.0],
+                [0.0, 0.0, 1.0, 0.0],
+                [0.0, 0.0, 0.0, 1.0],
+            ],
             prepared: [4, 1, 1],
             map: IndexMap::shift([2, 0, 0]),
         };
         let out = g.label_map_to_original(&[1, 1, 2, 2]).unwrap();
         assert_eq!(out, vec![0, 0, 1, 1, 2, 2, 0, 0]);
-        let v = g.to_original(&[1.0, 2.0, 3.0, 4.0], Interp::Linear, -1.0).unwrap();
+        let v = g
+            .to_original(&[1.0, 2.0, 3.0, 4.0], Interp::Linear, -1.0)
+            .unwrap();
         assert_eq!(v, vec![-1.0, -1.0, 1.0, 2.0, 3.0, 4.0, -1.0, -1.0]);
     }
 }

@@ -338,7 +338,11 @@ fn open(path: &Path) -> Result<(Box<dyn Read>, bool, Option<u64>)> {
         .fill_buf()
         .map_err(|e| Error::file(path, io_words(&e, false)))?;
     if head.starts_with(&[0x1f, 0x8b]) {
-        Ok((Box::new(flate2::bufread::MultiGzDecoder::new(br)), true, None))
+        Ok((
+            Box::new(flate2::bufread::MultiGzDecoder::new(br)),
+            true,
+            None,
+        ))
     } else {
         Ok((Box::new(br), false, Some(meta.len())))
     }
@@ -405,23 +409,21 @@ fn read_stream(
         ));
     }
     // The decoded volume (f32) is the only allocation of its size.
-    crate::memory::check(layout.voxels(), 4, "NIfTI volume").map_err(
-        |e| {
-            Error::file(
-                path,
-                format!(
-                    "{} voxels ({:?} of {}): {}",
-                    layout.voxels(),
-                    layout.dims,
-                    layout.dtype.name(),
-                    match e {
-                        Error::Arg { msg, .. } => msg,
-                        e => e.to_string(),
-                    }
-                ),
-            )
-        },
-    )?;
+    crate::memory::check(layout.voxels(), 4, "NIfTI volume").map_err(|e| {
+        Error::file(
+            path,
+            format!(
+                "{} voxels ({:?} of {}): {}",
+                layout.voxels(),
+                layout.dims,
+                layout.dtype.name(),
+                match e {
+                    Error::Arg { msg, .. } => msg,
+                    e => e.to_string(),
+                }
+            ),
+        )
+    })?;
     // Skip the extensions (or whatever lies between the header and vox_offset).
     let skip = offset - HEADER as u64;
     let skipped = std::io::copy(&mut (&mut r).take(skip), &mut std::io::sink())
@@ -482,7 +484,9 @@ fn decode(
                 Some((s, c)) => fill(&mut read, &l.dims, N, &short, BLOCK, |b, i| {
                     (get(b, i) as f64 * s + c) as f32
                 }),
-                None => fill(&mut read, &l.dims, N, &short, BLOCK, |b, i| get(b, i) as f32),
+                None => fill(&mut read, &l.dims, N, &short, BLOCK, |b, i| {
+                    get(b, i) as f32
+                }),
             }
         }};
     }
@@ -535,7 +539,11 @@ fn fill(
     for j in 1..k {
         fs[j] = fs[j - 1] * dims[j - 1];
     }
-    let (dx, mid) = if k == 1 { (1, &dims[..0]) } else { (dims[0], &dims[1..k - 1]) };
+    let (dx, mid) = if k == 1 {
+        (1, &dims[..0])
+    } else {
+        (dims[0], &dims[1..k - 1])
+    };
     let nmid: usize = mid.iter().product();
     let (csx, fsl) = if k == 1 { (0, 1) } else { (cs[0], fs[k - 1]) };
     const T: usize = 32;

@@ -210,7 +210,9 @@ fn labels_of(path: &Path, shape: [usize; 3], what: &str) -> Result<Vec<u8>> {
             ),
         ));
     }
-    Ok(l.iter().map(|&v| v.clamp(0.0, 255.0).round() as u8).collect())
+    Ok(l.iter()
+        .map(|&v| v.clamp(0.0, 255.0).round() as u8)
+        .collect())
 }
 
 fn find_nifti(dir: &Path, id: &str) -> Option<std::path::PathBuf> {
@@ -252,9 +254,7 @@ pub fn prediction_sheet(o: &PredictionSheet) -> Result<(RgbImage, Vec<CaseScore>
         };
         let (data, shape) = volume_data(&Volume::load(&image)?)?;
         let pred = labels_of(&pred_path, shape, "prediction")?;
-        let truth = truth
-            .map(|p| labels_of(&p, shape, "label"))
-            .transpose()?;
+        let truth = truth.map(|p| labels_of(&p, shape, "label")).transpose()?;
         let window = match o.window {
             Some(w) => w,
             None if decathlon => WINDOW,
@@ -263,9 +263,15 @@ pub fn prediction_sheet(o: &PredictionSheet) -> Result<(RgbImage, Vec<CaseScore>
                 super::folder::percentile(&data, 99.5) as f32,
             ),
         };
-        let window = if window.1 > window.0 { window } else { (window.0, window.0 + 1.0) };
+        let window = if window.1 > window.0 {
+            window
+        } else {
+            (window.0, window.0 + 1.0)
+        };
         let z = best_slice(Some(truth.as_deref().unwrap_or(&pred)), shape);
-        let h = (o.px as f64 * shape[1] as f64 / shape[0] as f64).round().max(1.0) as u32;
+        let h = (o.px as f64 * shape[1] as f64 / shape[0] as f64)
+            .round()
+            .max(1.0) as u32;
         let mut panels = vec![axial_slice(&data, None, shape, z, window)];
         if let Some(t) = &truth {
             panels.push(axial_slice(&data, Some(t), shape, z, window));

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use ndarray::{ArrayD, IxDyn, ShapeBuilder};
-use nifti::writer::WriterOptions;
 use nifti::NiftiHeader;
+use nifti::writer::WriterOptions;
 
 use crate::error::{Error, FileContext, Result};
 
@@ -251,7 +251,10 @@ impl Volume {
             ));
         }
         if let Some(s) = map.scale.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-            return Err(Error::arg("scale", format!("expected a positive scale, got {s}")));
+            return Err(Error::arg(
+                "scale",
+                format!("expected a positive scale, got {s}"),
+            ));
         }
         let mut header = self.header.clone();
         if header.qform_code > 0
@@ -455,10 +458,19 @@ fn set_scaling(path: &Path, gz: bool, slope: f32, inter: f32) -> Result<()> {
         raw
     };
     if bytes.len() < 348 {
-        return Err(Error::file(path, "written header is shorter than 348 bytes"));
+        return Err(Error::file(
+            path,
+            "written header is shorter than 348 bytes",
+        ));
     }
     let little = i32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) == 348;
-    let enc = |v: f32| if little { v.to_le_bytes() } else { v.to_be_bytes() };
+    let enc = |v: f32| {
+        if little {
+            v.to_le_bytes()
+        } else {
+            v.to_be_bytes()
+        }
+    };
     bytes[112..116].copy_from_slice(&enc(slope));
     bytes[116..120].copy_from_slice(&enc(inter));
     let out = if gz {

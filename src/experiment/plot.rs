@@ -618,7 +618,10 @@ fn panel<'a, DB: DrawingBackend>(
     // A tick that rounds to zero reads "0.00", not "-0.00".
     let y_fmt = |v: &f64| {
         let r = format!("{v:.decimals$}");
-        if r.trim_start_matches('-').chars().all(|c| c == '0' || c == '.') {
+        if r.trim_start_matches('-')
+            .chars()
+            .all(|c| c == '0' || c == '.')
+        {
             format!("{:.decimals$}", 0.0)
         } else {
             r

@@ -290,9 +290,7 @@ impl DenseNet {
                 ),
             ));
         }
-        let h = self
-            .norm0
-            .forward_relu_t(&self.conv0.forward(x)?, train)?;
+        let h = self.norm0.forward_relu_t(&self.conv0.forward(x)?, train)?;
         let mut h = ops::max_pool2d(&h, [3, 3], [2, 2], [1, 1])?;
         for (i, block) in self.blocks.iter().enumerate() {
             h = block.forward_t(&h, train)?;

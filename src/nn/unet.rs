@@ -9,9 +9,9 @@
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
+use super::Mode;
 use super::conv::{Conv3d, ConvConfig, ConvTranspose3d, conv_transpose3d, conv3d};
 use super::dropout::Dropout;
-use super::Mode;
 use super::norm::{BatchNorm, BatchNormConfig, batch_norm};
 use crate::ops::{self, PoolSpec};
 use crate::streams::{Stream, derive};

@@ -10,9 +10,9 @@
 pub mod activation;
 pub mod conv;
 pub mod cpu;
-pub mod dense;
 #[cfg(feature = "cuda")]
 mod cudnn;
+pub mod dense;
 #[cfg(feature = "cuda")]
 mod device;
 mod kernel;

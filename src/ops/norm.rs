@@ -74,7 +74,15 @@ pub fn bias_relu_batch_norm_train(
     beta: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, BatchStats)> {
-    normalize_train("bias_relu_batch_norm", x, Some(bias), gamma, beta, eps, false)
+    normalize_train(
+        "bias_relu_batch_norm",
+        x,
+        Some(bias),
+        gamma,
+        beta,
+        eps,
+        false,
+    )
 }
 
 /// `x [N, C, ...] + bias [C]` per channel, with a kernel for the bias gradient (channel sums).
@@ -316,11 +324,7 @@ impl Kernel for Normalize {
         let y = composed(&x, &gamma, &beta, self.eps, d)
             .map(|(y, _)| y)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        if self.post_relu {
-            y.relu()
-        } else {
-            Ok(y)
-        }
+        if self.post_relu { y.relu() } else { Ok(y) }
     }
 
     fn backward(

@@ -164,7 +164,11 @@ impl PretextModel {
             Task::Jigsaw => Head::Classifier(MlpHead::new(f * views, sampler.classes(), head, hv)?),
             Task::Rpl => Head::Classifier(MlpHead::new(2 * f, sampler.classes(), head, hv)?),
             Task::Exemplar => {
-                let n = if task.options.exemplar.shared_head { 1 } else { 3 };
+                let n = if task.options.exemplar.shared_head {
+                    1
+                } else {
+                    3
+                };
                 let code = task.options.exemplar.code;
                 Head::Exemplar(
                     (0..n)
@@ -321,7 +325,13 @@ impl PretextModel {
         let ctx = batch.context.as_ref().ok_or_else(missing)?.to_device(dev)?;
         let tgt = batch.targets.as_ref().ok_or_else(missing)?.to_device(dev)?;
         let y = batch.y.as_ref().ok_or_else(missing)?.to_device(dev)?;
-        cpc_loss(codes, gru, predict, (&ctx, &tgt, &y), self.task.options.cpc.loss)
+        cpc_loss(
+            codes,
+            gru,
+            predict,
+            (&ctx, &tgt, &y),
+            self.task.options.cpc.loss,
+        )
     }
 }
 

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
+use rand::RngExt;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
-use rand::RngExt;
 use rayon::prelude::*;
 
 use super::augment;

@@ -310,8 +310,12 @@ fn splits(d: &mut Domain) {
         "split_train_test(n: INT, test_frac: FLOAT, seed: INT) -> Map",
         "A seeded split of 0..n: #{train, test}, test = round(n * test_frac) cases (at least 1).",
         |n: INT, f: Dynamic, seed: INT| {
-            let s =
-                split::train_test(index(n, "n")?, number(&f, "test_frac")?, seed_arg(seed, "seed")?).rt()?;
+            let s = split::train_test(
+                index(n, "n")?,
+                number(&f, "test_frac")?,
+                seed_arg(seed, "seed")?,
+            )
+            .rt()?;
             to_dynamic(&s)
         },
     );
@@ -367,7 +371,8 @@ fn splits(d: &mut Domain) {
         "kfold(n: INT, k: INT, seed: INT) -> Array",
         "Seeded K-fold cross-validation of 0..n: #{train, test} per fold.",
         |n: INT, k: INT, seed: INT| {
-            let folds = split::kfold(index(n, "n")?, index(k, "k")?, seed_arg(seed, "seed")?).rt()?;
+            let folds =
+                split::kfold(index(n, "n")?, index(k, "k")?, seed_arg(seed, "seed")?).rt()?;
             folds.iter().map(to_dynamic).collect::<RResult<Array>>()
         },
     );

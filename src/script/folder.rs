@@ -28,7 +28,9 @@ fn float_array(v: &[f64]) -> Array {
 }
 
 fn affine_array(a: &crate::data::Affine) -> Array {
-    a.iter().map(|r| Dynamic::from_array(float_array(r))).collect()
+    a.iter()
+        .map(|r| Dynamic::from_array(float_array(r)))
+        .collect()
 }
 
 fn three<T: Copy>(v: Vec<T>, what: &str) -> RResult<[T; 3]> {
@@ -134,9 +136,7 @@ pub(super) fn sets(d: &mut Domain) {
         "source",
         "set.source(i: INT) -> String",
         "The image file of case i.",
-        |s: &mut NiftiFolderSet, i: INT| {
-            Ok(s.source(index(i, "i")?).rt()?.display().to_string())
-        },
+        |s: &mut NiftiFolderSet, i: INT| Ok(s.source(index(i, "i")?).rt()?.display().to_string()),
     );
     d.func(
         "label_source",
@@ -167,7 +167,10 @@ pub(super) fn sets(d: &mut Domain) {
             m.insert("shape".into(), int_array(&g.shape).into());
             m.insert("affine".into(), affine_array(&g.affine).into());
             m.insert("prepared".into(), int_array(&g.prepared).into());
-            m.insert("prepared_affine".into(), affine_array(&g.prepared_affine()).into());
+            m.insert(
+                "prepared_affine".into(),
+                affine_array(&g.prepared_affine()).into(),
+            );
             m.insert("scale".into(), float_array(&g.map.scale).into());
             m.insert("offset".into(), float_array(&g.map.offset).into());
             Ok(m)
@@ -179,9 +182,7 @@ pub(super) fn sets(d: &mut Domain) {
         "A prepared-space tensor back on case i's original image (its shape, affine, header): \
          scores [K, x, y, z] or a u8 label map become a u8 label map, other volumes are \
          interpolated (f32).",
-        |s: &mut NiftiFolderSet, i: INT, t: Tensor| {
-            infer::to_original(s, index(i, "i")?, &t).rt()
-        },
+        |s: &mut NiftiFolderSet, i: INT, t: Tensor| infer::to_original(s, index(i, "i")?, &t).rt(),
     );
     d.overload("to_string", |s: &mut NiftiFolderSet| Ok(describe(s)));
     d.overload("to_debug", |s: &mut NiftiFolderSet| Ok(describe(s)));
@@ -325,15 +326,21 @@ pub(super) fn predictions(d: &mut Domain, state: &Arc<HostState>) {
         },
     );
     let s = state.clone();
-    d.overload("segment", move |m: &mut Model, set: NiftiFolderSet, i: INT| {
-        let cfg = SlidingWindow::default();
-        infer::segment_case(unet_of(m)?, &set, index(i, "case")?, &cfg, &s.device()).rt()
-    });
+    d.overload(
+        "segment",
+        move |m: &mut Model, set: NiftiFolderSet, i: INT| {
+            let cfg = SlidingWindow::default();
+            infer::segment_case(unet_of(m)?, &set, index(i, "case")?, &cfg, &s.device()).rt()
+        },
+    );
     let s = state.clone();
-    d.overload("segment", move |m: &mut Model, set: NiftiFolderSet, path: &str| {
-        let cfg = SlidingWindow::default();
-        infer::segment_file(unet_of(m)?, &set, Path::new(path), &cfg, &s.device()).rt()
-    });
+    d.overload(
+        "segment",
+        move |m: &mut Model, set: NiftiFolderSet, path: &str| {
+            let cfg = SlidingWindow::default();
+            infer::segment_file(unet_of(m)?, &set, Path::new(path), &cfg, &s.device()).rt()
+        },
+    );
     let s = state.clone();
     d.func(
         "sliding_window",

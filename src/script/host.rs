@@ -7,8 +7,8 @@ use rhai::{Array, Dynamic, INT, Map};
 
 use super::HostState;
 use super::api::{ApiDocs, Domain, OptionsCheck};
-use super::options;
 use super::convert::{RResult, ScriptResult, device_name, index, parse_device, rt_err};
+use super::options;
 use crate::error::{Error, FileContext};
 pub use crate::progress::Progress;
 
@@ -236,7 +236,12 @@ pub fn options_domain(state: &Arc<HostState>, docs: &ApiDocs) -> Domain {
             for key in s.args.keys() {
                 let first = key.split('.').next().unwrap_or_default();
                 if !valid.contains(&first) {
-                    return Err(options::unknown_key(&format!("--set {key}"), "", first, &valid));
+                    return Err(options::unknown_key(
+                        &format!("--set {key}"),
+                        "",
+                        first,
+                        &valid,
+                    ));
                 }
             }
             Ok(())

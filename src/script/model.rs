@@ -41,7 +41,11 @@ impl Model {
 
     /// A script model of a UNet3D and its parameters.
     pub(crate) fn of_unet(net: UNet3d, store: ParamStore, name: String) -> Model {
-        Model { net: Arc::new(Net::Unet(net)), store, name }
+        Model {
+            net: Arc::new(Net::Unet(net)),
+            store,
+            name,
+        }
     }
 }
 
@@ -98,10 +102,20 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
         "The paper's 3D UNet (options below; the paper's by default).",
         move |m: Map| {
             let o: UNetModelOptions = options::parse("unet3d", &m)?;
-            let cfg = UNet3dConfig { seed: o.seed, ..o.net };
+            let cfg = UNet3dConfig {
+                seed: o.seed,
+                ..o.net
+            };
             let store = ParamStore::new(derive(o.seed, Stream::Init, 0));
             let net = UNet3d::new(&cfg, store.builder(DType::F32, &s.device())).rt()?;
-            Ok(Model { net: Arc::new(Net::Unet(net)), store, name: format!("UNet3D(filters {}, depth {}, classes {})", cfg.filters, cfg.depth, cfg.classes) })
+            Ok(Model {
+                net: Arc::new(Net::Unet(net)),
+                store,
+                name: format!(
+                    "UNet3D(filters {}, depth {}, classes {})",
+                    cfg.filters, cfg.depth, cfg.classes
+                ),
+            })
         },
     )
     .options::<UNetModelOptions>();
@@ -117,7 +131,11 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
             let net = DenseNet::new(cfg, store.builder(DType::F32, &s.device())).rt()?;
             let name = format!("DenseNet(growth {}, blocks {:?})", cfg.growth, cfg.blocks);
             let pool = o.backbone.pool.unwrap_or(GlobalPool::Avg);
-            Ok(Model { net: Arc::new(Net::Dense(net, pool)), store, name })
+            Ok(Model {
+                net: Arc::new(Net::Dense(net, pool)),
+                store,
+                name,
+            })
         },
     )
     .options::<DenseModelOptions>();

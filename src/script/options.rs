@@ -200,7 +200,8 @@ impl Schema {
             _ => true,
         };
         let variants = self.variant_names(r);
-        let fits = fits && (variants.is_empty() || v.as_str().is_some_and(|x| variants.contains(&x)));
+        let fits =
+            fits && (variants.is_empty() || v.as_str().is_some_and(|x| variants.contains(&x)));
         if !fits {
             let mut want = self.type_name(s).replace("\\|", "|");
             if primary_type(r) == Some("integer") && r.get("minimum").is_some() {
@@ -227,7 +228,10 @@ impl Schema {
     fn array_fits(&self, r: &Value, v: &Value) -> bool {
         let n = v.as_array().map_or(0, Vec::len) as u64;
         let min = r.get("minItems").and_then(Value::as_u64).unwrap_or(0);
-        let max = r.get("maxItems").and_then(Value::as_u64).unwrap_or(u64::MAX);
+        let max = r
+            .get("maxItems")
+            .and_then(Value::as_u64)
+            .unwrap_or(u64::MAX);
         (min..=max).contains(&n)
     }
 
@@ -237,7 +241,10 @@ impl Schema {
             return Vec::new();
         };
         alts.iter()
-            .filter_map(|a| a.as_str().or_else(|| a.get("const").and_then(Value::as_str)))
+            .filter_map(|a| {
+                a.as_str()
+                    .or_else(|| a.get("const").and_then(Value::as_str))
+            })
             .collect()
     }
 
@@ -292,7 +299,10 @@ impl Schema {
                 "value".into()
             }
         } else if let Some(Value::Array(e)) = r.get("enum") {
-            e.iter().map(Value::to_string).collect::<Vec<_>>().join(" \\| ")
+            e.iter()
+                .map(Value::to_string)
+                .collect::<Vec<_>>()
+                .join(" \\| ")
         } else {
             match primary_type(r) {
                 Some("integer") => "INT".into(),

@@ -134,9 +134,7 @@ fn batch(task: &str, data: &Dynamic, m: &Map) -> RResult<Map> {
             .min(n))
             .collect(),
     };
-    let b = sampler
-        .batch(data.source(), &items, o.seed, o.train)
-        .rt()?;
+    let b = sampler.batch(data.source(), &items, o.seed, o.train).rt()?;
     let mut out = Map::new();
     out.insert("x".into(), Dynamic::from(b.x));
     out.insert("task".into(), cfg.task.name().into());
@@ -238,9 +236,10 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
     )
     .options::<SegmentationOptions>();
     let s = state.clone();
-    d.overload("finetune_segmentation", move |data: NiftiFolderSet, m: Map| {
-        segmentation(&s, &data, &m)
-    });
+    d.overload(
+        "finetune_segmentation",
+        move |data: NiftiFolderSet, m: Map| segmentation(&s, &data, &m),
+    );
     let s = state.clone();
     d.func(
         "finetune_grading",
@@ -328,7 +327,10 @@ fn pretrain(state: &HostState, task: &str, data: &Dynamic, ids: &Array, m: &Map)
     }
     let files = o.out.clone().map(|dir| RunFiles { dir, manifest });
     let subset = Subset::new(data.source(), ids).rt()?;
-    let label = o.label.clone().unwrap_or_else(|| plan.task.task.name().into());
+    let label = o
+        .label
+        .clone()
+        .unwrap_or_else(|| plan.task.task.name().into());
     let bar = Progress::new(o.epochs as u64, &format!("pretrain {label}"));
     let report = p
         .run(&subset, &plan.train, files.as_ref(), &mut |e, _| {
@@ -365,7 +367,11 @@ fn segmentation(
 ) -> RResult<Map> {
     let o: SegmentationOptions = options::parse("finetune_segmentation", m)?;
     let (init, cfg) = o.resolve(state.seed).rt()?;
-    let bar = fit_progress(&o.common.label, cfg.schedule.passes(o.common.train.len()), "finetune");
+    let bar = fit_progress(
+        &o.common.label,
+        cfg.schedule.passes(o.common.train.len()),
+        "finetune",
+    );
     let r = finetune_segmentation(
         &init,
         &cfg,
@@ -412,7 +418,11 @@ fn common(
 fn grading(state: &HostState, data: &FundusSet, m: &Map) -> RResult<Map> {
     let o: GradingOptions = options::parse("finetune_grading", m)?;
     let (init, cfg) = o.resolve(state.seed).rt()?;
-    let bar = fit_progress(&o.common.label, cfg.schedule.passes(o.common.train.len()), "finetune");
+    let bar = fit_progress(
+        &o.common.label,
+        cfg.schedule.passes(o.common.train.len()),
+        "finetune",
+    );
     let r = finetune_classification(
         &init,
         &cfg,

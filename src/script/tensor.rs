@@ -7,9 +7,9 @@ use rand_distr::{Distribution, StandardNormal, StandardUniform};
 use rhai::{Array, Dynamic, FLOAT, INT};
 
 use super::HostState;
-use crate::streams::{self, Stream};
 use super::api::Domain;
 use super::convert::{RResult, ScriptResult, dim, dtype_name, index, number, rt_err, shape};
+use crate::streams::{self, Stream};
 
 /// Builds the `tensor` domain. Creation functions use the host's current device.
 pub fn domain(state: &Arc<HostState>) -> Domain {

@@ -176,10 +176,14 @@ impl Schedule {
     }
 
     fn steps_per_pass(&self, items: usize) -> usize {
-        batches(&(0..items).collect::<Vec<_>>(), self.batch_size.max(1), None)
-            .len()
-            .min(self.steps_per_epoch.unwrap_or(usize::MAX))
-            .max(1)
+        batches(
+            &(0..items).collect::<Vec<_>>(),
+            self.batch_size.max(1),
+            None,
+        )
+        .len()
+        .min(self.steps_per_epoch.unwrap_or(usize::MAX))
+        .max(1)
     }
 
     /// Checks the settings that no run could use: no epochs or batch, a warm-up that never
@@ -230,7 +234,9 @@ impl Schedule {
 
 /// The options both finetuning functions share, as scripts give them; () takes the paper's
 /// value of the protocol (segmentation or grading).
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(default, deny_unknown_fields)]
 pub struct FinetuneOptions {
     /// A pretext checkpoint whose `encoder.` tensors initialise the encoder; "" = random
@@ -285,13 +291,24 @@ impl FinetuneOptions {
     /// and the training and test items (both given, disjoint).
     pub fn schedule(&self, paper: &Schedule, master_seed: u64) -> Result<Schedule> {
         if self.train.is_empty() {
-            return Err(Error::arg("train", "finetuning needs at least one training item"));
+            return Err(Error::arg(
+                "train",
+                "finetuning needs at least one training item",
+            ));
         }
         if self.test.is_empty() {
-            return Err(Error::arg("test", "evaluation needs at least one test item"));
+            return Err(Error::arg(
+                "test",
+                "evaluation needs at least one test item",
+            ));
         }
         let test: std::collections::BTreeSet<usize> = self.test.iter().copied().collect();
-        let shared: Vec<usize> = self.train.iter().copied().filter(|i| test.contains(i)).collect();
+        let shared: Vec<usize> = self
+            .train
+            .iter()
+            .copied()
+            .filter(|i| test.contains(i))
+            .collect();
         if !shared.is_empty() {
             return Err(Error::arg(
                 "test",
@@ -330,7 +347,9 @@ impl FinetuneOptions {
 }
 
 /// The options of `finetune_segmentation` as scripts give them.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(default)]
 pub struct SegmentationOptions {
     /// Items, initialisation and schedule.
@@ -492,7 +511,16 @@ pub struct SegmentationResult {
 /// The encoder settings a checkpoint must share with the model it initialises.
 const ENCODER_KEYS: [(&str, &[&str]); 2] = [
     ("unet", &["in_channels", "filters", "depth"]),
-    ("densenet", &["in_channels", "growth", "blocks", "init_features", "bn_size"]),
+    (
+        "densenet",
+        &[
+            "in_channels",
+            "growth",
+            "blocks",
+            "init_features",
+            "bn_size",
+        ],
+    ),
 ];
 
 /// Refuses a checkpoint whose manifest records an encoder other than `net` (`kind` is "unet"
@@ -555,7 +583,9 @@ fn load_encoder(
                         r.mismatched.len(),
                         r.mismatched
                             .first()
-                            .map(|(n, a, b)| format!(" (first: {n}, {a:?} here, {b:?} in the file)"))
+                            .map(|(n, a, b)| format!(
+                                " (first: {n}, {a:?} here, {b:?} in the file)"
+                            ))
                             .unwrap_or_default()
                     ),
                 ));
@@ -568,7 +598,10 @@ fn load_encoder(
 /// An empty test set would report a perfect score (every Dice of nothing is 1): refuse it.
 fn require_test_items(test_ids: &[usize]) -> Result<()> {
     if test_ids.is_empty() {
-        return Err(Error::arg("test", "evaluation needs at least one test item"));
+        return Err(Error::arg(
+            "test",
+            "evaluation needs at least one test item",
+        ));
     }
     Ok(())
 }
@@ -627,7 +660,11 @@ fn fit(
                 opt = all()?;
             }
             opt.set_lr(sched.lr_schedule.at(sched.adam.lr, t, total));
-            let batch_seed = derive(derive(sched.seed, Stream::EpochBatches, e), Stream::Batch, step as u64);
+            let batch_seed = derive(
+                derive(sched.seed, Stream::EpochBatches, e),
+                Stream::Batch,
+                step as u64,
+            );
             let l = loss(ids, batch_seed, t < warmup)?;
             sum += opt.backward_step(&l).map_err(|e| match e {
                 Error::NonFinite { what, value, .. } => Error::NonFinite {
@@ -702,7 +739,11 @@ pub fn finetune_segmentation(
     };
     let store = ParamStore::new(derive(cfg.schedule.seed, Stream::Init, 0));
     let net = UNet3d::new(&unet, store.builder(DType::F32, dev))?;
-    let load = load_encoder(&store, init, ("unet", serde_json::to_value(unet).map_err(Error::msg)?))?;
+    let load = load_encoder(
+        &store,
+        init,
+        ("unet", serde_json::to_value(unet).map_err(Error::msg)?),
+    )?;
     let freeze_bn = cfg.schedule.freeze_bn;
     let mut log = fit(
         &store,
@@ -905,7 +946,10 @@ pub fn finetune_classification(
     let load = load_encoder(
         &store,
         init,
-        ("densenet", serde_json::to_value(&cfg.densenet).map_err(Error::msg)?),
+        (
+            "densenet",
+            serde_json::to_value(&cfg.densenet).map_err(Error::msg)?,
+        ),
     )?;
     let k = cfg.classes;
     let batch = |ids: &[usize], seed: Option<u64>| -> Result<(Tensor, Vec<u8>)> {
@@ -920,7 +964,9 @@ pub fn finetune_classification(
                 ));
             }
             grids.push(match seed {
-                Some(s) if cfg.augment => zoom_flips_2d(&g, true, &mut rng(s, Stream::Augment, j as u64)),
+                Some(s) if cfg.augment => {
+                    zoom_flips_2d(&g, true, &mut rng(s, Stream::Augment, j as u64))
+                }
                 _ => g,
             });
             grades.push(y);

@@ -80,7 +80,10 @@ impl SlidingWindow {
         if let Some(w) = self.window
             && w.contains(&0)
         {
-            return Err(Error::arg("window", format!("every size must be positive, got {w:?}")));
+            return Err(Error::arg(
+                "window",
+                format!("every size must be positive, got {w:?}"),
+            ));
         }
         Ok(())
     }
@@ -157,7 +160,10 @@ pub fn sliding_window(
         ));
     }
     if roi.contains(&0) {
-        return Err(Error::arg("window", format!("every size must be positive, got {roi:?}")));
+        return Err(Error::arg(
+            "window",
+            format!("every size must be positive, got {roi:?}"),
+        ));
     }
     let n = dims[0];
     let orig = [dims[2], dims[3], dims[4]];
@@ -225,7 +231,11 @@ pub fn sliding_window(
         }
         if out.is_empty() {
             classes = pd[1];
-            crate::memory::check(plane.saturating_mul(n * classes), 4, "the sliding-window output")?;
+            crate::memory::check(
+                plane.saturating_mul(n * classes),
+                4,
+                "the sliding-window output",
+            )?;
             out = vec![0f32; n * classes * plane];
         } else if pd[1] != classes {
             return Err(Error::shape(
@@ -284,7 +294,11 @@ fn add_window(
 
 /// The window a UNet can take: the requested one, else `default`; every size a multiple of
 /// `2^depth` and at least the encoder's smallest input.
-pub fn unet_window(net: &UNet3d, window: Option<[usize; 3]>, default: Option<[usize; 3]>) -> Result<[usize; 3]> {
+pub fn unet_window(
+    net: &UNet3d,
+    window: Option<[usize; 3]>,
+    default: Option<[usize; 3]>,
+) -> Result<[usize; 3]> {
     let w = window.or(default).ok_or_else(|| {
         Error::arg(
             "window",
@@ -316,7 +330,10 @@ pub fn segment_probabilities(
     dev: &Device,
 ) -> Result<Tensor> {
     let (d, h, w) = image.dims3().map_err(|_| {
-        Error::shape("segment", format!("expected an image [x, y, z], got {:?}", image.dims()))
+        Error::shape(
+            "segment",
+            format!("expected an image [x, y, z], got {:?}", image.dims()),
+        )
     })?;
     let x = image.to_dtype(DType::F32)?.reshape((1, 1, d, h, w))?;
     let mut predict = |t: &Tensor| -> Result<Tensor> {
@@ -364,7 +381,15 @@ pub fn segment_case(
 ) -> Result<Volume> {
     let window = unet_window(net, cfg.window, set.shape())?;
     let source = Volume::load(set.source(i)?)?;
-    segment_prepared(net, &set.image(i)?, &set.geometry(i)?, &source, window, cfg, dev)
+    segment_prepared(
+        net,
+        &set.image(i)?,
+        &set.geometry(i)?,
+        &source,
+        window,
+        cfg,
+        dev,
+    )
 }
 
 /// Segments any NIfTI file, preprocessed as the set's cases (a new case): a u8 label map with
@@ -378,7 +403,15 @@ pub fn segment_file(
 ) -> Result<Volume> {
     let window = unet_window(net, cfg.window, set.shape())?;
     let (source, prepared) = set.prepare_file(path)?;
-    segment_prepared(net, &prepared.image, &prepared.geometry, &source, window, cfg, dev)
+    segment_prepared(
+        net,
+        &prepared.image,
+        &prepared.geometry,
+        &source,
+        window,
+        cfg,
+        dev,
+    )
 }
 
 /// A prepared-space tensor back in case `i`'s original geometry: class scores `[K, x, y, z]`
@@ -400,13 +433,19 @@ pub fn to_original(set: &NiftiFolderSet, i: usize, t: &Tensor) -> Result<Volume>
         }
         (3, DType::U8) => {
             let v: Vec<u8> = t.flatten_all()?.to_vec1()?;
-            let l: Vec<f32> = g.label_map_to_original(&v)?.into_iter().map(f32::from).collect();
+            let l: Vec<f32> = g
+                .label_map_to_original(&v)?
+                .into_iter()
+                .map(f32::from)
+                .collect();
             source.with_labels(&Tensor::from_vec(l, shape, &Device::Cpu)?)
         }
         (3, _) => {
             let v: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
             let o = g.to_original(&v, Interp::Linear, 0.0)?;
-            Ok(source.with_tensor(&Tensor::from_vec(o, shape, &Device::Cpu)?)?.as_float())
+            Ok(source
+                .with_tensor(&Tensor::from_vec(o, shape, &Device::Cpu)?)?
+                .as_float())
         }
         _ => Err(Error::shape(
             "to_original",

@@ -93,7 +93,11 @@ impl Confusion {
                 let truth: u64 = self.counts[c].iter().sum();
                 let pred: u64 = self.counts.iter().map(|r| r[c]).sum();
                 let denom = (truth + pred) as f64;
-                if denom == 0.0 { empty } else { 2.0 * tp / denom }
+                if denom == 0.0 {
+                    empty
+                } else {
+                    2.0 * tp / denom
+                }
             })
             .collect()
     }

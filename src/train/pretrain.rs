@@ -151,12 +151,7 @@ pub struct PretrainPlan {
 impl PretrainOptions {
     /// The configurations for `task` on volumes or images (`planar`); `master_seed` stands in
     /// for an unset `seed`.
-    pub fn resolve(
-        &self,
-        task: Task,
-        planar: bool,
-        master_seed: u64,
-    ) -> Result<PretrainPlan> {
+    pub fn resolve(&self, task: Task, planar: bool, master_seed: u64) -> Result<PretrainPlan> {
         let seed = self.seed.unwrap_or(master_seed);
         let paper = PretrainConfig::paper(planar);
         let mut adam = AdamConfig::with_lr(self.lr.unwrap_or(paper.adam.lr));
@@ -173,14 +168,8 @@ impl PretrainOptions {
             steps: self.steps,
         };
         train.validate()?;
-        let backbone = match BackboneConfig::of(
-            planar,
-            &self.unet,
-            &self.densenet,
-        ) {
-            BackboneConfig::Unet(u) => {
-                BackboneConfig::Unet(UNet3dConfig { seed, ..u })
-            }
+        let backbone = match BackboneConfig::of(planar, &self.unet, &self.densenet) {
+            BackboneConfig::Unet(u) => BackboneConfig::Unet(UNet3dConfig { seed, ..u }),
             other => other,
         };
         Ok(PretrainPlan {
@@ -449,7 +438,11 @@ fn pretrain(
     for epoch in 1..=epochs {
         let start = Instant::now();
         let e = epoch as u64;
-        let mut plan = batches(&train_ids, bs, Some(derive(cfg.seed, Stream::EpochOrder, e)));
+        let mut plan = batches(
+            &train_ids,
+            bs,
+            Some(derive(cfg.seed, Stream::EpochOrder, e)),
+        );
         if let Some(n) = cfg.steps_per_epoch {
             plan.truncate(n.max(1));
         }
@@ -554,10 +547,19 @@ fn first_non_finite(store: &ParamStore) -> Result<Option<(String, f64)>> {
     for (name, v) in store.trainable("") {
         let t = v.as_tensor();
         // 0·x is 0 for finite values and NaN for NaN and ±inf.
-        let s = (t * 0.0)?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let s = (t * 0.0)?
+            .sum_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
         if !s.is_finite() {
-            let vals = t.flatten_all()?.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
-            let bad = vals.into_iter().find(|x| !x.is_finite()).unwrap_or(f64::NAN);
+            let vals = t
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_vec1::<f64>()?;
+            let bad = vals
+                .into_iter()
+                .find(|x| !x.is_finite())
+                .unwrap_or(f64::NAN);
             return Ok(Some((name, bad)));
         }
     }

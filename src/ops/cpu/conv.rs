@@ -486,23 +486,28 @@ pub fn weight_grad<T: Real>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
         let runs: Vec<(usize, usize)> = (0..g.n)
             .flat_map(|n| (0..p).step_by(POINTWISE_WGRAD_COLS).map(move |j| (n, j)))
             .collect();
-        return ordered_sum(&runs, g.o * g.c, || (), |_, acc: &mut [T], &(n, j)| {
-            let cols = POINTWISE_WGRAD_COLS.min(p - j);
-            // SAFETY: acc is [o, c]; dy[n] is [o, p]; x[n] is [c, p] read as its transpose;
-            // the run covers columns j..j+cols of both.
-            unsafe {
-                matmul(
-                    (g.o, g.c, cols),
-                    acc.as_mut_ptr(),
-                    (g.c, 1),
-                    true,
-                    dy.as_ptr().add(n * g.o * p + j),
-                    (p, 1),
-                    x.as_ptr().add(n * g.c * p + j),
-                    (1, p),
-                );
-            }
-        });
+        return ordered_sum(
+            &runs,
+            g.o * g.c,
+            || (),
+            |_, acc: &mut [T], &(n, j)| {
+                let cols = POINTWISE_WGRAD_COLS.min(p - j);
+                // SAFETY: acc is [o, c]; dy[n] is [o, p]; x[n] is [c, p] read as its transpose;
+                // the run covers columns j..j+cols of both.
+                unsafe {
+                    matmul(
+                        (g.o, g.c, cols),
+                        acc.as_mut_ptr(),
+                        (g.c, 1),
+                        true,
+                        dy.as_ptr().add(n * g.o * p + j),
+                        (p, 1),
+                        x.as_ptr().add(n * g.c * p + j),
+                        (1, p),
+                    );
+                }
+            },
+        );
     }
     let xp = pad(x, g.n * g.c, g);
     let (lp, wo) = (g.phased_len(), g.out()[2]);

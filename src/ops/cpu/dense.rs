@@ -366,7 +366,12 @@ pub fn forward<T: Real>(
 /// The backward pass of a training-mode forward: from the parameters `p`, the output gradient
 /// `dy [n, c_total, h, w]` and the forward's `state` (kept), the input gradient
 /// `[n, c0, h, w]` and the packed parameter gradient.
-pub fn backward<T: Real>(p: &[T], dy: &[T], g: &BlockGeom, state: &BlockState<T>) -> (Vec<T>, Vec<T>) {
+pub fn backward<T: Real>(
+    p: &[T],
+    dy: &[T],
+    g: &BlockGeom,
+    state: &BlockState<T>,
+) -> (Vec<T>, Vec<T>) {
     assert_eq!(
         state.h.len(),
         g.layers,

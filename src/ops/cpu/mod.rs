@@ -53,11 +53,11 @@ pub mod conv;
 pub mod dense;
 #[cfg(target_arch = "x86_64")]
 mod direct;
-#[cfg(target_arch = "x86_64")]
-mod strided;
 pub mod norm;
 pub mod pool;
 pub mod resample;
+#[cfg(target_arch = "x86_64")]
+mod strided;
 
 use std::cell::Cell;
 
@@ -294,7 +294,9 @@ pub(crate) fn ordered_sum<T: Real, I: Sync, S>(
     scratch: impl Fn() -> S + Sync,
     add: impl Fn(&mut S, &mut [T], &I) + Sync,
 ) -> Vec<T> {
-    let groups = (PARTIAL_ELEMS / len.max(1)).clamp(1, 16).min(items.len().max(1));
+    let groups = (PARTIAL_ELEMS / len.max(1))
+        .clamp(1, 16)
+        .min(items.len().max(1));
     let per = items.len().div_ceil(groups).max(1);
     let mut parts: Vec<Vec<T>> = items
         .par_chunks(per)

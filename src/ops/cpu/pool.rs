@@ -56,7 +56,13 @@ impl PoolGeom {
 }
 
 /// The clipped window `[start, end)` of every output index along one axis.
-fn axis_windows(n_in: usize, k: usize, stride: usize, pad: usize, n_out: usize) -> Vec<(usize, usize)> {
+fn axis_windows(
+    n_in: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    n_out: usize,
+) -> Vec<(usize, usize)> {
     (0..n_out)
         .map(|o| {
             let start = (o * stride) as isize - pad as isize;
@@ -70,13 +76,7 @@ fn axis_windows(n_in: usize, k: usize, stride: usize, pad: usize, n_out: usize) 
 fn windows(g: &PoolGeom) -> [Vec<(usize, usize)>; 3] {
     let out = g.out();
     std::array::from_fn(|i| {
-        axis_windows(
-            g.input[i],
-            g.kernel[i],
-            g.stride[i],
-            g.padding[i],
-            out[i],
-        )
+        axis_windows(g.input[i], g.kernel[i], g.stride[i], g.padding[i], out[i])
     })
 }
 
@@ -199,7 +199,10 @@ pub fn max_forward_indexed<T: Real>(x: &[T], g: &PoolGeom) -> (Vec<T>, Vec<u32>)
 pub fn max_backward<T: Real>(x: &[T], dy: &[T], g: &PoolGeom) -> Vec<T> {
     let mut dx = vec![T::zero(); g.planes * g.in_len()];
     dx.par_chunks_mut(g.in_len().max(1))
-        .zip(x.par_chunks(g.in_len().max(1)).zip(dy.par_chunks(g.out_len().max(1))))
+        .zip(
+            x.par_chunks(g.in_len().max(1))
+                .zip(dy.par_chunks(g.out_len().max(1))),
+        )
         .for_each(|(dxp, (xp, dyp))| {
             let mut idx = vec![0u32; dyp.len()];
             let mut scratch = vec![T::zero(); dyp.len()];
@@ -215,7 +218,10 @@ pub fn max_backward<T: Real>(x: &[T], dy: &[T], g: &PoolGeom) -> Vec<T> {
 pub fn max_backward_indexed<T: Real>(idx: &[u32], dy: &[T], g: &PoolGeom) -> Vec<T> {
     let mut dx = vec![T::zero(); g.planes * g.in_len()];
     dx.par_chunks_mut(g.in_len().max(1))
-        .zip(idx.par_chunks(g.out_len().max(1)).zip(dy.par_chunks(g.out_len().max(1))))
+        .zip(
+            idx.par_chunks(g.out_len().max(1))
+                .zip(dy.par_chunks(g.out_len().max(1))),
+        )
         .for_each(|(dxp, (ip, dyp))| {
             for (&i, &d) in ip.iter().zip(dyp) {
                 dxp[i as usize] += d;
@@ -251,7 +257,12 @@ fn avg_plane_imp<T: Real>(xp: &[T], g: &PoolGeom, win: &[Vec<(usize, usize)>; 3]
 
 /// The gradient of [`avg_plane_imp`] for one plane.
 #[inline(always)]
-fn avg_plane_grad_imp<T: Real>(dyp: &[T], g: &PoolGeom, win: &[Vec<(usize, usize)>; 3], dxp: &mut [T]) {
+fn avg_plane_grad_imp<T: Real>(
+    dyp: &[T],
+    g: &PoolGeom,
+    win: &[Vec<(usize, usize)>; 3],
+    dxp: &mut [T],
+) {
     let [_, h, w] = g.input;
     let scale = T::one() / T::from(g.kernel.iter().product::<usize>()).expect("window size");
     let mut i = 0;

@@ -78,7 +78,8 @@ pub(crate) fn forward(x: &[f32], w: &[f32], g: &Geom) -> Vec<f32> {
     for o in 0..g.o {
         for c in 0..g.c {
             for t in 0..taps {
-                packed[(((o / RO) * g.c + c) * taps + t) * RO + o % RO] = w[(o * g.c + c) * taps + t];
+                packed[(((o / RO) * g.c + c) * taps + t) * RO + o % RO] =
+                    w[(o * g.c + c) * taps + t];
             }
         }
     }
