@@ -5,6 +5,12 @@ use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The terminal display that every bar is drawn in.
+fn terminal() -> &'static indicatif::MultiProgress {
+    static DISPLAY: std::sync::OnceLock<indicatif::MultiProgress> = std::sync::OnceLock::new();
+    DISPLAY.get_or_init(indicatif::MultiProgress::new)
+}
+
 /// A progress display: a bar on a terminal, plain lines (at most every 2 s) otherwise.
 #[derive(Clone)]
 pub struct Progress(Arc<Mutex<ProgressInner>>);
@@ -32,7 +38,9 @@ impl Progress {
                 .progress_chars("=> "),
             );
             b.set_prefix(label.to_string());
-            b
+            // One display for every bar, so that bars of work running side by side (a sweep's
+            // concurrent cells) each keep their own line.
+            terminal().add(b)
         });
         Progress(Arc::new(Mutex::new(ProgressInner {
             bar,

@@ -1,7 +1,8 @@
 //! Same seed, same result, bit for bit, at any thread count: every pretext task (five 3D, five
-//! 2D) pretrained, and one finetuning cell of each kind, run three times through the CLI
-//! (twice at 2 threads, once at 1, each generating its own synthetic data) give identical
-//! checkpoints, metrics and logs (timings aside).
+//! 2D) pretrained, and one finetuning cell of each kind, alone and beside another cell
+//! (`finetune_many`), run three times through the CLI (twice at 2 threads, once at 1, each
+//! generating its own synthetic data) give identical checkpoints, metrics and logs (timings
+//! aside).
 
 mod common;
 use std::collections::BTreeMap;
@@ -86,8 +87,19 @@ fn every_task_and_finetuning_cell_is_bit_identical_at_one_and_two_threads() {
         .keys()
         .filter(|k| k.ends_with(".safetensors"))
         .count();
-    // Best and last of ten pretrainings, and the two finetuned models.
-    assert_eq!(checkpoints, 22, "{:?}", runs[0].keys().collect::<Vec<_>>());
+    // Best and last of ten pretrainings, the two finetuned models, and the four of the
+    // finetune_many calls.
+    assert_eq!(checkpoints, 26, "{:?}", runs[0].keys().collect::<Vec<_>>());
+    // A cell run beside another (two at once at 2 threads) is the cell run alone.
+    for run in &runs {
+        assert!(run["seg.safetensors"] == run["seg-many-0.safetensors"]);
+        assert!(run["grade.safetensors"] == run["grade-many-0.safetensors"]);
+        assert!(run["seg.safetensors"] != run["seg-many-1.safetensors"]);
+        let m: serde_json::Value = serde_json::from_slice(&run["metrics.json"]).unwrap();
+        for key in ["dice", "soft", "losses", "qwk", "accuracy", "glosses"] {
+            assert_eq!(m[key], m["many"][key], "{key}");
+        }
+    }
     for (i, other) in runs.iter().enumerate().skip(1) {
         assert_eq!(
             runs[0].keys().collect::<Vec<_>>(),

@@ -248,7 +248,71 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
         move |data: FundusSet, m: Map| grading(&s, &data, &m),
     )
     .options::<GradingOptions>();
+    let s = state.clone();
+    d.func(
+        "finetune_many",
+        "finetune_many(data: PancreasSet | NiftiFolderSet | FundusSet, cells: Array) -> Array",
+        "Finetunes several cells, each an options map as finetune_segmentation (volumes) or finetune_grading (photographs) takes, cells_at_once() at a time, and returns their results in the cells' order. Every cell's options are checked before any runs; each result equals the one-at-a-time call's.",
+        move |data: Dynamic, cells: Array| finetune_many(&s, &data, &cells),
+    );
+    let s = state.clone();
+    d.func(
+        "cells_at_once",
+        "cells_at_once() -> INT",
+        "How many cells finetune_many runs at once: one per thread on the CPU (RAYON_NUM_THREADS, else the cores; `run --jobs N` gives each shard its share), one on a GPU.",
+        move || Ok(crate::train::concurrent::at_once(&s.device()) as INT),
+    );
     d
+}
+
+/// The cells of [`finetune_many`], each options map checked before any runs.
+fn finetune_many(state: &HostState, data: &Dynamic, cells: &Array) -> RResult<Array> {
+    let maps = cells
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            c.clone().try_cast::<Map>().ok_or_else(|| {
+                rt_err(format!(
+                    "finetune_many: cells[{i}]: expected an options map, got {}",
+                    c.type_name()
+                ))
+            })
+        })
+        .collect::<RResult<Vec<Map>>>()?;
+    let in_cell =
+        |i: usize, e: Box<rhai::EvalAltResult>| rt_err(format!("finetune_many: cells[{i}]: {e}"));
+    type Run<'a> = Box<dyn Fn(&Map) -> RResult<Map> + Sync + 'a>;
+    let (what, run): (&str, Run) = if let Some(set) = data.clone().try_cast::<PancreasSet>() {
+        let run = move |m: &Map| segmentation(state, &set, m);
+        ("finetune_segmentation", Box::new(run))
+    } else if let Some(set) = data.clone().try_cast::<NiftiFolderSet>() {
+        let run = move |m: &Map| segmentation(state, &set, m);
+        ("finetune_segmentation", Box::new(run))
+    } else if let Some(set) = data.clone().try_cast::<FundusSet>() {
+        let run = move |m: &Map| grading(state, &set, m);
+        ("finetune_grading", Box::new(run))
+    } else {
+        return Err(rt_err(format!(
+            "finetune_many: data: expected a PancreasSet, a NiftiFolderSet or a FundusSet, got {}",
+            data.type_name()
+        )));
+    };
+    for (i, m) in maps.iter().enumerate() {
+        let checked = if what == "finetune_segmentation" {
+            options::parse::<SegmentationOptions>(what, m).map(drop)
+        } else {
+            options::parse::<GradingOptions>(what, m).map(drop)
+        };
+        checked.map_err(|e| in_cell(i, e))?;
+    }
+    let at_once = crate::train::concurrent::at_once(&state.device());
+    let indexed: Vec<(usize, Map)> = maps.into_iter().enumerate().collect();
+    crate::train::concurrent::run_each(indexed, at_once, |(i, m)| {
+        run(&m).map(Dynamic::from).map_err(|e| in_cell(i, e))
+    })
+    .rt()?
+    .into_iter()
+    .collect()
 }
 
 /// A finished run's report, when `out` holds one for the same configuration.

@@ -1,6 +1,7 @@
 //! Training: losses, metrics, the optimiser with per-tensor clipping, the pretraining and
 //! finetuning loops, and inference (sliding windows, labels in the original geometry).
 
+pub mod concurrent;
 pub mod finetune;
 pub mod infer;
 pub mod loss;
