@@ -45,6 +45,7 @@ fn schedule(epochs: usize, warmup: usize, bs: usize, lr: f64) -> Schedule {
         steps: None,
         warmup_steps: 0,
         lr_schedule: Default::default(),
+        files: Default::default(),
     }
 }
 

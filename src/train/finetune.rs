@@ -4,7 +4,7 @@
 //! pretext checkpoint's encoder or from scratch, train some warm-up epochs with the encoder
 //! frozen (its BatchNorm in inference mode), then everything under a fresh Adam.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{D, DType, Device, Tensor};
@@ -13,6 +13,8 @@ use super::loss::{DiceVariant, binary_cross_entropy, cross_entropy, dice_loss, o
 use super::metrics::{AbsentClass, Confusion, SoftDice, grade_scores};
 use super::optim::{Adam, AdamConfig};
 use super::pretrain::batches;
+use crate::error::FileContext;
+use crate::nn::dropout::Generators;
 use crate::nn::{
     DenseNet, DenseNetConfig, Encoded, GlobalPool, LoadOptions, LoadReport, MlpHead, MlpHeadConfig,
     Mode, ParamStore, UNet3d, UNet3dConfig,
@@ -120,6 +122,21 @@ pub struct Schedule {
     /// How the learning rate changes over the run.
     #[serde(default)]
     pub lr_schedule: LrSchedule,
+    /// Where the run's state and log go.
+    #[serde(default)]
+    pub files: FitFiles,
+}
+
+/// The files a finetuning run keeps while it trains.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FitFiles {
+    /// Where to save the training state at the end of an epoch (a rerun resumes from it), if
+    /// anywhere; removed when the run finishes.
+    pub state: Option<PathBuf>,
+    /// Seconds between two saves of the state (0: every epoch).
+    pub state_every: f64,
+    /// Where to write one JSON line per epoch, if anywhere.
+    pub log: Option<PathBuf>,
 }
 
 /// How the learning rate changes over a run of `T` optimiser steps (step `t` from 0).
@@ -275,7 +292,24 @@ pub struct FinetuneOptions {
     pub warmup_steps: usize,
     /// The learning-rate schedule over the run ("constant" as O, or decay to 0).
     pub lr_schedule: LrSchedule,
+    /// Where to save the training state at the end of an epoch (at most every `state_every`
+    /// seconds), so that a rerun with the same options resumes there and ends bit-identical;
+    /// removed when the run finishes. () = not saved.
+    pub state: Option<PathBuf>,
+    /// Seconds between two saves of the state (0: every epoch).
+    #[schemars(default = "default_state_every")]
+    pub state_every: Option<f64>,
+    /// Where to write one JSON line per epoch (epoch, loss, learning rate, steps, seconds);
+    /// () = no log.
+    pub log: Option<PathBuf>,
 }
+
+fn default_state_every() -> f64 {
+    DEFAULT_STATE_EVERY
+}
+
+/// Seconds between two saves of a finetuning run's state, unless `state_every` says otherwise.
+const DEFAULT_STATE_EVERY: f64 = 60.0;
 
 impl FinetuneOptions {
     /// The encoder's initialisation.
@@ -340,6 +374,11 @@ impl FinetuneOptions {
             steps: self.steps,
             warmup_steps: self.warmup_steps,
             lr_schedule: self.lr_schedule,
+            files: FitFiles {
+                state: self.state.clone(),
+                state_every: self.state_every.unwrap_or(DEFAULT_STATE_EVERY),
+                log: self.log.clone(),
+            },
         };
         s.validate()?;
         Ok(s)
@@ -475,6 +514,7 @@ impl SegmentationConfig {
                 steps: None,
                 warmup_steps: 0,
                 lr_schedule: LrSchedule::Constant,
+                files: FitFiles::default(),
             },
             dice: DiceVariant::Batch,
             absent: AbsentClass::Zero,
@@ -595,6 +635,24 @@ fn load_encoder(
     }
 }
 
+/// What decides a finetuning run besides its files: the configuration, the encoder's
+/// initialisation and the training items.
+fn run_identity(
+    cfg: &impl serde::Serialize,
+    init: &EncoderInit,
+    train_ids: &[usize],
+) -> Result<serde_json::Value> {
+    let mut config = serde_json::to_value(cfg).map_err(Error::msg)?;
+    if let Some(s) = config.get_mut("schedule").and_then(|s| s.as_object_mut()) {
+        s.remove("files");
+    }
+    let init = match init {
+        EncoderInit::Random => serde_json::Value::Null,
+        EncoderInit::Checkpoint(p) => p.display().to_string().into(),
+    };
+    Ok(serde_json::json!({ "config": config, "init": init, "train": train_ids }))
+}
+
 /// An empty test set would report a perfect score (every Dice of nothing is 1): refuse it.
 fn require_test_items(test_ids: &[usize]) -> Result<()> {
     if test_ids.is_empty() {
@@ -606,15 +664,37 @@ fn require_test_items(test_ids: &[usize]) -> Result<()> {
     Ok(())
 }
 
+/// The model a run trains: its parameters, dropout generators and description.
+struct Trained<'a> {
+    store: &'a ParamStore,
+    dropouts: &'a Generators,
+    /// What the model is (saved with it, so that it can be rebuilt for inference).
+    model: serde_json::Value,
+    /// Everything else that decides the run (configuration, initialisation): a saved state
+    /// is resumed only by the same run.
+    run: serde_json::Value,
+}
+
+/// One line of a finetuning run's log.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct FitEpoch {
+    epoch: usize,
+    loss: f64,
+    lr: f64,
+    steps: usize,
+    frozen: bool,
+    seconds: f64,
+}
+
 /// Runs the schedule: `loss(batch ids, epoch seed, frozen)` gives a batch's loss.
 fn fit(
-    store: &ParamStore,
+    trained: &Trained,
     sched: &Schedule,
     train_ids: &[usize],
-    model: serde_json::Value,
     mut loss: impl FnMut(&[usize], u64, bool) -> Result<Tensor>,
     on_epoch: &mut dyn FnMut(usize, f64),
 ) -> Result<FitLog> {
+    let store = trained.store;
     if train_ids.is_empty() {
         return Err(Error::arg(
             "train",
@@ -629,11 +709,37 @@ fn fit(
     }
     let start = Instant::now();
     let (total, warmup) = sched.budget(train_ids.len());
+    let mut log = FitLog::default();
+    let mut t = 0;
+    let mut epoch = 0;
+    let mut seconds_before = 0.0;
+    let saved = match &sched.files.state {
+        Some(path) => super::resume::Saved::read(path, &trained.run)?,
+        None => None,
+    };
+    if let Some(saved) = &saved {
+        saved.restore_model(store, trained.dropouts)?;
+        let b = saved.bookkeeping();
+        epoch = saved.epoch()?;
+        t = b["steps"].as_u64().unwrap_or(0) as usize;
+        log.losses = serde_json::from_value(b["losses"].clone()).map_err(Error::msg)?;
+        seconds_before = b["seconds"].as_f64().unwrap_or(0.0);
+        eprintln!(
+            "finetune: resuming from {} at step {} of {total}",
+            sched
+                .files
+                .state
+                .as_deref()
+                .unwrap_or(Path::new(""))
+                .display(),
+            t + 1
+        );
+    }
     // O: the warm-up optimiser sees only what is not the encoder, and a fresh one takes over
     // everything afterwards. S: one optimiser over everything throughout (the frozen encoder
     // simply has no gradients while frozen).
     let all = || Adam::new(store.trainable(""), sched.adam);
-    let mut opt = if warmup > 0 && sched.fresh_optimizer {
+    let mut opt = if warmup > 0 && sched.fresh_optimizer && t <= warmup {
         let rest = store
             .trainable("")
             .into_iter()
@@ -643,9 +749,14 @@ fn fit(
     } else {
         all()?
     };
-    let mut log = FitLog::default();
-    let mut t = 0;
-    let mut epoch = 0;
+    if let Some(saved) = &saved {
+        saved.restore_optimiser(&mut opt)?;
+    }
+    let mut epoch_log = match &sched.files.log {
+        Some(path) => Some(EpochLog::open(path, epoch)?),
+        None => None,
+    };
+    let mut last_save = Instant::now();
     while t < total {
         let e = epoch as u64;
         let order = derive(sched.seed, Stream::EpochOrder, e);
@@ -654,8 +765,21 @@ fn fit(
             plan.truncate(n.max(1));
         }
         plan.truncate(total - t);
+        let epoch_start = Instant::now();
         let mut sum = 0.0;
         for (step, ids) in plan.iter().enumerate() {
+            crate::stop::check(|| {
+                format!(
+                    "finetuning epoch {}, step {}{}",
+                    epoch + 1,
+                    step + 1,
+                    if sched.files.state.is_some() {
+                        " (a rerun resumes from the last saved state)"
+                    } else {
+                        ""
+                    }
+                )
+            })?;
             if t == warmup && warmup > 0 && sched.fresh_optimizer {
                 opt = all()?;
             }
@@ -679,18 +803,96 @@ fn fit(
         let mean = sum / plan.len().max(1) as f64;
         log.losses.push(mean);
         epoch += 1;
+        if let Some(l) = epoch_log.as_mut() {
+            l.write(&FitEpoch {
+                epoch,
+                loss: mean,
+                lr: opt.config().lr,
+                steps: t,
+                frozen: t <= warmup && warmup > 0,
+                seconds: epoch_start.elapsed().as_secs_f64(),
+            })?;
+        }
+        if let Some(path) = &sched.files.state
+            && t < total
+            && last_save.elapsed().as_secs_f64() >= sched.files.state_every
+        {
+            super::resume::Snapshot {
+                run: &trained.run,
+                epoch,
+                store,
+                optimiser: &opt,
+                dropouts: trained.dropouts,
+                bookkeeping: serde_json::json!({
+                    "steps": t, "losses": log.losses,
+                    "seconds": seconds_before + start.elapsed().as_secs_f64(),
+                }),
+            }
+            .save(path)?;
+            last_save = Instant::now();
+        }
         on_epoch(epoch, mean);
     }
-    log.train_seconds = start.elapsed().as_secs_f64();
+    log.train_seconds = seconds_before + start.elapsed().as_secs_f64();
     if let Some(path) = &sched.save {
         let mut manifest =
             serde_json::json!({"finetuned": true, "steps": total, "seed": sched.seed});
-        if let (Some(m), serde_json::Value::Object(extra)) = (manifest.as_object_mut(), model) {
+        if let (Some(m), serde_json::Value::Object(extra)) =
+            (manifest.as_object_mut(), trained.model.clone())
+        {
             m.extend(extra);
         }
         store.save(path, &manifest)?;
     }
+    if let Some(path) = &sched.files.state {
+        // Finished: nothing is left to resume.
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::file(path, e));
+            }
+            _ => {}
+        }
+    }
     Ok(log)
+}
+
+/// A finetuning run's JSONL log, opened to continue after `epochs` lines.
+struct EpochLog {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl EpochLog {
+    fn open(path: &Path, epochs: usize) -> Result<EpochLog> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_file(dir)?;
+        }
+        // Keep the lines of the epochs a resumed run has done, drop any later one.
+        let kept: String = match std::fs::read_to_string(path) {
+            Ok(text) if epochs > 0 => text
+                .lines()
+                .take(epochs)
+                .map(|l| format!("{l}\n"))
+                .collect(),
+            _ => String::new(),
+        };
+        crate::io::write_atomic(path, kept.as_bytes())?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .with_file(path)?;
+        Ok(EpochLog {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn write(&mut self, e: &FitEpoch) -> Result<()> {
+        use std::io::Write;
+        let line = serde_json::to_string(e).map_err(Error::msg)?;
+        writeln!(self.file, "{line}").with_file(&self.path)?;
+        self.file.flush().with_file(&self.path)
+    }
 }
 
 fn seg_batch(
@@ -738,19 +940,26 @@ pub fn finetune_segmentation(
         ..cfg.unet
     };
     let store = ParamStore::new(derive(cfg.schedule.seed, Stream::Init, 0));
-    let net = UNet3d::new(&unet, store.builder(DType::F32, dev))?;
+    let (net, dropouts) =
+        crate::nn::dropout::collect(|| UNet3d::new(&unet, store.builder(DType::F32, dev)));
+    let net = net?;
     let load = load_encoder(
         &store,
         init,
         ("unet", serde_json::to_value(unet).map_err(Error::msg)?),
     )?;
     let freeze_bn = cfg.schedule.freeze_bn;
+    let trained = Trained {
+        store: &store,
+        dropouts: &dropouts,
+        // What a finetuned segmentation model is, so that it can be rebuilt for inference.
+        model: serde_json::json!({"model": "unet3d", "unet": unet}),
+        run: run_identity(cfg, init, train_ids)?,
+    };
     let mut log = fit(
-        &store,
+        &trained,
         &cfg.schedule,
         train_ids,
-        // What a finetuned segmentation model is, so that it can be rebuilt for inference.
-        serde_json::json!({"model": "unet3d", "unet": unet}),
         |ids, _seed, frozen| {
             let (x, y) = seg_batch(src, ids, unet.classes, dev)?;
             let logits = if frozen {
@@ -891,6 +1100,7 @@ impl ClassificationConfig {
                 steps: None,
                 warmup_steps: 0,
                 lr_schedule: LrSchedule::Constant,
+                files: FitFiles::default(),
             },
         }
     }
@@ -932,17 +1142,21 @@ pub fn finetune_classification(
     require_test_items(test_ids)?;
     let store = ParamStore::new(derive(cfg.schedule.seed, Stream::Init, 0));
     let vb = store.builder(DType::F32, dev);
-    let net = DenseNet::new(&cfg.densenet, vb.pp("encoder"))?;
     let head_cfg = MlpHeadConfig {
         seed: cfg.schedule.seed,
         ..cfg.head.clone()
     };
-    let head = MlpHead::new(
-        cfg.densenet.feature_channels(),
-        cfg.classes,
-        &head_cfg,
-        vb.pp("head"),
-    )?;
+    let (built, dropouts) = crate::nn::dropout::collect(|| -> Result<_> {
+        let net = DenseNet::new(&cfg.densenet, vb.pp("encoder"))?;
+        let head = MlpHead::new(
+            cfg.densenet.feature_channels(),
+            cfg.classes,
+            &head_cfg,
+            vb.pp("head"),
+        )?;
+        Ok((net, head))
+    });
+    let (net, head) = built?;
     let load = load_encoder(
         &store,
         init,
@@ -974,11 +1188,16 @@ pub fn finetune_classification(
         Ok((stack(&grids, true, dev)?, grades))
     };
     let freeze_bn = cfg.schedule.freeze_bn;
+    let trained = Trained {
+        store: &store,
+        dropouts: &dropouts,
+        model: serde_json::Value::Null,
+        run: run_identity(cfg, init, train_ids)?,
+    };
     let mut log = fit(
-        &store,
+        &trained,
         &cfg.schedule,
         train_ids,
-        serde_json::Value::Null,
         |ids, seed, frozen| {
             let (x, grades) = batch(ids, Some(seed))?;
             let feats = if frozen {

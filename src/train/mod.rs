@@ -8,4 +8,5 @@ pub mod loss;
 pub mod metrics;
 pub mod optim;
 pub mod pretrain;
+pub mod resume;
 pub mod sources;

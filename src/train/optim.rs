@@ -144,6 +144,45 @@ impl Adam {
         self.t
     }
 
+    /// Each parameter's name with its first and second moment.
+    pub fn moments(&self) -> impl Iterator<Item = (&str, &Tensor, &Tensor)> {
+        self.slots.iter().map(|s| (s.name.as_str(), &s.m, &s.v))
+    }
+
+    /// Continues from a saved state: `steps` taken, and the moments of every parameter this
+    /// optimiser updates (by name; `moment(name)` gives the first and second). A parameter
+    /// missing from the state or of another shape is an error naming it.
+    pub fn restore(
+        &mut self,
+        steps: i32,
+        mut moment: impl FnMut(&str) -> Option<(Tensor, Tensor)>,
+    ) -> Result<()> {
+        for s in &mut self.slots {
+            let (m, v) = moment(&s.name).ok_or_else(|| {
+                Error::arg(
+                    "optimiser state",
+                    format!("no moments saved for parameter {}", s.name),
+                )
+            })?;
+            if m.dims() != s.var.dims() || v.dims() != s.var.dims() {
+                return Err(Error::arg(
+                    "optimiser state",
+                    format!(
+                        "the moments of {} have shape {:?}, the parameter {:?}",
+                        s.name,
+                        m.dims(),
+                        s.var.dims()
+                    ),
+                ));
+            }
+            let dev = s.var.device();
+            s.m = m.to_dtype(s.var.dtype())?.to_device(dev)?;
+            s.v = v.to_dtype(s.var.dtype())?.to_device(dev)?;
+        }
+        self.t = steps;
+        Ok(())
+    }
+
     /// Backpropagates `loss` and applies one update; a non-finite loss or gradient is an error
     /// that names it, and leaves the parameters untouched.
     pub fn backward_step(&mut self, loss: &Tensor) -> Result<f64> {
