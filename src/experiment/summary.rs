@@ -170,7 +170,10 @@ fn timings(s: &mut String, dir: &Path, rows: &[ResultRow]) -> Result<()> {
         e.1 += seconds(r, "finetune");
         e.2 += seconds(r, "eval");
     }
-    s.push_str("Finetuning and evaluation per arm:\n\n");
+    s.push_str(
+        "Finetuning and evaluation per arm (a sweep runs cells side by side, `cells_at_once()` \
+         at a time, so its wall time is less than the sum of these seconds):\n\n",
+    );
     s.push_str("| arm | cells | finetune s | eval s | s per cell |\n|---|---:|---:|---:|---:|\n");
     for (task, (n, f, e)) in &per_task {
         let _ = writeln!(

@@ -257,12 +257,66 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
     );
     let s = state.clone();
     d.func(
+        "pretrain_many",
+        "pretrain_many(data: Any, runs: Array) -> Array",
+        "Pretrains several runs, each #{task, ids, opts} as pretrain(task, data, ids, opts) takes them, cells_at_once() at a time, and returns their reports in order; every run's options are checked before any starts, and each report (and checkpoint) equals the one-at-a-time call's.",
+        move |data: Dynamic, runs: Array| pretrain_many(&s, &data, &runs),
+    );
+    let s = state.clone();
+    d.func(
         "cells_at_once",
         "cells_at_once() -> INT",
         "How many cells finetune_many runs at once: one per thread on the CPU (RAYON_NUM_THREADS, else the cores; `run --jobs N` gives each shard its share), one on a GPU.",
         move || Ok(crate::train::concurrent::at_once(&s.device()) as INT),
     );
     d
+}
+
+/// The runs of [`pretrain_many`], each `#{task, ids, opts}` checked before any starts.
+fn pretrain_many(state: &HostState, data: &Dynamic, runs: &Array) -> RResult<Array> {
+    let in_run =
+        |i: usize, e: Box<rhai::EvalAltResult>| rt_err(format!("pretrain_many: runs[{i}]: {e}"));
+    let mut jobs = Vec::with_capacity(runs.len());
+    for (i, r) in runs.iter().enumerate() {
+        let m = r.clone().try_cast::<Map>().ok_or_else(|| {
+            rt_err(format!(
+                "pretrain_many: runs[{i}]: expected #{{task, ids, opts}}, got {}",
+                r.type_name()
+            ))
+        })?;
+        let field = |k: &str| {
+            m.get(k).cloned().ok_or_else(|| {
+                rt_err(format!(
+                    "pretrain_many: runs[{i}]: `{k}` is missing (expected #{{task, ids, opts}})"
+                ))
+            })
+        };
+        let task = field("task")?.into_string().map_err(|t| {
+            rt_err(format!(
+                "pretrain_many: runs[{i}]: task must be a string, got {t}"
+            ))
+        })?;
+        let ids = field("ids")?.into_array().map_err(|t| {
+            rt_err(format!(
+                "pretrain_many: runs[{i}]: ids must be an array, got {t}"
+            ))
+        })?;
+        let opts = field("opts")?
+            .try_cast::<Map>()
+            .ok_or_else(|| rt_err(format!("pretrain_many: runs[{i}]: opts must be a map")))?;
+        options::parse::<PretrainOptions>("pretrain", &opts).map_err(|e| in_run(i, e))?;
+        Task::parse(&task).rt().map_err(|e| in_run(i, e))?;
+        jobs.push((i, task, ids, opts));
+    }
+    let at_once = crate::train::concurrent::at_once(&state.device());
+    crate::train::concurrent::run_each(jobs, at_once, |(i, task, ids, opts)| {
+        pretrain(state, &task, data, &ids, &opts)
+            .map(Dynamic::from)
+            .map_err(|e| in_run(i, e))
+    })
+    .rt()?
+    .into_iter()
+    .collect()
 }
 
 /// The cells of [`finetune_many`], each options map checked before any runs.
