@@ -231,7 +231,7 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
     d.func(
         "finetune_segmentation",
         "finetune_segmentation(data: PancreasSet | NiftiFolderSet, opts: Map) -> Map",
-        "Finetunes a UNet3D on opts.train, evaluates on opts.test: #{dice, dice_mean, soft_dice, soft_dice_mean, losses, train_seconds, eval_seconds, load}.",
+        "Finetunes a UNet3D on opts.train, evaluates on opts.test: #{dice, dice_mean, soft_dice, soft_dice_mean, losses, validation (per epoch, with opts.val), train_seconds, eval_seconds, load}.",
         move |data: PancreasSet, m: Map| segmentation(&s, &data, &m),
     )
     .options::<SegmentationOptions>();
@@ -244,7 +244,7 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
     d.func(
         "finetune_grading",
         "finetune_grading(data: FundusSet, opts: Map) -> Map",
-        "Finetunes a DenseNet grader on opts.train, evaluates on opts.test: #{qwk, accuracy, confusion, undecodable, scored, undecodable_excluded, losses, train_seconds, eval_seconds, load}. undecodable counts test images whose cumulative outputs decode to -1 (none above 0.5); qwk, accuracy and confusion leave them out (undecodable_excluded: true), as O does; scored is the number they count.",
+        "Finetunes a DenseNet grader on opts.train, evaluates on opts.test: #{qwk, accuracy, confusion, undecodable, scored, undecodable_excluded, losses, validation (per epoch, with opts.val), train_seconds, eval_seconds, load}. undecodable counts test images whose cumulative outputs decode to -1 (none above 0.5); qwk, accuracy and confusion leave them out (undecodable_excluded: true), as O does; scored is the number they count.",
         move |data: FundusSet, m: Map| grading(&s, &data, &m),
     )
     .options::<GradingOptions>();
@@ -521,6 +521,10 @@ fn common(
     load: &Option<crate::nn::LoadReport>,
 ) -> RResult<()> {
     out.insert("losses".into(), rhai::serde::to_dynamic(&log.losses)?);
+    out.insert(
+        "validation".into(),
+        rhai::serde::to_dynamic(&log.validation)?,
+    );
     out.insert("train_seconds".into(), log.train_seconds.into());
     out.insert("eval_seconds".into(), log.eval_seconds.into());
     out.insert(

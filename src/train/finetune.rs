@@ -4,6 +4,7 @@
 //! pretext checkpoint's encoder or from scratch, train some warm-up epochs with the encoder
 //! frozen (its BatchNorm in inference mode), then everything under a fresh Adam.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -122,6 +123,9 @@ pub struct Schedule {
     /// How the learning rate changes over the run.
     #[serde(default)]
     pub lr_schedule: LrSchedule,
+    /// Items scored after every epoch (none: no validation).
+    #[serde(default)]
+    pub validation: Vec<usize>,
     /// Where the run's state and log go.
     #[serde(default)]
     pub files: FitFiles,
@@ -299,9 +303,13 @@ pub struct FinetuneOptions {
     /// Seconds between two saves of the state (0: every epoch).
     #[schemars(default = "default_state_every")]
     pub state_every: Option<f64>,
-    /// Where to write one JSON line per epoch (epoch, loss, learning rate, steps, seconds);
-    /// () = no log.
+    /// Where to write one JSON line per epoch (epoch, loss, learning rate, steps, seconds,
+    /// and the validation metrics); () = no log.
     pub log: Option<PathBuf>,
+    /// Validation items (indices, disjoint from `train` and `test`) scored after every epoch:
+    /// `val_dice_mean` / `val_qwk` and `val_accuracy` in the log and the result's
+    /// `validation`. [] = none.
+    pub val: Vec<usize>,
 }
 
 fn default_state_every() -> f64 {
@@ -349,6 +357,17 @@ impl FinetuneOptions {
                 format!("items {shared:?} are both training and test items"),
             ));
         }
+        let train: std::collections::BTreeSet<usize> = self.train.iter().copied().collect();
+        if let Some(i) = self
+            .val
+            .iter()
+            .find(|i| train.contains(i) || test.contains(i))
+        {
+            return Err(Error::arg(
+                "val",
+                format!("item {i} is a validation item and also a training or test item"),
+            ));
+        }
         let mut adam = AdamConfig {
             lr: self.lr.unwrap_or(paper.adam.lr),
             ..paper.adam
@@ -374,6 +393,7 @@ impl FinetuneOptions {
             steps: self.steps,
             warmup_steps: self.warmup_steps,
             lr_schedule: self.lr_schedule,
+            validation: self.val.clone(),
             files: FitFiles {
                 state: self.state.clone(),
                 state_every: self.state_every.unwrap_or(DEFAULT_STATE_EVERY),
@@ -514,6 +534,7 @@ impl SegmentationConfig {
                 steps: None,
                 warmup_steps: 0,
                 lr_schedule: LrSchedule::Constant,
+                validation: Vec::new(),
                 files: FitFiles::default(),
             },
             dice: DiceVariant::Batch,
@@ -527,6 +548,9 @@ impl SegmentationConfig {
 pub struct FitLog {
     /// Mean training loss of each epoch.
     pub losses: Vec<f64>,
+    /// The validation metrics after each epoch (empty without validation items).
+    #[serde(default)]
+    pub validation: Vec<BTreeMap<String, f64>>,
     /// Seconds spent training.
     pub train_seconds: f64,
     /// Seconds spent evaluating.
@@ -684,6 +708,9 @@ struct FitEpoch {
     steps: usize,
     frozen: bool,
     seconds: f64,
+    /// The validation metrics (`val_dice_mean`, `val_qwk`, ...), when validation items are set.
+    #[serde(flatten)]
+    validation: BTreeMap<String, f64>,
 }
 
 /// Runs the schedule: `loss(batch ids, epoch seed, frozen)` gives a batch's loss.
@@ -692,6 +719,7 @@ fn fit(
     sched: &Schedule,
     train_ids: &[usize],
     mut loss: impl FnMut(&[usize], u64, bool) -> Result<Tensor>,
+    validate: &dyn Fn(&[usize]) -> Result<BTreeMap<String, f64>>,
     on_epoch: &mut dyn FnMut(usize, f64),
 ) -> Result<FitLog> {
     let store = trained.store;
@@ -723,6 +751,7 @@ fn fit(
         epoch = saved.epoch()?;
         t = b["steps"].as_u64().unwrap_or(0) as usize;
         log.losses = serde_json::from_value(b["losses"].clone()).map_err(Error::msg)?;
+        log.validation = serde_json::from_value(b["validation"].clone()).map_err(Error::msg)?;
         seconds_before = b["seconds"].as_f64().unwrap_or(0.0);
         eprintln!(
             "finetune: resuming from {} at step {} of {total}",
@@ -803,6 +832,13 @@ fn fit(
         let mean = sum / plan.len().max(1) as f64;
         log.losses.push(mean);
         epoch += 1;
+        let validation = if sched.validation.is_empty() {
+            BTreeMap::new()
+        } else {
+            let v = validate(&sched.validation)?;
+            log.validation.push(v.clone());
+            v
+        };
         if let Some(l) = epoch_log.as_mut() {
             l.write(&FitEpoch {
                 epoch,
@@ -811,6 +847,7 @@ fn fit(
                 steps: t,
                 frozen: t <= warmup && warmup > 0,
                 seconds: epoch_start.elapsed().as_secs_f64(),
+                validation,
             })?;
         }
         if let Some(path) = &sched.files.state
@@ -824,7 +861,7 @@ fn fit(
                 optimiser: &opt,
                 dropouts: trained.dropouts,
                 bookkeeping: serde_json::json!({
-                    "steps": t, "losses": log.losses,
+                    "steps": t, "losses": log.losses, "validation": log.validation,
                     "seconds": seconds_before + start.elapsed().as_secs_f64(),
                 }),
             }
@@ -956,6 +993,36 @@ pub fn finetune_segmentation(
         model: serde_json::json!({"model": "unet3d", "unet": unet}),
         run: run_identity(cfg, init, train_ids)?,
     };
+    // Hard Dice per class over all voxels of `ids` pooled, and soft Dice, in inference mode.
+    let evaluate = |ids: &[usize]| -> Result<(Vec<f64>, Vec<f64>)> {
+        let mut confusion = Confusion::new(unet.classes);
+        let mut soft = SoftDice::new(unet.classes);
+        for &i in ids {
+            let (x, y) = seg_batch(src, &[i], unet.classes, dev)?;
+            let p = crate::ops::no_grad(|| -> Result<Tensor> {
+                Ok(candle_nn::ops::softmax(&net.forward_t(&x, false)?, 1)?)
+            })?;
+            let pred: Vec<i64> = p
+                .argmax(1)?
+                .flatten_all()?
+                .to_dtype(DType::I64)?
+                .to_vec1()?;
+            let truth: Vec<i64> = y
+                .argmax(1)?
+                .flatten_all()?
+                .to_dtype(DType::I64)?
+                .to_vec1()?;
+            confusion.add(&truth, &pred)?;
+            for c in 0..unet.classes {
+                let (pc, yc) = (p.narrow(1, c, 1)?, y.narrow(1, c, 1)?);
+                let s = |t: &Tensor| -> Result<f64> {
+                    Ok(t.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+                };
+                soft.add(c, s(&(&pc * &yc)?)?, s(&yc)?, s(&pc)?);
+            }
+        }
+        Ok((confusion.dice_with(cfg.absent), soft.dice()))
+    };
     let mut log = fit(
         &trained,
         &cfg.schedule,
@@ -977,41 +1044,22 @@ pub fn finetune_segmentation(
             };
             dice_loss(&candle_nn::ops::softmax(&logits, 1)?, &y, cfg.dice)
         },
+        &|ids| {
+            let (dice, _) = evaluate(ids)?;
+            Ok(BTreeMap::from([(
+                "val_dice_mean".to_string(),
+                super::metrics::mean(&dice),
+            )]))
+        },
         on_epoch,
     )?;
     let start = Instant::now();
-    let mut confusion = Confusion::new(unet.classes);
-    let mut soft = SoftDice::new(unet.classes);
-    for &i in test_ids {
-        let (x, y) = seg_batch(src, &[i], unet.classes, dev)?;
-        let p = crate::ops::no_grad(|| -> Result<Tensor> {
-            Ok(candle_nn::ops::softmax(&net.forward_t(&x, false)?, 1)?)
-        })?;
-        let pred: Vec<i64> = p
-            .argmax(1)?
-            .flatten_all()?
-            .to_dtype(DType::I64)?
-            .to_vec1()?;
-        let truth: Vec<i64> = y
-            .argmax(1)?
-            .flatten_all()?
-            .to_dtype(DType::I64)?
-            .to_vec1()?;
-        confusion.add(&truth, &pred)?;
-        for c in 0..unet.classes {
-            let (pc, yc) = (p.narrow(1, c, 1)?, y.narrow(1, c, 1)?);
-            let s = |t: &Tensor| -> Result<f64> {
-                Ok(t.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
-            };
-            soft.add(c, s(&(&pc * &yc)?)?, s(&yc)?, s(&pc)?);
-        }
-    }
+    let (dice, soft_dice) = evaluate(test_ids)?;
     log.eval_seconds = start.elapsed().as_secs_f64();
-    let dice = confusion.dice_with(cfg.absent);
     Ok(SegmentationResult {
         dice_mean: super::metrics::mean(&dice),
         dice,
-        soft_dice: soft.dice(),
+        soft_dice,
         load,
         log,
     })
@@ -1100,6 +1148,7 @@ impl ClassificationConfig {
                 steps: None,
                 warmup_steps: 0,
                 lr_schedule: LrSchedule::Constant,
+                validation: Vec::new(),
                 files: FitFiles::default(),
             },
         }
@@ -1194,6 +1243,24 @@ pub fn finetune_classification(
         model: serde_json::Value::Null,
         run: run_identity(cfg, init, train_ids)?,
     };
+    // The scores of the grades predicted for `ids`, in inference mode.
+    let evaluate = |ids: &[usize]| -> Result<super::metrics::GradeScores> {
+        let (mut truth, mut preds) = (Vec::new(), Vec::new());
+        for chunk in ids.chunks(cfg.schedule.batch_size.max(1)) {
+            let (x, grades) = batch(chunk, None)?;
+            let logits =
+                crate::ops::no_grad(|| head.forward_t(&net.embed(&x, cfg.pool, false)?, false))?;
+            let pred: Vec<i64> = match cfg.encoding {
+                GradeEncoding::Cumulative => decode_cumulative(&logits)?,
+                GradeEncoding::Softmax => {
+                    logits.argmax(D::Minus1)?.to_dtype(DType::I64)?.to_vec1()?
+                }
+            };
+            truth.extend(grades.iter().map(|&g| g as i64));
+            preds.extend(pred);
+        }
+        grade_scores(&truth, &preds, k)
+    };
     let mut log = fit(
         &trained,
         &cfg.schedule,
@@ -1221,22 +1288,17 @@ pub fn finetune_classification(
                 ),
             }
         },
+        &|ids| {
+            let s = evaluate(ids)?;
+            Ok(BTreeMap::from([
+                ("val_qwk".to_string(), s.qwk),
+                ("val_accuracy".to_string(), s.accuracy),
+            ]))
+        },
         on_epoch,
     )?;
     let start = Instant::now();
-    let (mut truth, mut preds) = (Vec::new(), Vec::new());
-    for ids in test_ids.chunks(cfg.schedule.batch_size.max(1)) {
-        let (x, grades) = batch(ids, None)?;
-        let logits =
-            crate::ops::no_grad(|| head.forward_t(&net.embed(&x, cfg.pool, false)?, false))?;
-        let pred: Vec<i64> = match cfg.encoding {
-            GradeEncoding::Cumulative => decode_cumulative(&logits)?,
-            GradeEncoding::Softmax => logits.argmax(D::Minus1)?.to_dtype(DType::I64)?.to_vec1()?,
-        };
-        truth.extend(grades.iter().map(|&g| g as i64));
-        preds.extend(pred);
-    }
-    let scores = grade_scores(&truth, &preds, k)?;
+    let scores = evaluate(test_ids)?;
     log.eval_seconds = start.elapsed().as_secs_f64();
     Ok(ClassificationResult {
         qwk: scores.qwk,
