@@ -289,6 +289,9 @@ struct BenchArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Parity: only the cases whose name contains this (e.g. "conv3d").
+    #[arg(long)]
+    filter: Option<String>,
 }
 
 /// Options shared by the commands that run scripts.
@@ -495,7 +498,7 @@ fn bench(a: &BenchArgs) -> pretext::Result<()> {
             .collect::<pretext::Result<Vec<_>>>()?
             .concat(),
         BenchKind::Preprocess => return bench_preprocess(a),
-        BenchKind::Parity => return bench_parity(&dev, a.json),
+        BenchKind::Parity => return bench_parity(&dev, a.filter.as_deref(), a.json),
     };
     if a.json {
         for r in &rows {
@@ -507,18 +510,34 @@ fn bench(a: &BenchArgs) -> pretext::Result<()> {
     Ok(())
 }
 
-fn bench_parity(dev: &candle_core::Device, json: bool) -> pretext::Result<()> {
-    let checks = pretext::parity::parity(dev)?;
-    for c in &checks {
+fn bench_parity(
+    dev: &candle_core::Device,
+    filter: Option<&str>,
+    json: bool,
+) -> pretext::Result<()> {
+    use std::io::Write;
+    // Each case is printed as it finishes, so that a hang or a crash loses nothing before it.
+    let checks = pretext::parity::parity(dev, filter, &mut |c| {
         if json {
             println!("{}", serde_json::to_string(c).unwrap_or_default());
         } else {
             let verdict = if c.ok { "ok" } else { "FAILED" };
+            let why = match &c.error {
+                Some(e) => format!("error: {e}"),
+                None => format!("worst: {}", c.worst),
+            };
             println!(
-                "{:<34} rel err {:>10.3e}  (tol {:.0e})  {verdict}  worst: {}",
-                c.name, c.rel_err, c.tol, c.worst
+                "{:<34} rel err {:>10.3e}  (tol {:.0e})  {verdict}  {why}",
+                c.name, c.rel_err, c.tol
             );
         }
+        let _ = std::io::stdout().flush();
+    });
+    if checks.is_empty() {
+        return Err(pretext::Error::arg(
+            "filter",
+            format!("no parity case matches {:?}", filter.unwrap_or_default()),
+        ));
     }
     let failed = checks.iter().filter(|c| !c.ok).count();
     if failed > 0 {

@@ -202,18 +202,28 @@ impl Adam {
     /// Applies one update from `grads`; parameters without a gradient are left alone.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
         let cfg = self.cfg;
-        let mut updates = Vec::with_capacity(self.slots.len());
-        for (i, s) in self.slots.iter().enumerate() {
-            let Some(g) = grads.get(s.var.as_tensor()) else {
-                continue;
-            };
+        let with_grad: Vec<(usize, &Tensor)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| grads.get(s.var.as_tensor()).map(|g| (i, g)))
+            .collect();
+        // Every gradient's squared norm in one transfer to the host (one device sync per
+        // step, not one per parameter).
+        let sums = with_grad
+            .iter()
+            .map(|(_, g)| g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let norms: Vec<f64> = if sums.is_empty() {
+            Vec::new()
+        } else {
+            Tensor::stack(&sums, 0)?.to_vec1::<f64>()?
+        };
+        let mut updates = Vec::with_capacity(with_grad.len());
+        for ((i, g), sq) in with_grad.into_iter().zip(norms) {
+            let s = &self.slots[i];
             let mut g = g.clone();
-            let norm = g
-                .sqr()?
-                .sum_all()?
-                .to_dtype(candle_core::DType::F64)?
-                .to_scalar::<f64>()?
-                .sqrt();
+            let norm = sq.sqrt();
             if !norm.is_finite() {
                 return Err(Error::NonFinite {
                     what: format!("gradient norm of {}", s.name),
