@@ -319,6 +319,7 @@ fn cases() -> Vec<(&'static str, f64, Case)> {
                     blocks: vec![2, 2],
                     init_features: 8,
                     bn_size: 2,
+                    ..Default::default()
                 };
                 let net = DenseNet::new(&cfg, store.builder(DType::F64, dev))?;
                 let x = randn(&[2, 3, 32, 32], 3)?

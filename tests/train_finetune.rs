@@ -229,6 +229,7 @@ fn grading_finetuning_learns_grades_and_reports_kappa() {
         blocks: vec![2, 2],
         init_features: 8,
         bn_size: 2,
+        ..Default::default()
     };
     for encoding in [GradeEncoding::Cumulative, GradeEncoding::Softmax] {
         let cfg = ClassificationConfig {
