@@ -261,3 +261,22 @@ fn ctrl_c_in_the_repl_stops_a_pretraining_at_its_next_step_and_the_session_conti
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn a_corrupt_state_file_is_an_error_that_names_it_and_says_how_to_start_over() {
+    let (_dir, out, _) = dirs();
+    finish("pretrain", &out);
+    let state = out.join("state.safetensors");
+    std::fs::write(&state, b"not safetensors").unwrap();
+    // The finished run is reused without reading the state; a new configuration would
+    // overwrite it; a run that must resume from it says what is wrong.
+    let mut c = pretext("pretrain", &out);
+    c.args(["--set", "epochs=41"]);
+    let o = c.output().unwrap();
+    let err = common::stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("state.safetensors") && err.contains("remove it to start the run over"),
+        "{err}"
+    );
+}

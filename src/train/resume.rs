@@ -88,12 +88,18 @@ impl Saved {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::file(path, e)),
         };
-        let manifest = ParamStore::manifest_bytes(&bytes, path)?;
+        let unreadable = |e: &dyn std::fmt::Display| {
+            Error::file(
+                path,
+                format!("not a readable training state ({e}); remove it to start the run over"),
+            )
+        };
+        let manifest = ParamStore::manifest_bytes(&bytes, path).map_err(|e| unreadable(&e))?;
         if &manifest["state_of"] != run {
             return Ok(None);
         }
         let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
-            .map_err(|e| Error::file(path, format!("not a readable training state: {e}")))?;
+            .map_err(|e| unreadable(&e))?;
         Ok(Some(Saved {
             path: path.to_path_buf(),
             tensors,
