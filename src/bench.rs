@@ -7,9 +7,9 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::Result;
+use crate::nn::loss::{DiceVariant, cross_entropy, dice_loss, one_hot};
 use crate::nn::{DenseNet, DenseNetConfig, GlobalPool, ParamStore, UNet3d, UNet3dConfig};
 use crate::ops::{self, ConvSpec, PoolSpec};
-use crate::train::loss::{DiceVariant, cross_entropy, dice_loss, one_hot};
 use crate::train::optim::{Adam, AdamConfig};
 
 /// One measured row.
@@ -527,7 +527,8 @@ fn copy_ms(len: usize, t: Timing) -> Result<f64> {
 /// (`fwd_ms` is the time to build one batch; no model runs; `copy_ms` the time to copy as many
 /// bytes). Compare with `scripts/bench_pretext_ref.py`.
 pub fn pretext(size: usize, t: Timing) -> Result<Vec<Row>> {
-    use crate::pretext::{Grid, Sampler, Task, TaskConfig};
+    use crate::data::Grid;
+    use crate::pretext::{Sampler, Task, TaskConfig};
     use rand::{RngExt, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     // Shared, as an in-memory dataset would hold them (no copy per batch).

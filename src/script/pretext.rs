@@ -12,17 +12,14 @@ use super::HostState;
 use super::api::Domain;
 use super::convert::{RResult, ScriptResult, rt_err};
 use super::options;
-use crate::data::{FundusSet, NiftiFolderSet, PancreasSet};
+use crate::data::{Dataset, FundusSet, Grid, LabelledVolume, NiftiFolderSet, PancreasSet, Subset};
 use crate::nn::ParamStore;
-use crate::pretext::{
-    Grid, PermutationKind, PermutationSet, Sampler, Source, Task, TaskConfig, TaskOptions,
-};
+use crate::pretext::{PermutationKind, PermutationSet, Sampler, Task, TaskConfig, TaskOptions};
 use crate::progress::Progress;
 use crate::train::finetune::{
     GradingOptions, SegmentationOptions, finetune_classification, finetune_segmentation,
 };
 use crate::train::pretrain::{PretrainOptions, Pretrainer, RunFiles, read_log};
-use crate::train::sources::Subset;
 
 /// A dataset argument: a prepared set or an array of volume/image tensors.
 enum Data {
@@ -67,7 +64,7 @@ impl Data {
         Ok(Data::Grids(grids))
     }
 
-    fn source(&self) -> &dyn Source {
+    fn source(&self) -> &dyn Dataset<Arc<Grid>> {
         match self {
             Data::Pancreas(s) => s,
             Data::Fundus(s) => s,
@@ -424,11 +421,7 @@ fn fit_progress(label: &str, epochs: usize, what: &str) -> Progress {
     Progress::new(epochs as u64, &format!("{what} {label}"))
 }
 
-fn segmentation(
-    state: &HostState,
-    data: &dyn crate::train::finetune::SegSource,
-    m: &Map,
-) -> RResult<Map> {
+fn segmentation(state: &HostState, data: &dyn Dataset<LabelledVolume>, m: &Map) -> RResult<Map> {
     let o: SegmentationOptions = options::parse("finetune_segmentation", m)?;
     let (init, cfg) = o.resolve(state.seed).rt()?;
     let bar = fit_progress(

@@ -9,16 +9,17 @@ use std::time::Instant;
 
 use candle_core::{D, DType, Device, Tensor};
 
-use super::loss::{DiceVariant, binary_cross_entropy, cross_entropy, dice_loss, one_hot};
 use super::metrics::{AbsentClass, Confusion, SoftDice, grade_scores};
 use super::optim::{Adam, AdamConfig};
 use super::pretrain::batches;
+use crate::data::augment::zoom_flips_2d;
+use crate::data::grid::{Grid, stack};
+use crate::data::{Dataset, GradedImage, LabelledVolume};
+use crate::nn::loss::{DiceVariant, binary_cross_entropy, cross_entropy, dice_loss, one_hot};
 use crate::nn::{
     DenseNet, DenseNetConfig, Encoded, GlobalPool, LoadOptions, LoadReport, MlpHead, MlpHeadConfig,
     Mode, ParamStore, UNet3d, UNet3dConfig,
 };
-use crate::pretext::augment::zoom_flips_2d;
-use crate::pretext::grid::{Grid, stack};
 use crate::pretext::model::DenseOptions;
 use crate::streams::{Stream, derive, rng};
 use crate::{Error, Result};
@@ -31,58 +32,6 @@ pub enum EncoderInit {
     Random,
     /// The `encoder.` tensors of a pretext checkpoint.
     Checkpoint(PathBuf),
-}
-
-/// Volumes with voxel labels.
-pub trait SegSource: Send + Sync {
-    /// Number of labelled volumes.
-    fn len(&self) -> usize;
-    /// Whether there are none.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Volume `i` (one channel) and its labels (one per voxel, in the volume's order).
-    fn get(&self, i: usize) -> Result<(Grid, Vec<u8>)>;
-}
-
-impl SegSource for Vec<(Grid, Vec<u8>)> {
-    fn len(&self) -> usize {
-        self.as_slice().len()
-    }
-    fn get(&self, i: usize) -> Result<(Grid, Vec<u8>)> {
-        self.as_slice().get(i).cloned().ok_or_else(|| {
-            Error::arg(
-                "item",
-                format!("index {i} is outside 0..{}", self.as_slice().len()),
-            )
-        })
-    }
-}
-
-/// Images with a grade.
-pub trait GradeSource: Send + Sync {
-    /// Number of images.
-    fn len(&self) -> usize;
-    /// Whether there are none.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Image `i` (`[C, 1, H, W]` as a grid) and its grade.
-    fn get(&self, i: usize) -> Result<(Grid, u8)>;
-}
-
-impl GradeSource for Vec<(Grid, u8)> {
-    fn len(&self) -> usize {
-        self.as_slice().len()
-    }
-    fn get(&self, i: usize) -> Result<(Grid, u8)> {
-        self.as_slice().get(i).cloned().ok_or_else(|| {
-            Error::arg(
-                "item",
-                format!("index {i} is outside 0..{}", self.as_slice().len()),
-            )
-        })
-    }
 }
 
 /// The warm-up and optimiser schedule shared by both finetuning protocols.
@@ -694,12 +643,12 @@ fn fit(
 }
 
 fn seg_batch(
-    src: &dyn SegSource,
+    src: &dyn Dataset<LabelledVolume>,
     ids: &[usize],
     classes: usize,
     dev: &Device,
 ) -> Result<(Tensor, Tensor)> {
-    let items: Vec<(Grid, Vec<u8>)> = ids.iter().map(|&i| src.get(i)).collect::<Result<_>>()?;
+    let items: Vec<LabelledVolume> = ids.iter().map(|&i| src.get(i)).collect::<Result<_>>()?;
     let grids: Vec<Grid> = items.iter().map(|(g, _)| g.clone()).collect();
     let x = stack(&grids, false, dev)?;
     let [d, h, w] = grids[0].dims;
@@ -727,7 +676,7 @@ fn seg_batch(
 pub fn finetune_segmentation(
     init: &EncoderInit,
     cfg: &SegmentationConfig,
-    src: &dyn SegSource,
+    src: &dyn Dataset<LabelledVolume>,
     (train_ids, test_ids): (&[usize], &[usize]),
     dev: &Device,
     on_epoch: &mut dyn FnMut(usize, f64),
@@ -924,7 +873,7 @@ pub struct ClassificationResult {
 pub fn finetune_classification(
     init: &EncoderInit,
     cfg: &ClassificationConfig,
-    src: &dyn GradeSource,
+    src: &dyn Dataset<GradedImage>,
     (train_ids, test_ids): (&[usize], &[usize]),
     dev: &Device,
     on_epoch: &mut dyn FnMut(usize, f64),

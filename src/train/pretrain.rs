@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Instant;
 
 use candle_core::Device;
@@ -13,10 +13,11 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use super::optim::{Adam, AdamConfig};
+use crate::data::{Dataset, Grid};
 use crate::error::FileContext;
 use crate::nn::{MlpHeadConfig, ParamStore, UNet3dConfig};
 use crate::pretext::model::{BackboneConfig, DenseOptions};
-use crate::pretext::{Batch, PretextModel, Sampler, Source, Task, TaskConfig, TaskOptions};
+use crate::pretext::{Batch, PretextModel, Sampler, Task, TaskConfig, TaskOptions};
 use crate::streams::{Stream, derive};
 use crate::{Error, Result};
 
@@ -351,7 +352,7 @@ impl Pretrainer {
     /// displays); `files` receives logs and checkpoints.
     pub fn run(
         &self,
-        data: &dyn Source,
+        data: &dyn Dataset<Arc<Grid>>,
         cfg: &PretrainConfig,
         files: Option<&RunFiles>,
         on_epoch: &mut dyn FnMut(&EpochLog, usize),
@@ -392,7 +393,7 @@ fn check_settings(cfg: &PretrainConfig) -> Result<()> {
 
 fn pretrain(
     p: &Pretrainer,
-    data: &dyn Source,
+    data: &dyn Dataset<Arc<Grid>>,
     cfg: &PretrainConfig,
     files: Option<&RunFiles>,
     on_epoch: &mut dyn FnMut(&EpochLog, usize),
@@ -597,7 +598,7 @@ type EpochMeans = (f64, f64, Option<(f64, f64)>);
 fn run_epoch(
     model: &PretextModel,
     sampler: &Sampler,
-    data: &dyn Source,
+    data: &dyn Dataset<Arc<Grid>>,
     plan: &[Vec<usize>],
     seed: u64,
     dev: &Device,
