@@ -338,6 +338,7 @@ const USAGE_ERROR: u8 = 2;
 fn main() -> ExitCode {
     // SAFETY: no other thread exists yet (argument parsing starts none).
     unsafe { pretext::ops::cpu::configure_threads() };
+    pretext::ops::cpu::configure_allocator();
     let cli = Cli::parse();
     let host_of = |h: &HostArgs| {
         h.host().map_err(|e| {

@@ -198,8 +198,6 @@ impl Sampler {
         seed: u64,
         train: bool,
     ) -> Result<Batch> {
-        // Batches are large and short-lived: keep freed memory in the process.
-        crate::ops::cpu::configure_allocator();
         let mut grids = self.load(src, ids)?;
         if train && self.planar() && self.cfg.options.augment_2d {
             let flips = self.cfg.task != Task::Rotation;
