@@ -314,7 +314,7 @@ fn finetune_many(state: &HostState, data: &Dynamic, cells: &Array) -> RResult<Ar
 
 /// A finished run's report, when `out` holds one for the same configuration.
 fn cached(out: &Path, hash: &str, epochs: usize) -> Option<Map> {
-    let manifest = ParamStore::manifest(out.join("last.safetensors")).ok()?;
+    let manifest = ParamStore::manifest(out.join(RunFiles::LAST)).ok()?;
     // Runs record whether their last epoch was the final one (a step budget decides the
     // epochs); older ones are finished when their last epoch is `epochs`.
     let finished = match manifest.get("final") {
@@ -324,14 +324,14 @@ fn cached(out: &Path, hash: &str, epochs: usize) -> Option<Map> {
     if hash.is_empty() || manifest["config_hash"] != hash || !finished {
         return None;
     }
-    let best = out.join("best.safetensors");
-    let log = read_log(&out.join("log.jsonl")).ok()?;
+    let best = out.join(RunFiles::BEST);
+    let log = read_log(&out.join(RunFiles::LOG)).ok()?;
     let best_epoch = ParamStore::manifest(&best).ok()?["epoch"].as_u64()? as INT;
     let mut m = Map::new();
     m.insert("best".into(), best.display().to_string().into());
     m.insert(
         "last".into(),
-        out.join("last.safetensors").display().to_string().into(),
+        out.join(RunFiles::LAST).display().to_string().into(),
     );
     m.insert("best_epoch".into(), best_epoch.into());
     m.insert("epochs".into(), rhai::serde::to_dynamic(&log).ok()?);
@@ -384,7 +384,7 @@ fn pretrain(state: &HostState, task: &str, data: &Dynamic, ids: &Array, m: &Map)
             "options": options, "resolved": plan, "input": {"channels": c, "dims": dims},
         });
         let text = serde_json::to_string_pretty(&config).rt()?;
-        crate::io::write_atomic(&dir.join("config.json"), text.as_bytes()).rt()?;
+        crate::io::write_atomic(&dir.join(RunFiles::CONFIG), text.as_bytes()).rt()?;
     }
     let files = o.out.clone().map(|dir| RunFiles { dir, manifest });
     let subset = Subset::new(data.source(), ids).rt()?;

@@ -275,13 +275,26 @@ pub struct PretrainReport {
     pub last_checkpoint: Option<PathBuf>,
 }
 
-/// Where [`pretrain`] writes: `dir/log.jsonl`, `dir/best.safetensors`, `dir/last.safetensors`.
+/// Where [`Pretrainer::run`] writes: `dir/log.jsonl`, `dir/best.safetensors`,
+/// `dir/last.safetensors` (the file names are the constants below, shared by the writer and
+/// the readers of a finished run).
 #[derive(Clone, Debug)]
 pub struct RunFiles {
     /// The folder.
     pub dir: PathBuf,
     /// Written into every checkpoint's manifest (task, architecture, input size, ...).
     pub manifest: serde_json::Value,
+}
+
+impl RunFiles {
+    /// The log, one [`EpochLog`] a line ([`read_log`] reads it).
+    pub const LOG: &'static str = "log.jsonl";
+    /// The checkpoint of the epoch with the lowest validation loss.
+    pub const BEST: &'static str = "best.safetensors";
+    /// The checkpoint of the last epoch.
+    pub const LAST: &'static str = "last.safetensors";
+    /// The resolved configuration, written beside the log by the script host's `pretrain`.
+    pub const CONFIG: &'static str = "config.json";
 }
 
 /// The split of `n` items: the first `1 - val_fraction` train, the rest validate (at least one
@@ -423,7 +436,7 @@ fn pretrain(
     let mut log = match files {
         Some(f) => {
             std::fs::create_dir_all(&f.dir).with_file(&f.dir)?;
-            let p = f.dir.join("log.jsonl");
+            let p = f.dir.join(RunFiles::LOG);
             Some((std::fs::File::create(&p).with_file(&p)?, p))
         }
         None => None,
@@ -525,11 +538,11 @@ fn pretrain(
                 o.insert("final".into(), (epoch == epochs).into());
             }
             if score < best {
-                let p = f.dir.join("best.safetensors");
+                let p = f.dir.join(RunFiles::BEST);
                 store.save(&p, &manifest)?;
                 report.best_checkpoint = Some(p);
             }
-            let p = f.dir.join("last.safetensors");
+            let p = f.dir.join(RunFiles::LAST);
             store.save(&p, &manifest)?;
             report.last_checkpoint = Some(p);
         }
