@@ -370,6 +370,7 @@ pub fn densenet_shapes() -> Vec<(String, usize, usize, DenseNetConfig)> {
         blocks: vec![2, 4, 4],
         init_features: 16,
         bn_size: 2,
+        ..Default::default()
     };
     vec![
         ("16x3x96^2 g8 b2-4-4 i16 bn2".into(), 16, 96, quick),

@@ -47,6 +47,13 @@ pub enum Error {
         at: String,
     },
 
+    /// Work stopped because a stop was asked for (Ctrl-C, SIGINT, SIGTERM; see [`crate::stop`]).
+    #[error("interrupted at {at}")]
+    Interrupted {
+        /// Where the work stopped, and what it left behind.
+        at: String,
+    },
+
     // === Backends ===
     /// An error from candle.
     #[error(transparent)]

@@ -21,6 +21,7 @@ pub mod parity;
 pub mod pretext;
 pub mod progress;
 pub mod script;
+pub mod stop;
 pub mod streams;
 pub mod train;
 

@@ -36,6 +36,9 @@ use pretext::script::{Host, HostConfig, Repl};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Show Rust backtraces in error messages (with RUST_BACKTRACE=1); for bug reports.
+    #[arg(long, global = true)]
+    debug: bool,
 }
 
 #[derive(Subcommand)]
@@ -55,14 +58,14 @@ enum Command {
     /// Start the interactive REPL.
     Repl {
         #[command(flatten)]
-        host: HostArgs,
+        host: ScriptArgs,
     },
     /// Evaluate one expression (or statements) and print the result.
     Eval {
         /// The code, e.g. '(zeros([2,3]) + 1.5).sum().to_float()'.
         code: String,
         #[command(flatten)]
-        host: HostArgs,
+        host: ScriptArgs,
     },
     /// Parse a script without running it; errors give line:column and exit with 1.
     Check {
@@ -93,6 +96,12 @@ enum Command {
         /// naming both hashes).
         #[arg(long)]
         allow_mixed: bool,
+    },
+    /// Summarise a run folder (e.g. runs/quick/fig3) in report.md and report.html: the
+    /// configuration, figures, statistics, timings and failures.
+    Report {
+        /// The run's output folder.
+        dir: PathBuf,
     },
 }
 
@@ -280,11 +289,14 @@ struct BenchArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Parity: only the cases whose name contains this (e.g. "conv3d").
+    #[arg(long)]
+    filter: Option<String>,
 }
 
 /// Options shared by the commands that run scripts.
-#[derive(Args)]
-struct HostArgs {
+#[derive(Args, Clone)]
+struct ScriptArgs {
     /// A value for the script, read with `arg("key", default)`; repeatable. Values parse as
     /// int, float, bool, array (`[a, b]`) or string.
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -295,6 +307,24 @@ struct HostArgs {
     /// Where tensors and models go: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+}
+
+impl ScriptArgs {
+    fn host(&self) -> Result<Host, String> {
+        HostArgs {
+            script: self.clone(),
+            shard: None,
+            allow_mixed: false,
+        }
+        .host()
+    }
+}
+
+/// Options of `run`: the script's, and a sweep's share of the cells.
+#[derive(Args)]
+struct HostArgs {
+    #[command(flatten)]
+    script: ScriptArgs,
     /// Run only shard I of N of a sweep's cells (e.g. one job of a Slurm array); see
     /// `pretext merge`.
     #[arg(long, value_name = "I/N")]
@@ -312,11 +342,12 @@ impl HostArgs {
 
     /// The host of the run that gathers the result files of `gather` shards (0: none).
     fn host_gathering(&self, gather: usize) -> Result<Host, String> {
-        let args = pretext::script::parse_set(&self.set).map_err(|e| e.to_string())?;
-        let device = pretext::script::parse_device(&self.device).map_err(|e| e.to_string())?;
+        let args = pretext::script::parse_set(&self.script.set).map_err(|e| e.to_string())?;
+        let device =
+            pretext::script::parse_device(&self.script.device).map_err(|e| e.to_string())?;
         Ok(Host::new(HostConfig {
             args,
-            seed: self.seed,
+            seed: self.script.seed,
             device: Some(device),
             stdlib_dir: None,
             shard: self
@@ -333,18 +364,26 @@ impl HostArgs {
 
 const SCRIPT_ERROR: u8 = 1;
 const USAGE_ERROR: u8 = 2;
+/// Stopped by SIGINT or SIGTERM (128 + SIGINT, as shells report it).
+const STOPPED: u8 = 130;
 
 fn main() -> ExitCode {
     // SAFETY: no other thread exists yet (argument parsing starts none).
     unsafe { pretext::ops::configure_threads() };
     pretext::ops::configure_allocator();
     let cli = Cli::parse();
-    let host_of = |h: &HostArgs| {
-        h.host().map_err(|e| {
-            eprintln!("error: {e}");
-            ExitCode::from(USAGE_ERROR)
-        })
+    if !cli.debug {
+        // Errors are for users: no Rust backtrace in them (candle attaches one when
+        // RUST_BACKTRACE is set) unless --debug. Panics, which are bugs, keep RUST_BACKTRACE.
+        // SAFETY: still no other thread.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
+    let usage = |e: String| {
+        eprintln!("error: {e}");
+        ExitCode::from(USAGE_ERROR)
     };
+    let host_of = |h: &HostArgs| h.host().map_err(usage);
+    let script_host = |h: &ScriptArgs| h.host().map_err(usage);
     let result = match cli.command {
         Command::Run { script, jobs, host } => {
             if !script.is_file() {
@@ -359,10 +398,14 @@ fn main() -> ExitCode {
                     h.run_file(&script).map(|_| ()).map_err(script_failed)
                 })
             } else {
-                host_of(&host).and_then(|h| h.run_file(&script).map(|_| ()).map_err(script_failed))
+                host_of(&host).and_then(|h| {
+                    stop_on_signals(h.state().interrupt.clone());
+                    h.run_file(&script).map(|_| ()).map_err(script_failed)
+                })
             }
         }
-        Command::Eval { code, host } => host_of(&host).and_then(|h| {
+        Command::Eval { code, host } => script_host(&host).and_then(|h| {
+            stop_on_signals(h.state().interrupt.clone());
             let v = h.eval(&code, "<eval>").map_err(script_failed)?;
             if !v.is_unit() {
                 println!("{}", h.display(&v));
@@ -380,7 +423,7 @@ fn main() -> ExitCode {
                     .map_err(script_failed)
             }
         }
-        Command::Repl { host } => host_of(&host).and_then(|h| {
+        Command::Repl { host } => script_host(&host).and_then(|h| {
             Repl::new(h).run().map_err(|e| {
                 eprintln!("error: {e}");
                 ExitCode::from(SCRIPT_ERROR)
@@ -391,6 +434,12 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Data { command } => data_command(command),
+        Command::Report { dir } => pretext::experiment::summary::write(&dir)
+            .map(|r| println!("wrote {} and {}", r.markdown.display(), r.html.display()))
+            .map_err(|e| {
+                eprintln!("error: {e}");
+                ExitCode::from(SCRIPT_ERROR)
+            }),
         Command::Merge {
             inputs,
             out,
@@ -450,7 +499,7 @@ fn bench(a: &BenchArgs) -> pretext::Result<()> {
             .collect::<pretext::Result<Vec<_>>>()?
             .concat(),
         BenchKind::Preprocess => return bench_preprocess(a),
-        BenchKind::Parity => return bench_parity(&dev, a.json),
+        BenchKind::Parity => return bench_parity(&dev, a.filter.as_deref(), a.json),
     };
     if a.json {
         for r in &rows {
@@ -462,18 +511,34 @@ fn bench(a: &BenchArgs) -> pretext::Result<()> {
     Ok(())
 }
 
-fn bench_parity(dev: &candle_core::Device, json: bool) -> pretext::Result<()> {
-    let checks = pretext::parity::parity(dev)?;
-    for c in &checks {
+fn bench_parity(
+    dev: &candle_core::Device,
+    filter: Option<&str>,
+    json: bool,
+) -> pretext::Result<()> {
+    use std::io::Write;
+    // Each case is printed as it finishes, so that a hang or a crash loses nothing before it.
+    let checks = pretext::parity::parity(dev, filter, &mut |c| {
         if json {
             println!("{}", serde_json::to_string(c).unwrap_or_default());
         } else {
             let verdict = if c.ok { "ok" } else { "FAILED" };
+            let why = match &c.error {
+                Some(e) => format!("error: {e}"),
+                None => format!("worst: {}", c.worst),
+            };
             println!(
-                "{:<34} rel err {:>10.3e}  (tol {:.0e})  {verdict}  worst: {}",
-                c.name, c.rel_err, c.tol, c.worst
+                "{:<34} rel err {:>10.3e}  (tol {:.0e})  {verdict}  {why}",
+                c.name, c.rel_err, c.tol
             );
         }
+        let _ = std::io::stdout().flush();
+    });
+    if checks.is_empty() {
+        return Err(pretext::Error::arg(
+            "filter",
+            format!("no parity case matches {:?}", filter.unwrap_or_default()),
+        ));
     }
     let failed = checks.iter().filter(|c| !c.ok).count();
     if failed > 0 {
@@ -495,6 +560,19 @@ fn run_jobs(script: &std::path::Path, n: usize, host: &HostArgs) -> Result<(), E
     let exe = std::env::current_exe().map_err(failed)?;
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     let threads = (cores / n).max(1).to_string();
+    // A SIGINT or SIGTERM to this process reaches every shard (each then stops at its next
+    // step, resumable).
+    let pids = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
+    let forward = pids.clone();
+    let _ = ctrlc::set_handler(move || {
+        pretext::stop::request();
+        for &pid in forward.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            if let Ok(pid) = i32::try_from(pid) {
+                // SAFETY: kill only sends SIGTERM to a shard process this one started.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
+    });
     let mut children = Vec::with_capacity(n);
     for i in 0..n {
         let mut cmd = std::process::Command::new(&exe);
@@ -502,9 +580,9 @@ fn run_jobs(script: &std::path::Path, n: usize, host: &HostArgs) -> Result<(), E
             .arg(script)
             .arg("--shard")
             .arg(format!("{i}/{n}"));
-        cmd.arg("--seed").arg(host.seed.to_string());
-        cmd.arg("--device").arg(&host.device);
-        for s in &host.set {
+        cmd.arg("--seed").arg(host.script.seed.to_string());
+        cmd.arg("--device").arg(&host.script.device);
+        for s in &host.script.set {
             cmd.arg("--set").arg(s);
         }
         if host.allow_mixed {
@@ -513,7 +591,14 @@ fn run_jobs(script: &std::path::Path, n: usize, host: &HostArgs) -> Result<(), E
         if std::env::var_os("RAYON_NUM_THREADS").is_none() {
             cmd.env("RAYON_NUM_THREADS", &threads);
         }
-        children.push((i, cmd.spawn().map_err(failed)?));
+        // Its own process group: a terminal's Ctrl-C reaches this process only, which
+        // forwards one SIGTERM (a second signal would make a shard quit at once).
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd.spawn().map_err(failed)?;
+        pids.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(child.id());
+        children.push((i, child));
     }
     let failed_shards: Vec<String> = children
         .into_iter()
@@ -524,6 +609,9 @@ fn run_jobs(script: &std::path::Path, n: usize, host: &HostArgs) -> Result<(), E
         .collect();
     if failed_shards.is_empty() {
         Ok(())
+    } else if pretext::stop::requested() {
+        eprintln!("stopped; rerunning the same command resumes where the shards stopped");
+        Err(ExitCode::from(STOPPED))
     } else {
         eprintln!(
             "error: shard(s) {} failed (their messages are above); rerunning the same command \
@@ -565,7 +653,24 @@ fn script_failed(e: pretext::script::ScriptError) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     eprintln!("{e}");
+    if pretext::stop::requested() {
+        return ExitCode::from(STOPPED);
+    }
     ExitCode::from(SCRIPT_ERROR)
+}
+
+/// Batch mode: the first SIGINT or SIGTERM (a Slurm time limit) stops the script and its
+/// native work at the next step, files consistent and resumable; a second one quits at once.
+fn stop_on_signals(flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let seen = std::sync::atomic::AtomicBool::new(false);
+    let _ = ctrlc::set_handler(move || {
+        if seen.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(i32::from(STOPPED));
+        }
+        eprintln!("pretext: stopping at the next step (a second signal quits at once)");
+        pretext::stop::request();
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
 }
 
 fn failed(e: impl std::fmt::Display) -> ExitCode {

@@ -32,6 +32,8 @@ pub struct Check {
     /// The output or gradient with the largest error; when the error is infinite, also why (a
     /// NaN or an infinity and its position, a missing gradient, a shape mismatch).
     pub worst: String,
+    /// The error or panic that stopped the case, if one did (the other cases still run).
+    pub error: Option<String>,
 }
 
 fn randn(shape: &[usize], seed: u64) -> Result<Tensor> {
@@ -318,6 +320,7 @@ fn cases() -> Vec<(&'static str, f64, Case)> {
                     blocks: vec![2, 2],
                     init_features: 8,
                     bn_size: 2,
+                    ..Default::default()
                 };
                 let net = DenseNet::new(&cfg, store.builder(DType::F64, dev))?;
                 let x = randn(&[2, 3, 32, 32], 3)?
@@ -377,35 +380,104 @@ fn task_case(task: Task) -> Case {
     })
 }
 
-/// Runs every check on `dev` against the CPU kernels.
-pub fn parity(dev: &Device) -> Result<Vec<Check>> {
-    let mut all: Vec<(String, f64, Case)> = cases()
+/// One parity case: a computation run on the CPU (the reference) and on the device.
+pub struct ParityCase {
+    /// What it computes.
+    pub name: String,
+    /// The largest relative error accepted.
+    pub tol: f64,
+    run: Case,
+}
+
+impl ParityCase {
+    /// A case from a computation of outputs and gradients on a device.
+    pub fn new(
+        name: impl Into<String>,
+        tol: f64,
+        run: impl Fn(&Device) -> Result<Vec<(String, Option<Tensor>)>> + 'static,
+    ) -> ParityCase {
+        ParityCase {
+            name: name.into(),
+            tol,
+            run: Box::new(run),
+        }
+    }
+}
+
+/// Every case: each op and layer, the models, and one step of each pretext task.
+pub fn all_cases() -> Vec<ParityCase> {
+    let mut all: Vec<ParityCase> = cases()
         .into_iter()
-        .map(|(n, t, c)| (n.to_string(), t, c))
+        .map(|(name, tol, run)| ParityCase {
+            name: name.to_string(),
+            tol,
+            run,
+        })
         .collect();
     for t in Task::ALL {
-        all.push((
-            format!("pretext {} step (f64)", t.name()),
-            1e-8,
-            task_case(t),
-        ));
-    }
-    let mut out = Vec::new();
-    for (name, tol, case) in all {
-        let reference = case(&Device::Cpu)?;
-        let candidate = if dev.is_cpu() {
-            ops::with_composed(|| case(dev))?
-        } else {
-            case(dev)?
-        };
-        let (err, worst) = compare(&candidate, &reference)?;
-        out.push(Check {
-            name,
-            rel_err: err,
-            tol,
-            ok: err <= tol,
-            worst,
+        all.push(ParityCase {
+            name: format!("pretext {} step (f64)", t.name()),
+            tol: 1e-8,
+            run: task_case(t),
         });
     }
-    Ok(out)
+    all
+}
+
+/// Runs `cases` on `dev` against the CPU, one after another, and hands each finished check to
+/// `report` at once (a hang later loses nothing printed). A case that fails with an error or
+/// a panic is recorded as failed with its message, and the next case runs.
+pub fn run_cases(
+    cases: Vec<ParityCase>,
+    dev: &Device,
+    report: &mut dyn FnMut(&Check),
+) -> Vec<Check> {
+    let mut out = Vec::new();
+    for ParityCase { name, tol, run } in cases {
+        let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<_> {
+            let reference = run(&Device::Cpu)?;
+            let candidate = if dev.is_cpu() {
+                ops::with_composed(|| run(dev))?
+            } else {
+                run(dev)?
+            };
+            compare(&candidate, &reference)
+        }));
+        let error = match &attempt {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(panic) => Some(format!(
+                "panicked: {}",
+                panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("(no message)")
+            )),
+        };
+        let (rel_err, worst) = match attempt {
+            Ok(Ok(r)) => r,
+            _ => (f64::INFINITY, String::new()),
+        };
+        let check = Check {
+            name,
+            rel_err,
+            tol,
+            ok: error.is_none() && rel_err <= tol,
+            worst,
+            error,
+        };
+        report(&check);
+        out.push(check);
+    }
+    out
+}
+
+/// Runs every case, or those whose name contains `filter`, on `dev` against the CPU kernels.
+pub fn parity(dev: &Device, filter: Option<&str>, report: &mut dyn FnMut(&Check)) -> Vec<Check> {
+    let cases = all_cases()
+        .into_iter()
+        .filter(|c| filter.is_none_or(|f| c.name.contains(f)))
+        .collect();
+    run_cases(cases, dev, report)
 }

@@ -238,3 +238,75 @@ fn stdlib_imports_work_from_any_directory() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o).trim(), "3.0");
 }
+
+#[test]
+fn check_flags_a_call_to_an_unknown_function_with_its_position_and_a_suggestion() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("typo.rhai");
+    std::fs::write(
+        &script,
+        "fn mine(x) { x }\nlet a = mine(1);\nlet ct = pancrea(#{ shape: [8, 8, 8] });\n",
+    )
+    .unwrap();
+    let o = pretext(&["check", script.to_str().unwrap()], None);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("typo.rhai:3:"), "{err}");
+    assert!(
+        err.contains("unknown function `pancrea`; did you mean `pancreas`?"),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_example_and_stdlib_module_passes_check() {
+    for dir in ["examples", "stdlib"] {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_some_and(|x| x == "rhai") {
+                let o = pretext(&["check", path.to_str().unwrap()], None);
+                assert!(o.status.success(), "{}: {}", path.display(), stderr(&o));
+            }
+        }
+    }
+}
+
+#[test]
+fn errors_carry_no_rust_backtrace_unless_debug() {
+    // A shape error that candle raises, with backtraces requested by the environment.
+    let run = |debug: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"));
+        if debug {
+            c.arg("--debug");
+        }
+        c.args(["eval", "zeros([2, 3]).matmul(zeros([4, 5]))"])
+            .env("RUST_BACKTRACE", "1")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap()
+    };
+    let o = run(false);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("matmul"), "{err}");
+    assert!(!err.contains("backtrace"), "{err}");
+    let o = run(true);
+    assert!(
+        stderr(&o).contains("backtrace"),
+        "--debug keeps it: {}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn repl_and_eval_do_not_offer_sweep_options() {
+    for cmd in ["repl", "eval"] {
+        let help = stdout(&pretext(&[cmd, "--help"], None));
+        assert!(help.contains("--set"), "{help}");
+        assert!(
+            !help.contains("--shard") && !help.contains("--allow-mixed"),
+            "{help}"
+        );
+    }
+    assert!(stdout(&pretext(&["run", "--help"], None)).contains("--shard"));
+}

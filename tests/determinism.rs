@@ -87,11 +87,26 @@ fn every_task_and_finetuning_cell_is_bit_identical_at_one_and_two_threads() {
         .keys()
         .filter(|k| k.ends_with(".safetensors"))
         .count();
-    // Best and last of ten pretrainings, the two finetuned models, and the four of the
-    // finetune_many calls.
-    assert_eq!(checkpoints, 26, "{:?}", runs[0].keys().collect::<Vec<_>>());
-    // A cell run beside another (two at once at 2 threads) is the cell run alone.
+    // Best and last of ten pretrainings and of the two run by pretrain_many, the two
+    // finetuned models, and the four of the finetune_many calls.
+    assert_eq!(checkpoints, 30, "{:?}", runs[0].keys().collect::<Vec<_>>());
+    // A pretraining or a cell run beside another (two at once at 2 threads) is the same run
+    // alone.
     for run in &runs {
+        for task in ["rotation", "cpc"] {
+            for file in [
+                "best.safetensors",
+                "last.safetensors",
+                "log.jsonl",
+                "config.json",
+            ] {
+                let (alone, beside) = (
+                    format!("ct-{task}/{file}"),
+                    format!("many-ct-{task}/{file}"),
+                );
+                assert!(run[&alone] == run[&beside], "{beside} differs from {alone}");
+            }
+        }
         assert!(run["seg.safetensors"] == run["seg-many-0.safetensors"]);
         assert!(run["grade.safetensors"] == run["grade-many-0.safetensors"]);
         assert!(run["seg.safetensors"] != run["seg-many-1.safetensors"]);

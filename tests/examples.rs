@@ -130,6 +130,138 @@ fn both_figures_run_under_the_test_profile() {
         &dir.path().join("runs/test/fig4"),
         &[("qwk", -1.0, 1.0), ("accuracy", 0.0, 1.0)],
     );
+    check_report(&dir.path().join("runs/test/fig3"));
+    check_report(&dir.path().join("runs/test/fig4"));
+}
+
+/// The run's report.html, parsed: its sections, every figure of the folder shown from a file
+/// that exists, the statistics table, one timing row per result row (arm, fraction, seed as
+/// in the results), and no failure.
+fn check_report(dir: &Path) {
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    let dom = tl::parse(&html, tl::ParserOptions::default()).unwrap();
+    let parser = dom.parser();
+    let texts = |selector: &str| -> Vec<String> {
+        dom.query_selector(selector)
+            .unwrap()
+            .map(|h| h.get(parser).unwrap().inner_text(parser).trim().to_string())
+            .collect()
+    };
+    assert_eq!(
+        texts("h2"),
+        [
+            "Configuration",
+            "Figures",
+            "Statistics",
+            "Timings",
+            "Failures and unfinished work"
+        ],
+        "{}",
+        dir.display()
+    );
+    let srcs: Vec<String> = dom
+        .query_selector("img")
+        .unwrap()
+        .map(|h| {
+            let tag = h.get(parser).unwrap().as_tag().unwrap();
+            tag.attributes()
+                .get("src")
+                .flatten()
+                .unwrap()
+                .as_utf8_str()
+                .into_owned()
+        })
+        .collect();
+    let mut pngs: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".png"))
+        .collect();
+    pngs.sort();
+    assert!(!pngs.is_empty());
+    assert_eq!(srcs, pngs, "every figure, each from a file of the folder");
+    // The tables: statistics (from stats.md), pretraining, per arm, every cell.
+    let tables: Vec<Vec<Vec<String>>> = dom
+        .query_selector("table")
+        .unwrap()
+        .map(|t| {
+            let table = t.get(parser).unwrap();
+            let inner = table.inner_html(parser);
+            let sub = tl::parse(&inner, tl::ParserOptions::default()).unwrap();
+            let p = sub.parser();
+            sub.query_selector("tr")
+                .unwrap()
+                .map(|tr| {
+                    let row = tr.get(p).unwrap().inner_html(p);
+                    let cells = tl::parse(&row, tl::ParserOptions::default()).unwrap();
+                    let q = cells.parser();
+                    cells
+                        .query_selector("td, th")
+                        .unwrap()
+                        .map(|c| c.get(q).unwrap().inner_text(q).trim().to_string())
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
+    let every_cell = tables
+        .iter()
+        .find(|t| t[0].contains(&"training items".to_string()))
+        .expect("a table of every cell");
+    let mut rows = ResultsFile::open(dir.join("results.jsonl"))
+        .unwrap()
+        .rows()
+        .to_vec();
+    pretext::experiment::results::sort_rows(&mut rows);
+    assert_eq!(
+        every_cell.len(),
+        rows.len() + 1,
+        "a header and one row per cell"
+    );
+    for (cells, r) in every_cell[1..].iter().zip(&rows) {
+        assert_eq!(cells[0], r.task);
+        assert_eq!(cells[1].parse::<f64>().unwrap(), r.fraction);
+        assert_eq!(cells[2], r.seed.to_string());
+        assert_eq!(cells[3], r.n_train.to_string());
+    }
+    let stats = html
+        .split("<h2>Statistics</h2>")
+        .nth(1)
+        .unwrap()
+        .split("<h2>")
+        .next()
+        .unwrap();
+    assert!(
+        stats.contains("<table>") && stats.contains("baseline"),
+        "{stats}"
+    );
+    // Failures: exactly the rows with an undefined metric (the test profile's tiny runs may
+    // give an undefined kappa); every pretraining finished, no cell left a state behind.
+    let failures = html.split("Failures and unfinished work").nth(1).unwrap();
+    let undefined: Vec<&pretext::experiment::ResultRow> = rows
+        .iter()
+        .filter(|r| {
+            r.metrics
+                .values()
+                .any(|v| v.as_f64().is_none_or(|x| !x.is_finite()) && !v.is_array())
+        })
+        .collect();
+    if undefined.is_empty() {
+        assert!(
+            failures.contains("None: every result is defined"),
+            "{failures}"
+        );
+    }
+    for r in undefined {
+        assert!(
+            failures.contains(&format!(
+                "{} {} seed {}: undefined",
+                r.task, r.fraction, r.seed
+            )),
+            "{failures}"
+        );
+    }
+    assert!(!failures.contains("stopped"), "{failures}");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! every option with its type, default and meaning.
 
 mod common;
-use common::{eval_err, pretext, stderr};
+use common::{eval_err, eval_show, pretext, stderr};
 use pretext::script::option_docs;
 use pretext::train::finetune::{FinetuneOptions, GradingOptions, SegmentationOptions};
 use pretext::train::pretrain::PretrainOptions;
@@ -263,4 +263,30 @@ fn a_pretraining_folder_records_its_configuration_and_finetuning_names_a_backbon
     assert_eq!(config["options"]["unet"]["filters"], 2);
     assert_eq!(config["resolved"]["train"]["epochs"], 1);
     assert_eq!(config["resolved"]["task"]["task"], "rotation");
+}
+
+#[test]
+fn the_densenet_convention_is_an_option_and_the_paper_fundus_profile_follows_keras() {
+    let show = |expr: &str| eval_show(&format!("import \"profiles\" as p; {expr}"));
+    assert_eq!(show("p::fundus(\"paper\").densenet.convention"), "keras");
+    // The quick and test profiles keep torchvision's constants (the default).
+    for profile in ["quick", "test"] {
+        let has = show(&format!(
+            "\"convention\" in p::fundus(\"{profile}\").densenet"
+        ));
+        assert_eq!(has, "false", "{profile}");
+    }
+    let e = eval_err(
+        "densenet(#{ growth: 2, blocks: [1], init_features: 2, bn_size: 1, convention: \"tf\" })",
+    );
+    assert!(
+        e.contains("`convention`") && e.contains("\"torchvision\" | \"keras\""),
+        "{e}"
+    );
+    let rows = option_docs::<GradingOptions>();
+    let row = rows
+        .iter()
+        .find(|r| r.key == "densenet.convention")
+        .unwrap();
+    assert_eq!(row.default, "\"torchvision\"");
 }

@@ -11,8 +11,15 @@ use pretext::parity::compare;
 
 #[test]
 fn the_composed_paths_equal_the_cpu_kernels_for_every_op_and_model() {
-    let checks = pretext::parity::parity(&Device::Cpu).unwrap();
+    let mut reported = Vec::new();
+    let checks =
+        pretext::parity::parity(&Device::Cpu, None, &mut |c| reported.push(c.name.clone()));
     assert!(checks.len() >= 18);
+    assert_eq!(
+        reported,
+        checks.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
+        "every case reported as it finished, in order"
+    );
     for c in &checks {
         assert!(
             c.ok,
@@ -151,4 +158,57 @@ fn torch_comparison_helpers_fail_on_one_nan_or_infinity_with_its_position() {
     }
     assert_eq!(max_abs_diff(&[1.0, 2.0], &[1.5, 2.0]), 0.5);
     assert!(try_rel_err(&clean, &clean.reshape((6, 4)).unwrap()).is_err());
+}
+
+#[test]
+fn a_parity_case_that_errs_or_panics_is_recorded_and_the_next_case_still_runs() {
+    use pretext::parity::{ParityCase, run_cases};
+    let ok = |name: &str| {
+        ParityCase::new(name, 1e-6, |dev: &Device| {
+            let t = Tensor::new(&[1f32, 2.0, 3.0], dev)?;
+            Ok(vec![("output".to_string(), Some((t * 2.0)?))])
+        })
+    };
+    let cases = vec![
+        ok("first"),
+        ParityCase::new("errs", 1e-6, |_: &Device| {
+            Err(pretext::Error::msg("no kernel for this device"))
+        }),
+        ParityCase::new("panics", 1e-6, |_: &Device| -> pretext::Result<_> {
+            panic!("driver gone")
+        }),
+        ok("last"),
+    ];
+    let mut seen = Vec::new();
+    let checks = run_cases(cases, &Device::Cpu, &mut |c| seen.push(c.name.clone()));
+    assert_eq!(seen, ["first", "errs", "panics", "last"]);
+    assert!(checks[0].ok && checks[3].ok);
+    assert!(!checks[1].ok && !checks[2].ok);
+    assert!(checks[1].error.as_deref().unwrap().contains("no kernel"));
+    assert!(
+        checks[2]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("panicked: driver gone")
+    );
+    assert!(checks[1].rel_err.is_infinite());
+}
+
+#[test]
+fn bench_parity_filters_cases_by_name_and_refuses_a_filter_that_matches_none() {
+    let o = common::pretext(&["bench", "parity", "--filter", "conv3d"], None);
+    let out = common::stdout(&o);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(
+        out.lines().count() >= 1 && out.lines().all(|l| l.contains("conv3d")),
+        "{out}"
+    );
+    let o = common::pretext(&["bench", "parity", "--filter", "no-such-case"], None);
+    assert!(!o.status.success());
+    assert!(
+        common::stderr(&o).contains("no parity case matches"),
+        "{}",
+        common::stderr(&o)
+    );
 }

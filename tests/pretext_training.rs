@@ -224,6 +224,7 @@ fn rotation_pretraining_on_2d_images_with_a_small_densenet_learns() {
             blocks: vec![2, 2],
             init_features: 8,
             bn_size: 2,
+            ..Default::default()
         },
         GlobalPool::Max,
     );

@@ -752,6 +752,8 @@ fn a_batch_of_zero_is_an_error() {
             steps: None,
             warmup_steps: 0,
             lr_schedule: Default::default(),
+            validation: Vec::new(),
+            files: Default::default(),
         },
         dice: DiceVariant::Batch,
         absent: Default::default(),

@@ -53,12 +53,15 @@ fn vars_lists_the_scope_and_load_runs_a_file_in_it() {
     let file = dir.path().join("defs.rhai");
     std::fs::write(&file, "let loaded = 5;\nfn plus_one(v) { v + 1 }\n").unwrap();
     let (out, err) = repl(&format!(
-        "let y = 3;\n:load {}\nplus_one(loaded)\n:vars\n",
+        "let y = 3;\nlet t = zeros([2]);\n:load {}\nplus_one(loaded)\n:vars\n",
         file.display()
     ));
     assert!(out.lines().any(|l| l.trim() == "6"), "{out}\n{err}");
     assert!(out.contains("let y: i64 = 3"), "{out}");
     assert!(out.contains("let loaded: i64 = 5"), "{out}");
+    // Script type names, not Rust paths.
+    assert!(out.contains("let t: Tensor ="), "{out}");
+    assert!(!out.contains("::"), "{out}");
 }
 
 #[test]

@@ -46,6 +46,8 @@ fn schedule(epochs: usize, warmup: usize, bs: usize, lr: f64) -> Schedule {
         steps: None,
         warmup_steps: 0,
         lr_schedule: Default::default(),
+        validation: Vec::new(),
+        files: Default::default(),
     }
 }
 
@@ -228,6 +230,7 @@ fn grading_finetuning_learns_grades_and_reports_kappa() {
         blocks: vec![2, 2],
         init_features: 8,
         bn_size: 2,
+        ..Default::default()
     };
     for encoding in [GradeEncoding::Cumulative, GradeEncoding::Softmax] {
         let cfg = ClassificationConfig {
@@ -371,4 +374,78 @@ fn a_step_budget_gives_every_fraction_the_same_number_of_steps_and_the_lr_decays
             .to_string()
             .contains("warm-up of 7 steps in 7")
     );
+}
+
+#[test]
+fn validation_items_are_scored_every_epoch_without_changing_the_training() {
+    let data = labelled(12, 16);
+    let cfg = |validation: Vec<usize>| SegmentationConfig {
+        unet: small_unet(),
+        schedule: Schedule {
+            validation,
+            ..schedule(6, 0, 2, 1e-2)
+        },
+        dice: DiceVariant::Batch,
+        absent: Default::default(),
+    };
+    let train: Vec<usize> = (0..8).collect();
+    let run = |c: &SegmentationConfig| {
+        finetune_segmentation(
+            &EncoderInit::Random,
+            c,
+            &data,
+            (&train, &[10, 11]),
+            &Device::Cpu,
+            &mut |_, _| {},
+        )
+        .unwrap()
+    };
+    let plain = run(&cfg(Vec::new()));
+    let validated = run(&cfg(vec![8, 9]));
+    assert!(plain.log.validation.is_empty());
+    assert_eq!(validated.log.validation.len(), 6);
+    // Scoring in inference mode draws no dropout mask and updates no statistic.
+    assert_eq!(plain.log.losses, validated.log.losses);
+    assert_eq!(plain.dice, validated.dice);
+    // The last epoch's validation score is the Dice of the final model on items 8 and 9,
+    // the same computation as the test score on items 10 and 11.
+    let on_val = finetune_segmentation(
+        &EncoderInit::Random,
+        &cfg(Vec::new()),
+        &data,
+        (&train, &[8, 9]),
+        &Device::Cpu,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(
+        validated.log.validation[5]["val_dice_mean"],
+        on_val.dice_mean
+    );
+    assert!(validated.log.validation[0]["val_dice_mean"] != on_val.dice_mean);
+}
+
+#[test]
+fn a_validation_item_that_is_also_a_training_or_test_item_is_refused() {
+    let paper = SegmentationConfig::paper().schedule;
+    for val in [vec![1], vec![2]] {
+        let o = pretext::train::finetune::FinetuneOptions {
+            train: vec![0, 1],
+            test: vec![2],
+            val,
+            ..Default::default()
+        };
+        let e = o.schedule(&paper, 0).unwrap_err().to_string();
+        assert!(
+            e.contains("`val`") && e.contains("also a training or test item"),
+            "{e}"
+        );
+    }
+    let ok = pretext::train::finetune::FinetuneOptions {
+        train: vec![0, 1],
+        test: vec![2],
+        val: vec![3],
+        ..Default::default()
+    };
+    assert_eq!(ok.schedule(&paper, 0).unwrap().validation, vec![3]);
 }

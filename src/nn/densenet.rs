@@ -1,17 +1,20 @@
 //! DenseNet (Huang et al.), 121 layers by default, in torchvision's layout and parameter names
 //! (`features.conv0`, `features.denseblock{i}.denselayer{j}.norm1/conv1/norm2/conv2`,
 //! `features.transition{i}.norm/conv`, `features.norm5`), so its weights map 1:1. Width and
-//! depth are configurable for a small CPU variant.
+//! depth are configurable for a small CPU variant. The BatchNorm constants and the
+//! initialisation of the convolutions are torchvision's by default, or those of
+//! `keras.applications.DenseNet121` (the authors' model) with
+//! [`DenseNetConvention::Keras`].
 
 use candle_core::Tensor;
-use candle_nn::VarBuilder;
+use candle_nn::{Init, VarBuilder};
 
-use super::conv::{Conv2d, ConvConfig, conv2d};
+use super::conv::{Conv2d, ConvConfig, HE_NORMAL, conv2d, glorot_uniform};
 use super::norm::{BatchNorm, BatchNormConfig, batch_norm};
 use crate::ops;
 use crate::{Error, Result};
 
-/// The shape of a [`DenseNet`]; the default is DenseNet-121.
+/// The shape and the constants of a [`DenseNet`]; the default is torchvision's DenseNet-121.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct DenseNetConfig {
@@ -25,6 +28,59 @@ pub struct DenseNetConfig {
     pub init_features: usize,
     /// Bottleneck width of a dense layer as a multiple of `growth` (4).
     pub bn_size: usize,
+    /// Whose BatchNorm constants and initialisation: "torchvision" (PyTorch's BatchNorm eps
+    /// 1e-5 and momentum 0.1, He-normal convolutions) or "keras" (O's
+    /// `keras.applications.DenseNet121`: eps 1.001e-5, Keras momentum 0.99, i.e. 0.01 as the
+    /// weight of the new batch, and Glorot-uniform convolutions).
+    pub convention: DenseNetConvention,
+}
+
+/// Which framework's constants a [`DenseNet`] follows. The layout, the parameter names and
+/// the forward pass are the same for both.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum DenseNetConvention {
+    /// torchvision's `densenet121`: BatchNorm eps 1e-5 and momentum 0.1 (PyTorch's defaults),
+    /// convolutions drawn by `kaiming_normal_` (normal, std `sqrt(2 / fan_in)`).
+    #[default]
+    Torchvision,
+    /// `keras.applications.DenseNet121` (TF 2.1, O's model): BatchNorm eps 1.001e-5 and
+    /// Keras' momentum 0.99 (0.01 here), convolutions drawn by Keras' `glorot_uniform`
+    /// (uniform in `±sqrt(6 / (fan_in + fan_out))`, fans `k·k·in` and `k·k·out`). Keras
+    /// updates the running variance of these 4-D BatchNorms with the unbiased batch variance,
+    /// as PyTorch does (TF's fused kernel applies Bessel's correction).
+    Keras,
+}
+
+impl DenseNetConvention {
+    /// The settings of every BatchNorm of the network.
+    pub fn batch_norm(self) -> BatchNormConfig {
+        match self {
+            DenseNetConvention::Torchvision => BatchNormConfig::TORCH,
+            DenseNetConvention::Keras => BatchNormConfig {
+                eps: 1.001e-5,
+                ..BatchNormConfig::KERAS
+            },
+        }
+    }
+
+    /// The initialisation of a `k×k` convolution from `c_in` to `c_out` channels.
+    pub fn conv_init(self, c_in: usize, c_out: usize, k: usize) -> Init {
+        match self {
+            DenseNetConvention::Torchvision => HE_NORMAL,
+            DenseNetConvention::Keras => glorot_uniform(k * k * c_in, k * k * c_out),
+        }
+    }
 }
 
 impl Default for DenseNetConfig {
@@ -42,7 +98,30 @@ impl DenseNetConfig {
             blocks: vec![6, 12, 24, 16],
             init_features: 64,
             bn_size: 4,
+            convention: DenseNetConvention::Torchvision,
         }
+    }
+
+    /// A bias-free `k×k` convolution from `c_in` to `c_out` channels, initialised by the
+    /// convention.
+    fn conv(
+        &self,
+        (c_in, c_out, k): (usize, usize, usize),
+        (padding, stride): (usize, usize),
+        vb: VarBuilder,
+    ) -> Result<Conv2d> {
+        let cfg = ConvConfig {
+            padding,
+            stride,
+            bias: false,
+            init: self.convention.conv_init(c_in, c_out, k),
+        };
+        conv2d(c_in, c_out, k, cfg, vb)
+    }
+
+    /// A BatchNorm of `c` channels with the convention's settings.
+    fn norm(&self, c: usize, vb: VarBuilder) -> Result<BatchNorm> {
+        batch_norm(c, self.convention.batch_norm(), vb)
     }
 
     /// Channels of the final feature map.
@@ -81,24 +160,11 @@ struct DenseLayer {
 impl DenseLayer {
     fn new(c_in: usize, cfg: &DenseNetConfig, vb: VarBuilder) -> Result<Self> {
         let width = cfg.bn_size * cfg.growth;
-        let plain = ConvConfig {
-            bias: false,
-            ..Default::default()
-        };
         Ok(DenseLayer {
-            norm1: batch_norm(c_in, BatchNormConfig::TORCH, vb.pp("norm1"))?,
-            conv1: conv2d(c_in, width, 1, plain, vb.pp("conv1"))?,
-            norm2: batch_norm(width, BatchNormConfig::TORCH, vb.pp("norm2"))?,
-            conv2: conv2d(
-                width,
-                cfg.growth,
-                3,
-                ConvConfig {
-                    padding: 1,
-                    ..plain
-                },
-                vb.pp("conv2"),
-            )?,
+            norm1: cfg.norm(c_in, vb.pp("norm1"))?,
+            conv1: cfg.conv((c_in, width, 1), (0, 1), vb.pp("conv1"))?,
+            norm2: cfg.norm(width, vb.pp("norm2"))?,
+            conv2: cfg.conv((width, cfg.growth, 3), (1, 1), vb.pp("conv2"))?,
         })
     }
 
@@ -222,22 +288,12 @@ impl DenseNet {
             ));
         }
         let f = vb.pp("features");
-        let plain = ConvConfig {
-            bias: false,
-            ..Default::default()
-        };
-        let conv0 = conv2d(
-            cfg.in_channels,
-            cfg.init_features,
-            7,
-            ConvConfig {
-                padding: 3,
-                stride: 2,
-                ..plain
-            },
+        let conv0 = cfg.conv(
+            (cfg.in_channels, cfg.init_features, 7),
+            (3, 2),
             f.pp("conv0"),
         )?;
-        let norm0 = batch_norm(cfg.init_features, BatchNormConfig::TORCH, f.pp("norm0"))?;
+        let norm0 = cfg.norm(cfg.init_features, f.pp("norm0"))?;
         let mut c = cfg.init_features;
         let mut blocks = Vec::new();
         let mut transitions = Vec::new();
@@ -252,13 +308,13 @@ impl DenseNet {
             if i + 1 < cfg.blocks.len() {
                 let vb = f.pp(format!("transition{}", i + 1));
                 transitions.push(Transition {
-                    norm: batch_norm(c, BatchNormConfig::TORCH, vb.pp("norm"))?,
-                    conv: conv2d(c, c / 2, 1, plain, vb.pp("conv"))?,
+                    norm: cfg.norm(c, vb.pp("norm"))?,
+                    conv: cfg.conv((c, c / 2, 1), (0, 1), vb.pp("conv"))?,
                 });
                 c /= 2;
             }
         }
-        let norm5 = batch_norm(c, BatchNormConfig::TORCH, f.pp("norm5"))?;
+        let norm5 = cfg.norm(c, f.pp("norm5"))?;
         Ok(DenseNet {
             conv0,
             norm0,

@@ -15,7 +15,7 @@ pub mod store;
 pub mod unet;
 
 pub use conv::{Conv2d, Conv3d, ConvConfig, ConvTranspose3d, conv_transpose3d, conv2d, conv3d};
-pub use densenet::{DenseBlock, DenseNet, DenseNetConfig, GlobalPool};
+pub use densenet::{DenseBlock, DenseNet, DenseNetConfig, DenseNetConvention, GlobalPool};
 pub use dropout::Dropout;
 pub use gru::{Gru, gru};
 pub use heads::{MlpHead, MlpHeadConfig};

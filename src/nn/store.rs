@@ -18,7 +18,7 @@ use crate::error::{Error, FileContext, Result};
 const BUFFERS: [&str; 2] = ["running_mean", "running_var"];
 
 /// The metadata key holding a checkpoint's JSON manifest.
-const MANIFEST_KEY: &str = "pretext";
+pub(crate) const MANIFEST_KEY: &str = "pretext";
 
 /// Named parameters and buffers of one or more models, created on first use.
 #[derive(Clone)]

@@ -308,7 +308,7 @@ fn splits(d: &mut Domain) {
     d.func(
         "split_train_test",
         "split_train_test(n: INT, test_frac: FLOAT, seed: INT) -> Map",
-        "A seeded split of 0..n: #{train, test}, test = round(n * test_frac) cases (at least 1).",
+        "A seeded split of the positions 0..n (not case ids: index your list of cases with them, e.g. s.train.map(|i| cases[i])): #{train, test}, test = round(n * test_frac) positions (at least 1).",
         |n: INT, f: Dynamic, seed: INT| {
             let s = split::train_test(
                 index(n, "n")?,

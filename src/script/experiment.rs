@@ -466,6 +466,18 @@ fn plots(d: &mut Domain) {
     )
     .options::<DeltaOptions>();
     d.func(
+        "run_report",
+        "run_report(dir: String) -> Map",
+        "Summarises a run folder in report.md and report.html (the configuration, figures, statistics table, timings per pretraining, arm and cell, and what failed or did not finish; the same as `pretext report DIR`); returns #{markdown, html}.",
+        |dir: &str| {
+            let r = crate::experiment::summary::write(std::path::Path::new(dir)).rt()?;
+            let mut m = Map::new();
+            m.insert("markdown".into(), r.markdown.display().to_string().into());
+            m.insert("html".into(), r.html.display().to_string().into());
+            Ok(m)
+        },
+    );
+    d.func(
         "stats_report",
         "stats_report(rows: Array|Results, opts: Map) -> Map",
         "The pre-registered analysis of one metric (options below): per arm and fraction the mean with t and bootstrap 95 % CIs and the undefined (NaN) values left out; arm − baseline paired by seed with t CI, exact sign-flip p and Holm's p across the pretext tasks per fraction; the primary contrast (mean over the pretext tasks of task − baseline at the smallest fraction); per task Δ(smallest) − Δ(largest) with Holm. Writes stats.json, stats.csv and stats.md; returns #{metric, summary (the primary contrast in one line), files, repetitions, undefined, primary, deltas, secondary} (undefined numbers as ()).",

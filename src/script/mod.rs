@@ -174,7 +174,68 @@ impl Host {
     /// Parses a script file without running it.
     pub fn check_file(&self, path: &Path) -> Result<AST, ScriptError> {
         let text = read_script(path)?;
-        self.compile(&text, &path.display().to_string(), &Scope::new())
+        let name = path.display().to_string();
+        let ast = self.compile(&text, &name, &Scope::new())?;
+        if let Some((f, pos)) = self.unknown_calls(&ast).into_iter().next() {
+            let known = self.function_names(&ast);
+            let hint = options::suggestion(&f, known.iter().map(String::as_str))
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            let e = rhai::EvalAltResult::ErrorRuntime(
+                format!("unknown function `{f}`{hint}").into(),
+                pos,
+            );
+            return Err(ScriptError::runtime(&e, &name, &text));
+        }
+        Ok(ast)
+    }
+
+    /// Every function a call in `ast` may name without a module path: the registered ones,
+    /// Rhai's packages and keywords, and the script's own.
+    fn function_names(&self, ast: &AST) -> std::collections::BTreeSet<String> {
+        let mut names: std::collections::BTreeSet<String> = [
+            "print",
+            "debug",
+            "type_of",
+            "eval",
+            "Fn",
+            "call",
+            "curry",
+            "is_shared",
+            "is_def_var",
+            "is_def_fn",
+        ]
+        .map(String::from)
+        .into();
+        names.extend(ast.iter_functions().map(|f| f.name.to_string()));
+        if let Ok(json) = self.engine.gen_fn_metadata_with_ast_to_json(ast, true)
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&json)
+        {
+            for f in v["functions"].as_array().into_iter().flatten() {
+                if let Some(n) = f["name"].as_str() {
+                    names.insert(n.to_string());
+                }
+            }
+        }
+        names
+    }
+
+    /// Calls in `ast` (function bodies included) to a function that exists nowhere, with
+    /// their positions; calls into imported modules (`m::f`) are not checked.
+    fn unknown_calls(&self, ast: &AST) -> Vec<(String, rhai::Position)> {
+        let known = self.function_names(ast);
+        let mut unknown = Vec::new();
+        ast.walk(&mut |path: &[rhai::ASTNode]| {
+            if let Some(rhai::ASTNode::Expr(rhai::Expr::FnCall(call, pos))) = path.last()
+                && call.namespace.is_empty()
+                && call.op_token.is_none()
+                && !known.contains(call.name.as_str())
+            {
+                unknown.push((call.name.to_string(), *pos));
+            }
+            true
+        });
+        unknown
     }
 
     /// Parses `text`, naming it `name` in errors.
@@ -203,6 +264,12 @@ impl Host {
         self.eval_ast(&mut scope, &ast, name, text)
     }
 
+    /// The script-facing name of a value's type (`Tensor`, `Volume`, `map`), not its Rust path.
+    pub fn type_name(&self, v: &Dynamic) -> String {
+        let name = self.engine.map_type_name(v.type_name());
+        name.rsplit("::").next().unwrap_or(name).to_string()
+    }
+
     /// Evaluates a compiled AST in `scope`; `name`/`text` are used to render errors.
     pub fn eval_ast(
         &self,
@@ -212,6 +279,7 @@ impl Host {
         text: &str,
     ) -> Result<Dynamic, ScriptError> {
         self.state.interrupt.store(false, Ordering::Relaxed);
+        crate::stop::clear();
         self.engine
             .eval_ast_with_scope::<Dynamic>(scope, ast)
             .map_err(|e| ScriptError::runtime(&e, name, text))

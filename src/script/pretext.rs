@@ -228,7 +228,7 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
     d.func(
         "finetune_segmentation",
         "finetune_segmentation(data: PancreasSet | NiftiFolderSet, opts: Map) -> Map",
-        "Finetunes a UNet3D on opts.train, evaluates on opts.test: #{dice, dice_mean, soft_dice, soft_dice_mean, losses, train_seconds, eval_seconds, load}.",
+        "Finetunes a UNet3D on opts.train, evaluates on opts.test: #{dice, dice_mean, soft_dice, soft_dice_mean, losses, validation (per epoch, with opts.val), train_seconds, eval_seconds, load}.",
         move |data: PancreasSet, m: Map| segmentation(&s, &data, &m),
     )
     .options::<SegmentationOptions>();
@@ -241,7 +241,7 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
     d.func(
         "finetune_grading",
         "finetune_grading(data: FundusSet, opts: Map) -> Map",
-        "Finetunes a DenseNet grader on opts.train, evaluates on opts.test: #{qwk, accuracy, confusion, undecodable, scored, undecodable_excluded, losses, train_seconds, eval_seconds, load}. undecodable counts test images whose cumulative outputs decode to -1 (none above 0.5); qwk, accuracy and confusion leave them out (undecodable_excluded: true), as O does; scored is the number they count.",
+        "Finetunes a DenseNet grader on opts.train, evaluates on opts.test: #{qwk, accuracy, confusion, undecodable, scored, undecodable_excluded, losses, validation (per epoch, with opts.val), train_seconds, eval_seconds, load}. undecodable counts test images whose cumulative outputs decode to -1 (none above 0.5); qwk, accuracy and confusion leave them out (undecodable_excluded: true), as O does; scored is the number they count.",
         move |data: FundusSet, m: Map| grading(&s, &data, &m),
     )
     .options::<GradingOptions>();
@@ -254,12 +254,66 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
     );
     let s = state.clone();
     d.func(
+        "pretrain_many",
+        "pretrain_many(data: Any, runs: Array) -> Array",
+        "Pretrains several runs, each #{task, ids, opts} as pretrain(task, data, ids, opts) takes them, cells_at_once() at a time, and returns their reports in order; every run's options are checked before any starts, and each report (and checkpoint) equals the one-at-a-time call's.",
+        move |data: Dynamic, runs: Array| pretrain_many(&s, &data, &runs),
+    );
+    let s = state.clone();
+    d.func(
         "cells_at_once",
         "cells_at_once() -> INT",
         "How many cells finetune_many runs at once: one per thread on the CPU (RAYON_NUM_THREADS, else the cores; `run --jobs N` gives each shard its share), one on a GPU.",
         move || Ok(crate::train::concurrent::at_once(&s.device()) as INT),
     );
     d
+}
+
+/// The runs of [`pretrain_many`], each `#{task, ids, opts}` checked before any starts.
+fn pretrain_many(state: &HostState, data: &Dynamic, runs: &Array) -> RResult<Array> {
+    let in_run =
+        |i: usize, e: Box<rhai::EvalAltResult>| rt_err(format!("pretrain_many: runs[{i}]: {e}"));
+    let mut jobs = Vec::with_capacity(runs.len());
+    for (i, r) in runs.iter().enumerate() {
+        let m = r.clone().try_cast::<Map>().ok_or_else(|| {
+            rt_err(format!(
+                "pretrain_many: runs[{i}]: expected #{{task, ids, opts}}, got {}",
+                r.type_name()
+            ))
+        })?;
+        let field = |k: &str| {
+            m.get(k).cloned().ok_or_else(|| {
+                rt_err(format!(
+                    "pretrain_many: runs[{i}]: `{k}` is missing (expected #{{task, ids, opts}})"
+                ))
+            })
+        };
+        let task = field("task")?.into_string().map_err(|t| {
+            rt_err(format!(
+                "pretrain_many: runs[{i}]: task must be a string, got {t}"
+            ))
+        })?;
+        let ids = field("ids")?.into_array().map_err(|t| {
+            rt_err(format!(
+                "pretrain_many: runs[{i}]: ids must be an array, got {t}"
+            ))
+        })?;
+        let opts = field("opts")?
+            .try_cast::<Map>()
+            .ok_or_else(|| rt_err(format!("pretrain_many: runs[{i}]: opts must be a map")))?;
+        options::parse::<PretrainOptions>("pretrain", &opts).map_err(|e| in_run(i, e))?;
+        Task::parse(&task).rt().map_err(|e| in_run(i, e))?;
+        jobs.push((i, task, ids, opts));
+    }
+    let at_once = crate::train::concurrent::at_once(&state.device());
+    crate::train::concurrent::run_each(jobs, at_once, |(i, task, ids, opts)| {
+        pretrain(state, &task, data, &ids, &opts)
+            .map(Dynamic::from)
+            .map_err(|e| in_run(i, e))
+    })
+    .rt()?
+    .into_iter()
+    .collect()
 }
 
 /// The cells of [`finetune_many`], each options map checked before any runs.
@@ -460,6 +514,10 @@ fn common(
     load: &Option<crate::nn::LoadReport>,
 ) -> RResult<()> {
     out.insert("losses".into(), rhai::serde::to_dynamic(&log.losses)?);
+    out.insert(
+        "validation".into(),
+        rhai::serde::to_dynamic(&log.validation)?,
+    );
     out.insert("train_seconds".into(), log.train_seconds.into());
     out.insert("eval_seconds".into(), log.eval_seconds.into());
     out.insert(

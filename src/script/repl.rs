@@ -140,8 +140,22 @@ impl Repl {
             let _ = editor.load_history(h);
         }
         let flag = self.host.state().interrupt.clone();
-        // A second handler cannot be installed; ignore that case (the REPL then exits on Ctrl-C).
-        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed));
+        // Ctrl-C while a statement runs stops it, native work included (at its next step), and
+        // returns to the prompt. A second handler cannot be installed; ignore that case (the
+        // REPL then exits on Ctrl-C).
+        let _ = ctrlc::set_handler(move || {
+            crate::stop::request();
+            flag.store(true, Ordering::Relaxed);
+        });
+        // The history is written after every entry, so that a killed session keeps it.
+        let save_history = |editor: &mut rustyline::Editor<_, _>| {
+            if let Some(h) = &history {
+                if let Some(dir) = h.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                let _ = editor.save_history(h);
+            }
+        };
         if interactive {
             println!(
                 "pretext {} REPL — :help lists functions, :quit leaves. Unfinished input continues on the next line.",
@@ -155,6 +169,7 @@ impl Repl {
                 Ok(line) => {
                     if buffer.is_empty() && line.trim().starts_with(':') {
                         let _ = editor.add_history_entry(line.trim());
+                        save_history(&mut editor);
                         if !self.command(line.trim()) {
                             break;
                         }
@@ -170,6 +185,7 @@ impl Repl {
                         Submit::Incomplete => continue,
                         Submit::Done => {
                             let _ = editor.add_history_entry(buffer.trim_end());
+                            save_history(&mut editor);
                             buffer.clear();
                         }
                     }
@@ -184,12 +200,7 @@ impl Repl {
                 Err(e) => return Err(e.into()),
             }
         }
-        if let Some(h) = &history {
-            if let Some(dir) = h.parent() {
-                let _ = std::fs::create_dir_all(dir);
-            }
-            let _ = editor.save_history(h);
-        }
+        save_history(&mut editor);
         Ok(())
     }
 
@@ -343,7 +354,7 @@ impl Repl {
                 shown.truncate(97);
                 shown.push_str("...");
             }
-            println!("{kind} {name}: {} = {shown}", value.type_name());
+            println!("{kind} {name}: {} = {shown}", self.host.type_name(&value));
         }
     }
 

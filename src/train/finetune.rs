@@ -4,7 +4,8 @@
 //! pretext checkpoint's encoder or from scratch, train some warm-up epochs with the encoder
 //! frozen (its BatchNorm in inference mode), then everything under a fresh Adam.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{D, DType, Device, Tensor};
@@ -15,6 +16,8 @@ use super::pretrain::batches;
 use crate::data::augment::zoom_flips_2d;
 use crate::data::grid::{Grid, stack};
 use crate::data::{Dataset, GradedImage, LabelledVolume};
+use crate::error::FileContext;
+use crate::nn::dropout::Generators;
 use crate::nn::loss::{DiceVariant, binary_cross_entropy, cross_entropy, dice_loss, one_hot};
 use crate::nn::{
     DenseNet, DenseNetConfig, Encoded, GlobalPool, LoadOptions, LoadReport, MlpHead, MlpHeadConfig,
@@ -69,6 +72,24 @@ pub struct Schedule {
     /// How the learning rate changes over the run.
     #[serde(default)]
     pub lr_schedule: LrSchedule,
+    /// Items scored after every epoch (none: no validation).
+    #[serde(default)]
+    pub validation: Vec<usize>,
+    /// Where the run's state and log go.
+    #[serde(default)]
+    pub files: FitFiles,
+}
+
+/// The files a finetuning run keeps while it trains.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FitFiles {
+    /// Where to save the training state at the end of an epoch (a rerun resumes from it), if
+    /// anywhere; removed when the run finishes.
+    pub state: Option<PathBuf>,
+    /// Seconds between two saves of the state (0: every epoch).
+    pub state_every: f64,
+    /// Where to write one JSON line per epoch, if anywhere.
+    pub log: Option<PathBuf>,
 }
 
 /// How the learning rate changes over a run of `T` optimiser steps (step `t` from 0).
@@ -224,7 +245,28 @@ pub struct FinetuneOptions {
     pub warmup_steps: usize,
     /// The learning-rate schedule over the run ("constant" as O, or decay to 0).
     pub lr_schedule: LrSchedule,
+    /// Where to save the training state at the end of an epoch (at most every `state_every`
+    /// seconds), so that a rerun with the same options resumes there and ends bit-identical;
+    /// removed when the run finishes. () = not saved.
+    pub state: Option<PathBuf>,
+    /// Seconds between two saves of the state (0: every epoch).
+    #[schemars(default = "default_state_every")]
+    pub state_every: Option<f64>,
+    /// Where to write one JSON line per epoch (epoch, loss, learning rate, steps, seconds,
+    /// and the validation metrics); () = no log.
+    pub log: Option<PathBuf>,
+    /// Validation items (indices, disjoint from `train` and `test`) scored after every epoch:
+    /// `val_dice_mean` / `val_qwk` and `val_accuracy` in the log and the result's
+    /// `validation`. [] = none.
+    pub val: Vec<usize>,
 }
+
+fn default_state_every() -> f64 {
+    DEFAULT_STATE_EVERY
+}
+
+/// Seconds between two saves of a finetuning run's state, unless `state_every` says otherwise.
+const DEFAULT_STATE_EVERY: f64 = 60.0;
 
 impl FinetuneOptions {
     /// The encoder's initialisation.
@@ -264,6 +306,17 @@ impl FinetuneOptions {
                 format!("items {shared:?} are both training and test items"),
             ));
         }
+        let train: std::collections::BTreeSet<usize> = self.train.iter().copied().collect();
+        if let Some(i) = self
+            .val
+            .iter()
+            .find(|i| train.contains(i) || test.contains(i))
+        {
+            return Err(Error::arg(
+                "val",
+                format!("item {i} is a validation item and also a training or test item"),
+            ));
+        }
         let mut adam = AdamConfig {
             lr: self.lr.unwrap_or(paper.adam.lr),
             ..paper.adam
@@ -289,6 +342,12 @@ impl FinetuneOptions {
             steps: self.steps,
             warmup_steps: self.warmup_steps,
             lr_schedule: self.lr_schedule,
+            validation: self.val.clone(),
+            files: FitFiles {
+                state: self.state.clone(),
+                state_every: self.state_every.unwrap_or(DEFAULT_STATE_EVERY),
+                log: self.log.clone(),
+            },
         };
         s.validate()?;
         Ok(s)
@@ -424,6 +483,8 @@ impl SegmentationConfig {
                 steps: None,
                 warmup_steps: 0,
                 lr_schedule: LrSchedule::Constant,
+                validation: Vec::new(),
+                files: FitFiles::default(),
             },
             dice: DiceVariant::Batch,
             absent: AbsentClass::Zero,
@@ -436,6 +497,9 @@ impl SegmentationConfig {
 pub struct FitLog {
     /// Mean training loss of each epoch.
     pub losses: Vec<f64>,
+    /// The validation metrics after each epoch (empty without validation items).
+    #[serde(default)]
+    pub validation: Vec<BTreeMap<String, f64>>,
     /// Seconds spent training.
     pub train_seconds: f64,
     /// Seconds spent evaluating.
@@ -544,6 +608,24 @@ fn load_encoder(
     }
 }
 
+/// What decides a finetuning run besides its files: the configuration, the encoder's
+/// initialisation and the training items.
+fn run_identity(
+    cfg: &impl serde::Serialize,
+    init: &EncoderInit,
+    train_ids: &[usize],
+) -> Result<serde_json::Value> {
+    let mut config = serde_json::to_value(cfg).map_err(Error::msg)?;
+    if let Some(s) = config.get_mut("schedule").and_then(|s| s.as_object_mut()) {
+        s.remove("files");
+    }
+    let init = match init {
+        EncoderInit::Random => serde_json::Value::Null,
+        EncoderInit::Checkpoint(p) => p.display().to_string().into(),
+    };
+    Ok(serde_json::json!({ "config": config, "init": init, "train": train_ids }))
+}
+
 /// An empty test set would report a perfect score (every Dice of nothing is 1): refuse it.
 fn require_test_items(test_ids: &[usize]) -> Result<()> {
     if test_ids.is_empty() {
@@ -555,15 +637,44 @@ fn require_test_items(test_ids: &[usize]) -> Result<()> {
     Ok(())
 }
 
+/// The model a run trains: its parameters, dropout generators and description.
+struct Trained<'a> {
+    store: &'a ParamStore,
+    dropouts: &'a Generators,
+    /// What the model is (saved with it, so that it can be rebuilt for inference).
+    model: serde_json::Value,
+    /// Everything else that decides the run (configuration, initialisation): a saved state
+    /// is resumed only by the same run.
+    run: serde_json::Value,
+}
+
+/// One line of a finetuning run's log.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct FitEpoch {
+    epoch: usize,
+    loss: f64,
+    lr: f64,
+    steps: usize,
+    frozen: bool,
+    seconds: f64,
+    /// The validation metrics (`val_dice_mean`, `val_qwk`, ...), when validation items are set.
+    #[serde(flatten)]
+    validation: BTreeMap<String, f64>,
+}
+
+/// Scores the validation items `ids` by metric name.
+type Validate<'a> = &'a dyn Fn(&[usize]) -> Result<BTreeMap<String, f64>>;
+
 /// Runs the schedule: `loss(batch ids, epoch seed, frozen)` gives a batch's loss.
 fn fit(
-    store: &ParamStore,
+    trained: &Trained,
     sched: &Schedule,
     train_ids: &[usize],
-    model: serde_json::Value,
     mut loss: impl FnMut(&[usize], u64, bool) -> Result<Tensor>,
+    validate: Validate<'_>,
     on_epoch: &mut dyn FnMut(usize, f64),
 ) -> Result<FitLog> {
+    let store = trained.store;
     if train_ids.is_empty() {
         return Err(Error::arg(
             "train",
@@ -578,11 +689,38 @@ fn fit(
     }
     let start = Instant::now();
     let (total, warmup) = sched.budget(train_ids.len());
+    let mut log = FitLog::default();
+    let mut t = 0;
+    let mut epoch = 0;
+    let mut seconds_before = 0.0;
+    let saved = match &sched.files.state {
+        Some(path) => super::resume::Saved::read(path, &trained.run)?,
+        None => None,
+    };
+    if let Some(saved) = &saved {
+        saved.restore_model(store, trained.dropouts)?;
+        let b = saved.bookkeeping();
+        epoch = saved.epoch()?;
+        t = b["steps"].as_u64().unwrap_or(0) as usize;
+        log.losses = serde_json::from_value(b["losses"].clone()).map_err(Error::msg)?;
+        log.validation = serde_json::from_value(b["validation"].clone()).map_err(Error::msg)?;
+        seconds_before = b["seconds"].as_f64().unwrap_or(0.0);
+        eprintln!(
+            "finetune: resuming from {} at step {} of {total}",
+            sched
+                .files
+                .state
+                .as_deref()
+                .unwrap_or(Path::new(""))
+                .display(),
+            t + 1
+        );
+    }
     // O: the warm-up optimiser sees only what is not the encoder, and a fresh one takes over
     // everything afterwards. S: one optimiser over everything throughout (the frozen encoder
     // simply has no gradients while frozen).
     let all = || Adam::new(store.trainable(""), sched.adam);
-    let mut opt = if warmup > 0 && sched.fresh_optimizer {
+    let mut opt = if warmup > 0 && sched.fresh_optimizer && t <= warmup {
         let rest = store
             .trainable("")
             .into_iter()
@@ -592,9 +730,14 @@ fn fit(
     } else {
         all()?
     };
-    let mut log = FitLog::default();
-    let mut t = 0;
-    let mut epoch = 0;
+    if let Some(saved) = &saved {
+        saved.restore_optimiser(&mut opt)?;
+    }
+    let mut epoch_log = match &sched.files.log {
+        Some(path) => Some(EpochLog::open(path, epoch)?),
+        None => None,
+    };
+    let mut last_save = Instant::now();
     while t < total {
         let e = epoch as u64;
         let order = derive(sched.seed, Stream::EpochOrder, e);
@@ -603,8 +746,21 @@ fn fit(
             plan.truncate(n.max(1));
         }
         plan.truncate(total - t);
+        let epoch_start = Instant::now();
         let mut sum = 0.0;
         for (step, ids) in plan.iter().enumerate() {
+            crate::stop::check(|| {
+                format!(
+                    "finetuning epoch {}, step {}{}",
+                    epoch + 1,
+                    step + 1,
+                    if sched.files.state.is_some() {
+                        " (a rerun resumes from the last saved state)"
+                    } else {
+                        ""
+                    }
+                )
+            })?;
             if t == warmup && warmup > 0 && sched.fresh_optimizer {
                 opt = all()?;
             }
@@ -628,18 +784,104 @@ fn fit(
         let mean = sum / plan.len().max(1) as f64;
         log.losses.push(mean);
         epoch += 1;
+        let validation = if sched.validation.is_empty() {
+            BTreeMap::new()
+        } else {
+            let v = validate(&sched.validation)?;
+            log.validation.push(v.clone());
+            v
+        };
+        if let Some(l) = epoch_log.as_mut() {
+            l.write(&FitEpoch {
+                epoch,
+                loss: mean,
+                lr: opt.config().lr,
+                steps: t,
+                frozen: t <= warmup && warmup > 0,
+                seconds: epoch_start.elapsed().as_secs_f64(),
+                validation,
+            })?;
+        }
+        if let Some(path) = &sched.files.state
+            && t < total
+            && last_save.elapsed().as_secs_f64() >= sched.files.state_every
+        {
+            super::resume::Snapshot {
+                run: &trained.run,
+                epoch,
+                store,
+                optimiser: &opt,
+                dropouts: trained.dropouts,
+                bookkeeping: serde_json::json!({
+                    "steps": t, "losses": log.losses, "validation": log.validation,
+                    "seconds": seconds_before + start.elapsed().as_secs_f64(),
+                }),
+            }
+            .save(path)?;
+            last_save = Instant::now();
+        }
         on_epoch(epoch, mean);
     }
-    log.train_seconds = start.elapsed().as_secs_f64();
+    log.train_seconds = seconds_before + start.elapsed().as_secs_f64();
     if let Some(path) = &sched.save {
         let mut manifest =
             serde_json::json!({"finetuned": true, "steps": total, "seed": sched.seed});
-        if let (Some(m), serde_json::Value::Object(extra)) = (manifest.as_object_mut(), model) {
+        if let (Some(m), serde_json::Value::Object(extra)) =
+            (manifest.as_object_mut(), trained.model.clone())
+        {
             m.extend(extra);
         }
         store.save(path, &manifest)?;
     }
+    if let Some(path) = &sched.files.state {
+        // Finished: nothing is left to resume.
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::file(path, e));
+            }
+            _ => {}
+        }
+    }
     Ok(log)
+}
+
+/// A finetuning run's JSONL log, opened to continue after `epochs` lines.
+struct EpochLog {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl EpochLog {
+    fn open(path: &Path, epochs: usize) -> Result<EpochLog> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_file(dir)?;
+        }
+        // Keep the lines of the epochs a resumed run has done, drop any later one.
+        let kept: String = match std::fs::read_to_string(path) {
+            Ok(text) if epochs > 0 => text
+                .lines()
+                .take(epochs)
+                .map(|l| format!("{l}\n"))
+                .collect(),
+            _ => String::new(),
+        };
+        crate::io::write_atomic(path, kept.as_bytes())?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .with_file(path)?;
+        Ok(EpochLog {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn write(&mut self, e: &FitEpoch) -> Result<()> {
+        use std::io::Write;
+        let line = serde_json::to_string(e).map_err(Error::msg)?;
+        writeln!(self.file, "{line}").with_file(&self.path)?;
+        self.file.flush().with_file(&self.path)
+    }
 }
 
 fn seg_batch(
@@ -687,19 +929,56 @@ pub fn finetune_segmentation(
         ..cfg.unet
     };
     let store = ParamStore::new(derive(cfg.schedule.seed, Stream::Init, 0));
-    let net = UNet3d::new(&unet, store.builder(DType::F32, dev))?;
+    let (net, dropouts) =
+        crate::nn::dropout::collect(|| UNet3d::new(&unet, store.builder(DType::F32, dev)));
+    let net = net?;
     let load = load_encoder(
         &store,
         init,
         ("unet", serde_json::to_value(unet).map_err(Error::msg)?),
     )?;
     let freeze_bn = cfg.schedule.freeze_bn;
+    let trained = Trained {
+        store: &store,
+        dropouts: &dropouts,
+        // What a finetuned segmentation model is, so that it can be rebuilt for inference.
+        model: serde_json::json!({"model": "unet3d", "unet": unet}),
+        run: run_identity(cfg, init, train_ids)?,
+    };
+    // Hard Dice per class over all voxels of `ids` pooled, and soft Dice, in inference mode.
+    let evaluate = |ids: &[usize]| -> Result<(Vec<f64>, Vec<f64>)> {
+        let mut confusion = Confusion::new(unet.classes);
+        let mut soft = SoftDice::new(unet.classes);
+        for &i in ids {
+            let (x, y) = seg_batch(src, &[i], unet.classes, dev)?;
+            let p = crate::ops::no_grad(|| -> Result<Tensor> {
+                Ok(candle_nn::ops::softmax(&net.forward_t(&x, false)?, 1)?)
+            })?;
+            let pred: Vec<i64> = p
+                .argmax(1)?
+                .flatten_all()?
+                .to_dtype(DType::I64)?
+                .to_vec1()?;
+            let truth: Vec<i64> = y
+                .argmax(1)?
+                .flatten_all()?
+                .to_dtype(DType::I64)?
+                .to_vec1()?;
+            confusion.add(&truth, &pred)?;
+            for c in 0..unet.classes {
+                let (pc, yc) = (p.narrow(1, c, 1)?, y.narrow(1, c, 1)?);
+                let s = |t: &Tensor| -> Result<f64> {
+                    Ok(t.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+                };
+                soft.add(c, s(&(&pc * &yc)?)?, s(&yc)?, s(&pc)?);
+            }
+        }
+        Ok((confusion.dice_with(cfg.absent), soft.dice()))
+    };
     let mut log = fit(
-        &store,
+        &trained,
         &cfg.schedule,
         train_ids,
-        // What a finetuned segmentation model is, so that it can be rebuilt for inference.
-        serde_json::json!({"model": "unet3d", "unet": unet}),
         |ids, _seed, frozen| {
             let (x, y) = seg_batch(src, ids, unet.classes, dev)?;
             let logits = if frozen {
@@ -717,41 +996,22 @@ pub fn finetune_segmentation(
             };
             dice_loss(&candle_nn::ops::softmax(&logits, 1)?, &y, cfg.dice)
         },
+        &|ids| {
+            let (dice, _) = evaluate(ids)?;
+            Ok(BTreeMap::from([(
+                "val_dice_mean".to_string(),
+                super::metrics::mean(&dice),
+            )]))
+        },
         on_epoch,
     )?;
     let start = Instant::now();
-    let mut confusion = Confusion::new(unet.classes);
-    let mut soft = SoftDice::new(unet.classes);
-    for &i in test_ids {
-        let (x, y) = seg_batch(src, &[i], unet.classes, dev)?;
-        let p = crate::ops::no_grad(|| -> Result<Tensor> {
-            Ok(candle_nn::ops::softmax(&net.forward_t(&x, false)?, 1)?)
-        })?;
-        let pred: Vec<i64> = p
-            .argmax(1)?
-            .flatten_all()?
-            .to_dtype(DType::I64)?
-            .to_vec1()?;
-        let truth: Vec<i64> = y
-            .argmax(1)?
-            .flatten_all()?
-            .to_dtype(DType::I64)?
-            .to_vec1()?;
-        confusion.add(&truth, &pred)?;
-        for c in 0..unet.classes {
-            let (pc, yc) = (p.narrow(1, c, 1)?, y.narrow(1, c, 1)?);
-            let s = |t: &Tensor| -> Result<f64> {
-                Ok(t.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
-            };
-            soft.add(c, s(&(&pc * &yc)?)?, s(&yc)?, s(&pc)?);
-        }
-    }
+    let (dice, soft_dice) = evaluate(test_ids)?;
     log.eval_seconds = start.elapsed().as_secs_f64();
-    let dice = confusion.dice_with(cfg.absent);
     Ok(SegmentationResult {
         dice_mean: super::metrics::mean(&dice),
         dice,
-        soft_dice: soft.dice(),
+        soft_dice,
         load,
         log,
     })
@@ -840,6 +1100,8 @@ impl ClassificationConfig {
                 steps: None,
                 warmup_steps: 0,
                 lr_schedule: LrSchedule::Constant,
+                validation: Vec::new(),
+                files: FitFiles::default(),
             },
         }
     }
@@ -881,17 +1143,21 @@ pub fn finetune_classification(
     require_test_items(test_ids)?;
     let store = ParamStore::new(derive(cfg.schedule.seed, Stream::Init, 0));
     let vb = store.builder(DType::F32, dev);
-    let net = DenseNet::new(&cfg.densenet, vb.pp("encoder"))?;
     let head_cfg = MlpHeadConfig {
         seed: cfg.schedule.seed,
         ..cfg.head.clone()
     };
-    let head = MlpHead::new(
-        cfg.densenet.feature_channels(),
-        cfg.classes,
-        &head_cfg,
-        vb.pp("head"),
-    )?;
+    let (built, dropouts) = crate::nn::dropout::collect(|| -> Result<_> {
+        let net = DenseNet::new(&cfg.densenet, vb.pp("encoder"))?;
+        let head = MlpHead::new(
+            cfg.densenet.feature_channels(),
+            cfg.classes,
+            &head_cfg,
+            vb.pp("head"),
+        )?;
+        Ok((net, head))
+    });
+    let (net, head) = built?;
     let load = load_encoder(
         &store,
         init,
@@ -923,11 +1189,34 @@ pub fn finetune_classification(
         Ok((stack(&grids, true, dev)?, grades))
     };
     let freeze_bn = cfg.schedule.freeze_bn;
+    let trained = Trained {
+        store: &store,
+        dropouts: &dropouts,
+        model: serde_json::Value::Null,
+        run: run_identity(cfg, init, train_ids)?,
+    };
+    // The scores of the grades predicted for `ids`, in inference mode.
+    let evaluate = |ids: &[usize]| -> Result<super::metrics::GradeScores> {
+        let (mut truth, mut preds) = (Vec::new(), Vec::new());
+        for chunk in ids.chunks(cfg.schedule.batch_size.max(1)) {
+            let (x, grades) = batch(chunk, None)?;
+            let logits =
+                crate::ops::no_grad(|| head.forward_t(&net.embed(&x, cfg.pool, false)?, false))?;
+            let pred: Vec<i64> = match cfg.encoding {
+                GradeEncoding::Cumulative => decode_cumulative(&logits)?,
+                GradeEncoding::Softmax => {
+                    logits.argmax(D::Minus1)?.to_dtype(DType::I64)?.to_vec1()?
+                }
+            };
+            truth.extend(grades.iter().map(|&g| g as i64));
+            preds.extend(pred);
+        }
+        grade_scores(&truth, &preds, k)
+    };
     let mut log = fit(
-        &store,
+        &trained,
         &cfg.schedule,
         train_ids,
-        serde_json::Value::Null,
         |ids, seed, frozen| {
             let (x, grades) = batch(ids, Some(seed))?;
             let feats = if frozen {
@@ -951,22 +1240,17 @@ pub fn finetune_classification(
                 ),
             }
         },
+        &|ids| {
+            let s = evaluate(ids)?;
+            Ok(BTreeMap::from([
+                ("val_qwk".to_string(), s.qwk),
+                ("val_accuracy".to_string(), s.accuracy),
+            ]))
+        },
         on_epoch,
     )?;
     let start = Instant::now();
-    let (mut truth, mut preds) = (Vec::new(), Vec::new());
-    for ids in test_ids.chunks(cfg.schedule.batch_size.max(1)) {
-        let (x, grades) = batch(ids, None)?;
-        let logits =
-            crate::ops::no_grad(|| head.forward_t(&net.embed(&x, cfg.pool, false)?, false))?;
-        let pred: Vec<i64> = match cfg.encoding {
-            GradeEncoding::Cumulative => decode_cumulative(&logits)?,
-            GradeEncoding::Softmax => logits.argmax(D::Minus1)?.to_dtype(DType::I64)?.to_vec1()?,
-        };
-        truth.extend(grades.iter().map(|&g| g as i64));
-        preds.extend(pred);
-    }
-    let scores = grade_scores(&truth, &preds, k)?;
+    let scores = evaluate(test_ids)?;
     log.eval_seconds = start.elapsed().as_secs_f64();
     Ok(ClassificationResult {
         qwk: scores.qwk,

@@ -201,7 +201,14 @@ pub fn sliding_window(
     let mut out: Vec<f32> = Vec::new();
     let mut classes = 0usize;
     let all: Vec<usize> = (0..n * per).collect();
-    for chunk in all.chunks(cfg.batch) {
+    for (done, chunk) in all.chunks(cfg.batch).enumerate() {
+        crate::stop::check(|| {
+            format!(
+                "sliding-window inference, window batch {} of {}",
+                done + 1,
+                all.len().div_ceil(cfg.batch)
+            )
+        })?;
         let crops = chunk
             .iter()
             .map(|&k| {

@@ -7,3 +7,4 @@ pub mod infer;
 pub mod metrics;
 pub mod optim;
 pub mod pretrain;
+pub mod resume;

@@ -144,6 +144,45 @@ impl Adam {
         self.t
     }
 
+    /// Each parameter's name with its first and second moment.
+    pub fn moments(&self) -> impl Iterator<Item = (&str, &Tensor, &Tensor)> {
+        self.slots.iter().map(|s| (s.name.as_str(), &s.m, &s.v))
+    }
+
+    /// Continues from a saved state: `steps` taken, and the moments of every parameter this
+    /// optimiser updates (by name; `moment(name)` gives the first and second). A parameter
+    /// missing from the state or of another shape is an error naming it.
+    pub fn restore(
+        &mut self,
+        steps: i32,
+        mut moment: impl FnMut(&str) -> Option<(Tensor, Tensor)>,
+    ) -> Result<()> {
+        for s in &mut self.slots {
+            let (m, v) = moment(&s.name).ok_or_else(|| {
+                Error::arg(
+                    "optimiser state",
+                    format!("no moments saved for parameter {}", s.name),
+                )
+            })?;
+            if m.dims() != s.var.dims() || v.dims() != s.var.dims() {
+                return Err(Error::arg(
+                    "optimiser state",
+                    format!(
+                        "the moments of {} have shape {:?}, the parameter {:?}",
+                        s.name,
+                        m.dims(),
+                        s.var.dims()
+                    ),
+                ));
+            }
+            let dev = s.var.device();
+            s.m = m.to_dtype(s.var.dtype())?.to_device(dev)?;
+            s.v = v.to_dtype(s.var.dtype())?.to_device(dev)?;
+        }
+        self.t = steps;
+        Ok(())
+    }
+
     /// Backpropagates `loss` and applies one update; a non-finite loss or gradient is an error
     /// that names it, and leaves the parameters untouched.
     pub fn backward_step(&mut self, loss: &Tensor) -> Result<f64> {
@@ -163,18 +202,28 @@ impl Adam {
     /// Applies one update from `grads`; parameters without a gradient are left alone.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
         let cfg = self.cfg;
-        let mut updates = Vec::with_capacity(self.slots.len());
-        for (i, s) in self.slots.iter().enumerate() {
-            let Some(g) = grads.get(s.var.as_tensor()) else {
-                continue;
-            };
+        let with_grad: Vec<(usize, &Tensor)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| grads.get(s.var.as_tensor()).map(|g| (i, g)))
+            .collect();
+        // Every gradient's squared norm in one transfer to the host (one device sync per
+        // step, not one per parameter).
+        let sums = with_grad
+            .iter()
+            .map(|(_, g)| g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let norms: Vec<f64> = if sums.is_empty() {
+            Vec::new()
+        } else {
+            Tensor::stack(&sums, 0)?.to_vec1::<f64>()?
+        };
+        let mut updates = Vec::with_capacity(with_grad.len());
+        for ((i, g), sq) in with_grad.into_iter().zip(norms) {
+            let s = &self.slots[i];
             let mut g = g.clone();
-            let norm = g
-                .sqr()?
-                .sum_all()?
-                .to_dtype(candle_core::DType::F64)?
-                .to_scalar::<f64>()?
-                .sqrt();
+            let norm = sq.sqrt();
             if !norm.is_finite() {
                 return Err(Error::NonFinite {
                     what: format!("gradient norm of {}", s.name),

@@ -13,8 +13,10 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use super::optim::{Adam, AdamConfig};
+use super::resume::{STATE_FILE, Saved, Snapshot};
 use crate::data::{Dataset, Grid};
 use crate::error::FileContext;
+use crate::nn::dropout::Generators;
 use crate::nn::{MlpHeadConfig, ParamStore, UNet3dConfig};
 use crate::pretext::model::{BackboneConfig, DenseOptions};
 use crate::pretext::{Batch, PretextModel, Sampler, Task, TaskConfig, TaskOptions};
@@ -277,7 +279,7 @@ pub struct PretrainReport {
 
 /// Where [`Pretrainer::run`] writes: `dir/log.jsonl`, `dir/best.safetensors`,
 /// `dir/last.safetensors` (the file names are the constants below, shared by the writer and
-/// the readers of a finished run).
+/// the readers of a run) and the training state ([`super::resume::STATE_FILE`]).
 #[derive(Clone, Debug)]
 pub struct RunFiles {
     /// The folder.
@@ -333,6 +335,8 @@ pub struct Pretrainer {
     pub sampler: Sampler,
     /// Where the model runs.
     pub device: Device,
+    /// The model's dropout generators (their positions are part of a resumable state).
+    pub dropouts: Generators,
 }
 
 impl Pretrainer {
@@ -347,17 +351,20 @@ impl Pretrainer {
     ) -> Result<Self> {
         let sampler = Sampler::new(task, channels, dims)?;
         let store = ParamStore::new(derive(seed, Stream::Init, 0));
-        let model = PretextModel::new(
-            &sampler,
-            backbone,
-            head,
-            store.builder(candle_core::DType::F32, device),
-        )?;
+        let (model, dropouts) = crate::nn::dropout::collect(|| {
+            PretextModel::new(
+                &sampler,
+                backbone,
+                head,
+                store.builder(candle_core::DType::F32, device),
+            )
+        });
         Ok(Pretrainer {
-            model,
+            model: model?,
             store,
             sampler,
             device: device.clone(),
+            dropouts,
         })
     }
 
@@ -416,6 +423,7 @@ fn pretrain(
         store,
         sampler,
         device: dev,
+        dropouts,
     } = p;
     check_settings(cfg)?;
     let planar = sampler.planar();
@@ -433,14 +441,6 @@ fn pretrain(
         ));
     }
     let mut opt = Adam::new(store.trainable(""), cfg.adam)?;
-    let mut log = match files {
-        Some(f) => {
-            std::fs::create_dir_all(&f.dir).with_file(&f.dir)?;
-            let p = f.dir.join(RunFiles::LOG);
-            Some((std::fs::File::create(&p).with_file(&p)?, p))
-        }
-        None => None,
-    };
     let mut report = PretrainReport {
         epochs: Vec::new(),
         best_epoch: 0,
@@ -449,7 +449,67 @@ fn pretrain(
     };
     let mut best = f64::INFINITY;
     let (epochs, mut steps_left) = cfg.budget(train_ids.len(), bs);
-    for epoch in 1..=epochs {
+    // What a saved state must match to be resumed: the run's manifest and its settings.
+    let run = files.map(|f| serde_json::json!({ "run": f.manifest, "config": cfg }));
+    let mut done = 0;
+    if let (Some(f), Some(run)) = (files, &run) {
+        std::fs::create_dir_all(&f.dir).with_file(&f.dir)?;
+        if let Some(saved) = Saved::read(&f.dir.join(STATE_FILE), run)? {
+            saved.restore_model(store, dropouts)?;
+            saved.restore_optimiser(&mut opt)?;
+            done = saved.epoch()?;
+            let b = saved.bookkeeping();
+            best = b["best"].as_f64().unwrap_or(f64::INFINITY);
+            report.best_epoch = b["best_epoch"].as_u64().unwrap_or(0) as usize;
+            steps_left = b["steps_left"].as_u64().unwrap_or(0) as usize;
+            let log = f.dir.join(RunFiles::LOG);
+            report.epochs = read_log(&log)?;
+            report.epochs.truncate(done);
+            if report.epochs.len() < done {
+                return Err(Error::file(
+                    &log,
+                    format!(
+                        "the training state is at epoch {done} but the log has {} epochs; remove the folder to start over",
+                        report.epochs.len()
+                    ),
+                ));
+            }
+            // The log as it was at the saved epoch (a later epoch may have been cut short).
+            let mut text = String::new();
+            for e in &report.epochs {
+                text.push_str(&serde_json::to_string(e).map_err(Error::msg)?);
+                text.push('\n');
+            }
+            crate::io::write_atomic(&log, text.as_bytes())?;
+            if report.best_epoch > 0 {
+                report.best_checkpoint = Some(f.dir.join(RunFiles::BEST));
+            }
+            report.last_checkpoint = Some(f.dir.join(RunFiles::LAST));
+            eprintln!(
+                "pretrain: resuming {} at epoch {} of {epochs}",
+                f.dir.display(),
+                done + 1
+            );
+        }
+    }
+    let mut log = match files {
+        Some(f) => {
+            std::fs::create_dir_all(&f.dir).with_file(&f.dir)?;
+            let p = f.dir.join(RunFiles::LOG);
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .truncate(false)
+                .open(&p)
+                .with_file(&p)?;
+            if done == 0 {
+                file.set_len(0).with_file(&p)?;
+            }
+            Some((file, p))
+        }
+        None => None,
+    };
+    for epoch in done + 1..=epochs {
         let start = Instant::now();
         let e = epoch as u64;
         let mut plan = batches(
@@ -550,6 +610,30 @@ fn pretrain(
             best = score;
             report.best_epoch = epoch;
         }
+        if let (Some(f), Some(run)) = (files, &run) {
+            let state = f.dir.join(STATE_FILE);
+            if epoch == epochs {
+                // Finished: the checkpoints say so (`final`), nothing is left to resume.
+                match std::fs::remove_file(&state) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(Error::file(&state, e));
+                    }
+                    _ => {}
+                }
+            } else {
+                Snapshot {
+                    run,
+                    epoch,
+                    store,
+                    optimiser: &opt,
+                    dropouts,
+                    bookkeeping: serde_json::json!({
+                        "best": best, "best_epoch": report.best_epoch, "steps_left": steps_left,
+                    }),
+                }
+                .save(&state)?;
+            }
+        }
         on_epoch(&entry, epochs);
         report.epochs.push(entry);
     }
@@ -634,6 +718,12 @@ fn run_epoch(
             }
         });
         for (step, batch) in rx.iter().enumerate() {
+            crate::stop::check(|| {
+                format!(
+                    "pretraining epoch {epoch}, step {} (the checkpoints and state of the last finished epoch are kept; a rerun resumes after it)",
+                    step + 1
+                )
+            })?;
             let batch = batch?;
             let out = if train {
                 model.step(&batch, dev, true)?
