@@ -7,9 +7,9 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::Result;
+use crate::nn::loss::{DiceVariant, cross_entropy, dice_loss, one_hot};
 use crate::nn::{DenseNet, DenseNetConfig, GlobalPool, ParamStore, UNet3d, UNet3dConfig};
 use crate::ops::{self, ConvSpec, PoolSpec};
-use crate::train::loss::{DiceVariant, cross_entropy, dice_loss, one_hot};
 use crate::train::optim::{Adam, AdamConfig};
 
 /// One measured row.
@@ -39,6 +39,23 @@ pub struct Row {
     /// (all threads), ms (median): the memory-bound floor of building the batch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub copy_ms: Option<f64>,
+}
+
+impl Row {
+    /// A row of `op` on `shape` with its times and the peak memory so far, nothing else.
+    fn timed(op: impl Into<String>, shape: String, fwd_ms: f64, fwd_bwd_ms: f64) -> Row {
+        Row {
+            op: op.into(),
+            shape,
+            fwd_ms,
+            fwd_bwd_ms,
+            gflops: None,
+            peak_rss_mib: peak_rss_mib(),
+            first_ms: None,
+            cpu_ms: None,
+            copy_ms: None,
+        }
+    }
 }
 
 /// User + system CPU time of the process so far, ms (Linux; `None` elsewhere).
@@ -141,31 +158,29 @@ pub fn unet_conv_shapes(input: usize) -> Vec<(usize, usize, usize)> {
     v
 }
 
+/// Median times of `f` alone and of `f` followed by the backward pass of its output's sum, ms.
+fn fwd_and_bwd_ms(t: Timing, dev: &Device, f: impl Fn() -> Result<Tensor>) -> Result<(f64, f64)> {
+    let fwd = median_ms(t, || {
+        f()?;
+        sync(dev)
+    })?;
+    let fb = median_ms(t, || {
+        f()?.sum_all()?.backward()?;
+        sync(dev)
+    })?;
+    Ok((fwd, fb))
+}
+
 fn conv_row(c: usize, o: usize, s: usize, batch: usize, t: Timing, dev: &Device) -> Result<Row> {
     let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (batch, c, s, s, s), dev)?)?;
     let w = Var::from_tensor(&(Tensor::randn(0f32, 1.0, (o, c, 3, 3, 3), dev)? * 0.1)?)?;
     let spec = ConvSpec::uniform(1, 1);
-    let fwd = median_ms(t, || {
-        ops::conv3d(x.as_tensor(), w.as_tensor(), spec)?;
-        sync(dev)
-    })?;
-    let fb = median_ms(t, || {
-        let y = ops::conv3d(x.as_tensor(), w.as_tensor(), spec)?;
-        y.sum_all()?.backward()?;
-        sync(dev)
-    })?;
+    let (fwd, fb) = fwd_and_bwd_ms(t, dev, || ops::conv3d(x.as_tensor(), w.as_tensor(), spec))?;
     let flops = 2.0 * (batch * o * c * 27 * s * s * s) as f64;
     // The first layer's input gradient is computed here too (x is a variable).
     Ok(Row {
-        op: "conv3d".into(),
-        shape: format!("{batch}x{c}x{s}^3 {c}->{o} k3"),
-        fwd_ms: fwd,
-        fwd_bwd_ms: fb,
         gflops: Some(3.0 * flops / (fb * 1e6)),
-        peak_rss_mib: peak_rss_mib(),
-        first_ms: None,
-        cpu_ms: None,
-        copy_ms: None,
+        ..Row::timed("conv3d", format!("{batch}x{c}x{s}^3 {c}->{o} k3"), fwd, fb)
     })
 }
 
@@ -194,27 +209,19 @@ fn conv2d_row(
 ) -> Result<Row> {
     let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, c, s, s), dev)?)?;
     let w = Var::from_tensor(&(Tensor::randn(0f32, 1.0, (o, c, k, k), dev)? * 0.1)?)?;
-    let fwd = median_ms(t, || {
-        ops::conv2d(x.as_tensor(), w.as_tensor(), [p; 2], [st; 2])?;
-        sync(dev)
-    })?;
-    let fb = median_ms(t, || {
-        let y = ops::conv2d(x.as_tensor(), w.as_tensor(), [p; 2], [st; 2])?;
-        y.sum_all()?.backward()?;
-        sync(dev)
+    let (fwd, fb) = fwd_and_bwd_ms(t, dev, || {
+        ops::conv2d(x.as_tensor(), w.as_tensor(), [p; 2], [st; 2])
     })?;
     let so = (s + 2 * p - k) / st + 1;
     let flops = 2.0 * (n * o * c * k * k * so * so) as f64;
     Ok(Row {
-        op: "conv2d".into(),
-        shape: format!("{n}x{c}x{s}^2 {c}->{o} k{k} s{st}"),
-        fwd_ms: fwd,
-        fwd_bwd_ms: fb,
         gflops: Some(3.0 * flops / (fb * 1e6)),
-        peak_rss_mib: peak_rss_mib(),
-        first_ms: None,
-        cpu_ms: None,
-        copy_ms: None,
+        ..Row::timed(
+            "conv2d",
+            format!("{n}x{c}x{s}^2 {c}->{o} k{k} s{st}"),
+            fwd,
+            fb,
+        )
     })
 }
 
@@ -227,25 +234,8 @@ fn unary_row(
 ) -> Result<Row> {
     let (b, c, s) = shape;
     let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, s, s, s), dev)?)?;
-    let fwd = median_ms(t, || {
-        f(x.as_tensor())?;
-        sync(dev)
-    })?;
-    let fb = median_ms(t, || {
-        f(x.as_tensor())?.sum_all()?.backward()?;
-        sync(dev)
-    })?;
-    Ok(Row {
-        op: op.into(),
-        shape: format!("{b}x{c}x{s}^3"),
-        fwd_ms: fwd,
-        fwd_bwd_ms: fb,
-        gflops: None,
-        peak_rss_mib: peak_rss_mib(),
-        first_ms: None,
-        cpu_ms: None,
-        copy_ms: None,
-    })
+    let (fwd, fb) = fwd_and_bwd_ms(t, dev, || f(x.as_tensor()))?;
+    Ok(Row::timed(op, format!("{b}x{c}x{s}^3"), fwd, fb))
 }
 
 /// `pretext bench ops`: the UNet's convolutions at `sizes` and its other ops, batch 2, then
@@ -362,16 +352,11 @@ fn unet_step(s: usize, batch: usize, cfg: &UNet3dConfig, t: Timing, dev: &Device
     let _ = ops::profile_report();
     let (step_ms, cpu_ms) = wall_and_cpu_ms(t, step)?;
     eprint!("{}", ops::profile_report());
+    let shape = format!("{batch}x{}x{s}^3 f{}", cfg.in_channels, cfg.filters);
     Ok(Row {
-        op: "unet3d_step".into(),
-        shape: format!("{batch}x{}x{s}^3 f{}", cfg.in_channels, cfg.filters),
-        fwd_ms: fwd,
-        fwd_bwd_ms: step_ms,
-        gflops: None,
-        peak_rss_mib: peak_rss_mib(),
         first_ms: Some(first),
         cpu_ms,
-        copy_ms: None,
+        ..Row::timed("unet3d_step", shape, fwd, step_ms)
     })
 }
 
@@ -435,15 +420,9 @@ fn densenet_step(
     let (step_ms, cpu_ms) = wall_and_cpu_ms(t, step)?;
     eprint!("{}", ops::profile_report());
     Ok(Row {
-        op: "densenet_step".into(),
-        shape: shape.into(),
-        fwd_ms: fwd,
-        fwd_bwd_ms: step_ms,
-        gflops: None,
-        peak_rss_mib: peak_rss_mib(),
         first_ms: Some(first),
         cpu_ms,
-        copy_ms: None,
+        ..Row::timed("densenet_step", shape.into(), fwd, step_ms)
     })
 }
 
@@ -456,17 +435,8 @@ pub fn forward_only(size: usize, batch: usize, cfg: &UNet3dConfig, dev: &Device)
         crate::ops::no_grad(|| net.forward_t(&x, false))?;
         sync(dev)
     })?;
-    Ok(Row {
-        op: "unet3d_forward".into(),
-        shape: format!("{batch}x{}x{size}^3 f{}", cfg.in_channels, cfg.filters),
-        fwd_ms: t,
-        fwd_bwd_ms: f64::NAN,
-        gflops: None,
-        peak_rss_mib: peak_rss_mib(),
-        first_ms: None,
-        cpu_ms: None,
-        copy_ms: None,
-    })
+    let shape = format!("{batch}x{}x{size}^3 f{}", cfg.in_channels, cfg.filters);
+    Ok(Row::timed("unet3d_forward", shape, t, f64::NAN))
 }
 
 /// Renders rows as an aligned text table.
@@ -528,7 +498,8 @@ fn copy_ms(len: usize, t: Timing) -> Result<f64> {
 /// (`fwd_ms` is the time to build one batch; no model runs; `copy_ms` the time to copy as many
 /// bytes). Compare with `scripts/bench_pretext_ref.py`.
 pub fn pretext(size: usize, t: Timing) -> Result<Vec<Row>> {
-    use crate::pretext::{Grid, Sampler, Task, TaskConfig};
+    use crate::data::Grid;
+    use crate::pretext::{Sampler, Task, TaskConfig};
     use rand::{RngExt, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     // Shared, as an in-memory dataset would hold them (no copy per batch).
@@ -562,16 +533,16 @@ pub fn pretext(size: usize, t: Timing) -> Result<Vec<Row>> {
             .sum();
             Ok(())
         })?;
+        // The peak memory before the copy's buffers.
+        let row = Row::timed(
+            format!("sample_{}", task.name()),
+            format!("{bs}x1x{size}^3"),
+            ms,
+            f64::NAN,
+        );
         rows.push(Row {
-            op: format!("sample_{}", task.name()),
-            shape: format!("{bs}x1x{size}^3"),
-            fwd_ms: ms,
-            fwd_bwd_ms: f64::NAN,
-            gflops: None,
-            peak_rss_mib: peak_rss_mib(),
-            first_ms: None,
-            cpu_ms: None,
             copy_ms: Some(copy_ms(elems, t)?),
+            ..row
         });
     }
     Ok(rows)

@@ -28,7 +28,7 @@ macro_rules! println {
 use clap::{Args, Parser, Subcommand};
 use pretext::data::synthetic::{FundusConfig, PhantomConfig, fundus, pancreas, write_new};
 use pretext::progress::Progress;
-use pretext::script::{Host, HostConfig, repl::Repl, values};
+use pretext::script::{Host, HostConfig, Repl};
 
 /// Scriptable 3D self-supervised learning for medical imaging.
 #[derive(Parser)]
@@ -342,9 +342,9 @@ impl HostArgs {
 
     /// The host of the run that gathers the result files of `gather` shards (0: none).
     fn host_gathering(&self, gather: usize) -> Result<Host, String> {
-        let args = values::parse_set(&self.script.set).map_err(|e| e.to_string())?;
-        let device = pretext::script::convert::parse_device(&self.script.device)
-            .map_err(|e| e.to_string())?;
+        let args = pretext::script::parse_set(&self.script.set).map_err(|e| e.to_string())?;
+        let device =
+            pretext::script::parse_device(&self.script.device).map_err(|e| e.to_string())?;
         Ok(Host::new(HostConfig {
             args,
             seed: self.script.seed,
@@ -369,7 +369,8 @@ const STOPPED: u8 = 130;
 
 fn main() -> ExitCode {
     // SAFETY: no other thread exists yet (argument parsing starts none).
-    unsafe { pretext::ops::cpu::configure_threads() };
+    unsafe { pretext::ops::configure_threads() };
+    pretext::ops::configure_allocator();
     let cli = Cli::parse();
     if !cli.debug {
         // Errors are for users: no Rust backtrace in them (candle attaches one when
@@ -460,7 +461,7 @@ fn bench(a: &BenchArgs) -> pretext::Result<()> {
     use pretext::bench::{self, Timing};
     // Set by main before any thread started (`configure_threads`).
     let candle_threads = std::env::var("CANDLE_NUM_THREADS").unwrap_or_default();
-    let dev = pretext::script::convert::parse_device(&a.device)?;
+    let dev = pretext::script::parse_device(&a.device)?;
     let t = Timing {
         warmup: a.warmup,
         reps: a.reps,

@@ -8,13 +8,14 @@ use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::Result;
+use crate::data::Grid;
+use crate::nn::loss::{DiceVariant, dice_loss, one_hot};
 use crate::nn::{
     DenseNet, DenseNetConfig, GlobalPool, MlpHeadConfig, ParamStore, UNet3d, UNet3dConfig,
 };
 use crate::ops::{self, ConvSpec, PoolSpec};
 use crate::pretext::model::BackboneConfig;
-use crate::pretext::{Grid, PretextModel, Sampler, Task, TaskConfig};
-use crate::train::loss::{DiceVariant, dice_loss, one_hot};
+use crate::pretext::{PretextModel, Sampler, Task, TaskConfig};
 
 /// One comparison.
 #[derive(Clone, Debug, serde::Serialize)]

@@ -4,8 +4,8 @@
 mod common;
 use candle_core::{DType, Device, Tensor};
 use common::torch::{Fixture, assert_close};
+use pretext::nn::loss::{DiceVariant, dice_loss, one_hot};
 use pretext::nn::{Encoder3d, LoadOptions, ParamStore, UNet3d, UNet3dConfig};
-use pretext::train::loss::{DiceVariant, dice_loss, one_hot};
 
 #[test]
 fn unet3d_with_16_filters_has_the_papers_5647891_parameters() {

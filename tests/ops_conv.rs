@@ -258,9 +258,9 @@ fn f32_same_convolution_gives_identical_results_with_one_and_two_threads() {
 /// The `[forward, weight gradient]` calls of the direct AVX-512 kernels made by `f` on this
 /// thread.
 fn direct_calls_during(f: impl FnOnce()) -> [usize; 2] {
-    let before = pretext::ops::cpu::direct_kernel_calls();
+    let before = pretext::ops::direct_kernel_calls();
     f();
-    let after = pretext::ops::cpu::direct_kernel_calls();
+    let after = pretext::ops::direct_kernel_calls();
     [after[0] - before[0], after[1] - before[1]]
 }
 
@@ -271,7 +271,7 @@ fn direct_calls_during(f: impl FnOnce()) -> [usize; 2] {
 fn check_direct(name: &str) {
     let spec = ConvSpec::uniform(1, 1);
     let kernel = direct_calls_during(|| check(name, |x, w| ops::conv3d(x, w, spec).unwrap()));
-    if pretext::ops::cpu::direct_kernels_available() {
+    if pretext::ops::direct_kernels_available() {
         // check() runs the kernel path once: forward + input gradient, weight gradient.
         assert_eq!(kernel, [2, 1], "{name}: the direct kernels were not taken");
     } else {
@@ -360,7 +360,7 @@ fn check_strided_2d(
     let what = format!("x [{n}, {c}, {h}, {wd}] -> {o}, kernel {k:?}, stride {stride:?}");
     let ((y64, dx64, dw64), _) = conv2d_grads(&x, &w, &g, (padding, stride), DType::F64);
     let ((y32, dx32, dw32), calls) = conv2d_grads(&x, &w, &g, (padding, stride), DType::F32);
-    if pretext::ops::cpu::direct_kernels_available() {
+    if pretext::ops::direct_kernels_available() {
         assert_eq!(calls, [1, 1], "{what}: the strided kernels were not taken");
     }
     assert_close(&y32, &y64, 1e-5, &format!("{what}: y"));

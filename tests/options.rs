@@ -5,7 +5,7 @@
 
 mod common;
 use common::{eval_err, eval_show, pretext, stderr};
-use pretext::script::options::docs;
+use pretext::script::option_docs;
 use pretext::train::finetune::{FinetuneOptions, GradingOptions, SegmentationOptions};
 use pretext::train::pretrain::PretrainOptions;
 
@@ -170,16 +170,19 @@ fn unset_options_take_the_papers_values_for_the_data_kind() {
 #[test]
 fn every_option_has_a_type_and_a_meaning_in_the_reference() {
     for (name, rows) in [
-        ("pretrain", docs::<PretrainOptions>()),
-        ("finetune_segmentation", docs::<SegmentationOptions>()),
-        ("finetune_grading", docs::<GradingOptions>()),
+        ("pretrain", option_docs::<PretrainOptions>()),
+        (
+            "finetune_segmentation",
+            option_docs::<SegmentationOptions>(),
+        ),
+        ("finetune_grading", option_docs::<GradingOptions>()),
     ] {
         assert!(rows.len() > 15, "{name}: {} rows", rows.len());
         for r in &rows {
             assert!(!r.doc.is_empty() && !r.ty.is_empty(), "{name}: {r:?}");
         }
     }
-    let pre = docs::<PretrainOptions>();
+    let pre = option_docs::<PretrainOptions>();
     let epochs = pre.iter().find(|r| r.key == "epochs").unwrap();
     assert_eq!(
         (epochs.ty.as_str(), epochs.default.as_str()),
@@ -280,7 +283,7 @@ fn the_densenet_convention_is_an_option_and_the_paper_fundus_profile_follows_ker
         e.contains("`convention`") && e.contains("\"torchvision\" | \"keras\""),
         "{e}"
     );
-    let rows = docs::<GradingOptions>();
+    let rows = option_docs::<GradingOptions>();
     let row = rows
         .iter()
         .find(|r| r.key == "densenet.convention")

@@ -368,7 +368,7 @@ fn labels_come_back_in_the_original_geometry_as_nibabel_sees_it() {
         std::fs::copy(&out, Path::new(&keep).join("ct_001_to_original.nii.gz")).unwrap();
     }
     // Class scores come back the same way (one-hot scores = the label map).
-    let onehot = pretext::train::loss::one_hot(&label.unsqueeze(0).unwrap(), 3, DType::F32)
+    let onehot = pretext::nn::loss::one_hot(&label.unsqueeze(0).unwrap(), 3, DType::F32)
         .unwrap()
         .squeeze(0)
         .unwrap();

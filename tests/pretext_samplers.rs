@@ -5,7 +5,10 @@ mod common;
 use common::volumes::{image, volume};
 use pretext::pretext::patches::PatchGrid;
 use pretext::pretext::rotation::{rotate_2d, rotate_3d};
-use pretext::pretext::{Grid, PermutationKind, PermutationSet, Sampler, Source, Task, TaskConfig};
+use std::sync::Arc;
+
+use pretext::data::{Dataset, Grid};
+use pretext::pretext::{PermutationKind, PermutationSet, Sampler, Task, TaskConfig};
 
 fn items(b: &candle_core::Tensor) -> Vec<Vec<f32>> {
     let n = b.dims()[0];
@@ -286,5 +289,5 @@ fn samplers_name_the_item_whose_shape_is_wrong() {
     let e = s.batch(&data, &[0, 2], 1, true).unwrap_err().to_string();
     assert!(e.contains("item 2") && e.contains("[10, 10, 10]"), "{e}");
     assert!(Sampler::new(&TaskConfig::new(Task::Rotation), 1, [12, 12, 10]).is_err());
-    assert_eq!(data.len(), Source::len(&data));
+    assert_eq!(data.len(), Dataset::<Arc<Grid>>::len(&data));
 }

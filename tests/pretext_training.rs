@@ -6,9 +6,10 @@
 mod common;
 use candle_core::Device;
 use common::volumes::{image, volume};
+use pretext::data::Grid;
 use pretext::nn::{DenseNetConfig, GlobalPool, MlpHeadConfig, ParamStore, UNet3dConfig};
 use pretext::pretext::model::BackboneConfig;
-use pretext::pretext::{Grid, Task, TaskConfig};
+use pretext::pretext::{Task, TaskConfig};
 use pretext::train::optim::AdamConfig;
 use pretext::train::pretrain::{
     EpochLog, PretrainConfig, PretrainReport, Pretrainer, RunFiles, read_log,

@@ -12,16 +12,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Device, Tensor};
+use pretext::data::Grid;
 use pretext::data::synthetic::pancreas::{self, PhantomConfig};
 use pretext::data::{Decathlon, FundusPreprocess, FundusSet, PancreasPreprocess, PancreasSet};
 use pretext::data::{Volume, VoxelType};
 use pretext::experiment::results::write_csv;
 use pretext::experiment::{ResultRow, ResultsFile, Shard, cells, merge};
+use pretext::nn::loss::{DiceVariant, cross_entropy, one_hot};
 use pretext::nn::{MlpHeadConfig, UNet3dConfig};
 use pretext::pretext::model::BackboneConfig;
-use pretext::pretext::{Grid, Task, TaskConfig};
+use pretext::pretext::{Task, TaskConfig};
 use pretext::train::finetune::{EncoderInit, Schedule, SegmentationConfig, finetune_segmentation};
-use pretext::train::loss::{DiceVariant, cross_entropy, one_hot};
 use pretext::train::optim::AdamConfig;
 use pretext::train::pretrain::{PretrainConfig, Pretrainer, RunFiles, read_log};
 

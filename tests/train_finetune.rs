@@ -5,16 +5,17 @@
 mod common;
 use candle_core::Device;
 use common::volumes::{image, volume};
+use pretext::data::Grid;
+use pretext::nn::loss::DiceVariant;
 use pretext::nn::{
     DenseNetConfig, GlobalPool, LoadOptions, MlpHeadConfig, ParamStore, UNet3dConfig,
 };
 use pretext::pretext::model::BackboneConfig;
-use pretext::pretext::{Grid, Task, TaskConfig};
+use pretext::pretext::{Task, TaskConfig};
 use pretext::train::finetune::{
     ClassificationConfig, EncoderInit, GradeEncoding, Schedule, SegmentationConfig,
     finetune_classification, finetune_segmentation,
 };
-use pretext::train::loss::DiceVariant;
 use pretext::train::optim::AdamConfig;
 use pretext::train::pretrain::{PretrainConfig, Pretrainer, RunFiles};
 

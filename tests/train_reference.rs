@@ -7,11 +7,11 @@ mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use common::torch::{Fixture, assert_close};
+use pretext::nn::loss::{DiceVariant, binary_cross_entropy, cross_entropy, dice_loss, one_hot};
 use pretext::nn::{MlpHead, MlpHeadConfig, ParamStore, gru, linear};
 use pretext::pretext::model::{cpc_loss, triplet_loss};
 use pretext::pretext::{CpcLoss, ExemplarOptions, Negatives, TripletLoss};
 use pretext::train::finetune::{cumulative_bits, decode_cumulative};
-use pretext::train::loss::{DiceVariant, binary_cross_entropy, cross_entropy, dice_loss, one_hot};
 use pretext::train::metrics::Confusion;
 use pretext::train::optim::{Adam, AdamConfig};
 

@@ -1,11 +1,16 @@
-//! Medical-image data: NIfTI volumes, fundus images, datasets, preprocessing and splits.
+//! Medical-image data: NIfTI volumes, fundus images, datasets, preprocessing and splits, and
+//! the in-memory form the samplers and finetuning loops share: [`Grid`]s, their augmentations
+//! and the [`Dataset`] trait.
 
 pub mod aptos;
+pub mod augment;
 pub mod budget;
 pub mod cache;
+pub mod dataset;
 pub mod decathlon;
 pub mod folder;
 pub mod geometry;
+pub mod grid;
 pub mod image2d;
 pub(crate) mod nifti1;
 pub mod preprocess;
@@ -23,9 +28,11 @@ use sha2::{Digest, Sha256};
 
 pub use aptos::{Aptos, AptosEntry};
 pub use cache::{FundusSet, PancreasSet};
+pub use dataset::{Dataset, GradedImage, LabelledVolume, Subset};
 pub use decathlon::{Case, Decathlon};
 pub use folder::{Fit, NiftiFolderOptions, NiftiFolderSet, VolumePreprocess};
 pub use geometry::{Geometry, IndexMap};
+pub use grid::Grid;
 pub use image2d::Image;
 pub use preprocess::{FundusFilter, FundusPreprocess, PancreasPreprocess};
 pub use resize::Interp;

@@ -694,15 +694,27 @@ fn legend<DB: DrawingBackend>(
     Ok(())
 }
 
-/// The figure's title, centred in `area`.
-fn title<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, sc: Scale, text: &str) -> Res {
-    let (w, h) = area.dim_in_pixel();
-    area.draw(&Text::new(
-        text.to_string(),
+type Areas<DB> = (DrawingArea<DB, Shift>, DrawingArea<DB, Shift>);
+
+/// Paints the figure white and centres its title in a strip on top; returns the area of the
+/// panels and, at the right, the legend's.
+fn frame<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    sc: Scale,
+    title: &str,
+) -> std::result::Result<Areas<DB>, String> {
+    root.fill(&WHITE).map_err(e)?;
+    let (top, body) = root.split_vertically(sc.px(20.0));
+    let (w, h) = top.dim_in_pixel();
+    top.draw(&Text::new(
+        title.to_string(),
         (w as i32 / 2, h as i32 / 2),
         sc.font(10.0).pos(Pos::new(HPos::Center, VPos::Center)),
     ))
-    .map_err(e)
+    .map_err(e)?;
+    let (w, _) = body.dim_in_pixel();
+    let legend_w = sc.px(100.0).min(w as i32 / 3);
+    Ok(body.split_horizontally(w as i32 - legend_w))
 }
 
 /// "n = 3" or "n = 1–3".
@@ -780,15 +792,10 @@ fn draw_curves<DB: DrawingBackend>(
     cfg: &CurvePlot,
 ) -> Res {
     let sc = Scale::of(cfg.size);
-    root.fill(&WHITE).map_err(e)?;
-    let (top, body) = root.split_vertically(sc.px(20.0));
-    title(&top, sc, &cfg.title)?;
+    let (panels, legend_area) = frame(&root, sc, &cfg.title)?;
     let measured: Vec<&CurvePoint> = points.iter().filter(|p| p.panel == "measured").collect();
     let paper: Vec<&CurvePoint> = points.iter().filter(|p| p.panel == "paper").collect();
     let arms = ordered_arms(points.iter().map(|p| p.task.as_str()));
-    let (w, _) = body.dim_in_pixel();
-    let legend_w = sc.px(100.0).min(w as i32 / 3);
-    let (panels, legend_area) = body.split_horizontally(w as i32 - legend_w);
     let vals = |pts: &[&CurvePoint]| -> Vec<f64> {
         pts.iter()
             .flat_map(|p| {
@@ -813,51 +820,32 @@ fn draw_curves<DB: DrawingBackend>(
         "line: mean over repetitions".to_string(),
         format!("band: 95 % t CI (n ≥ {MIN_N_FOR_CI})"),
     ];
+    // One panel: its axes, then the points' lines, bands and markers.
+    let draw = |area: &DrawingArea<DB, Shift>,
+                (caption, y_desc): (&str, &str),
+                fractions: &[f64],
+                y: (f64, f64),
+                pts: &[&CurvePoint]|
+     -> Res {
+        let chart = panel(area, sc, caption, fractions, y, x_desc, y_desc)?;
+        draw_series(&chart, sc, pts, &arms)
+    };
+    let measured_text = (caption.as_str(), cfg.y_label.as_str());
     match cfg.paper {
         Some(p) => {
             let (pw, _) = panels.dim_in_pixel();
             let (left, right) = panels.split_horizontally((pw as f64 * 0.54) as i32);
-            let chart = panel(
-                &left,
-                sc,
-                &caption,
-                &fractions,
-                y_measured,
-                x_desc,
-                &cfg.y_label,
-            )?;
-            draw_series(&chart, sc, &measured, &arms)?;
-            let (paper_caption, paper_label) = p.caption();
+            draw(&left, measured_text, &fractions, y_measured, &measured)?;
             let y_paper = if shared {
                 y_measured
             } else {
                 y_range(vals(&paper).into_iter())
             };
             let paper_fractions: Vec<f64> = PAPER_X.iter().map(|x| x / 100.0).collect();
-            let chart = panel(
-                &right,
-                sc,
-                paper_caption,
-                &paper_fractions,
-                y_paper,
-                x_desc,
-                paper_label,
-            )?;
-            draw_series(&chart, sc, &paper, &arms)?;
+            draw(&right, p.caption(), &paper_fractions, y_paper, &paper)?;
             notes.push("right: the paper's values".into());
         }
-        None => {
-            let chart = panel(
-                &panels,
-                sc,
-                &caption,
-                &fractions,
-                y_measured,
-                x_desc,
-                &cfg.y_label,
-            )?;
-            draw_series(&chart, sc, &measured, &arms)?;
-        }
+        None => draw(&panels, measured_text, &fractions, y_measured, &measured)?,
     }
     legend(&legend_area, sc, &arms, true, &notes)?;
     root.present().map_err(e)
@@ -895,13 +883,8 @@ fn draw_delta<DB: DrawingBackend>(
     cfg: &DeltaPlot,
 ) -> Res {
     let sc = Scale::of(cfg.size);
-    root.fill(&WHITE).map_err(e)?;
-    let (top, body) = root.split_vertically(sc.px(20.0));
-    title(&top, sc, &cfg.title)?;
+    let (left, legend_area) = frame(&root, sc, &cfg.title)?;
     let arms = ordered_arms(points.iter().map(|p| p.task.as_str()));
-    let (w, _) = body.dim_in_pixel();
-    let legend_w = sc.px(100.0).min(w as i32 / 3);
-    let (left, legend_area) = body.split_horizontally(w as i32 - legend_w);
     let y = y_range(
         points
             .iter()

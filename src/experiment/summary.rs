@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use super::results::{ResultRow, merge_with};
 use crate::error::FileContext;
+use crate::train::pretrain::{RunFiles, read_log};
 use crate::{Error, Result};
 
 /// The two files a report is written to.
@@ -275,12 +276,12 @@ fn pretrainings(dir: &Path) -> Result<Vec<Pretraining>> {
     }
     let mut out = Vec::new();
     for d in sorted_entries(&root)? {
-        let log = d.join("log.jsonl");
+        let log = d.join(RunFiles::LOG);
         if !log.is_file() {
             continue;
         }
-        let epochs = crate::train::pretrain::read_log(&log)?;
-        let finished = crate::nn::ParamStore::manifest(d.join("last.safetensors"))
+        let epochs = read_log(&log)?;
+        let finished = crate::nn::ParamStore::manifest(d.join(RunFiles::LAST))
             .ok()
             .and_then(|m| m.get("final").and_then(serde_json::Value::as_bool))
             .unwrap_or(false);

@@ -1,7 +1,7 @@
 //! Layers and models in candle-nn's style: a config struct plus a constructor taking a
 //! `VarBuilder`, PyTorch parameter names and layouts, `forward_t(x, train)` where training and
 //! inference differ. Parameters live in a [`ParamStore`], which also saves and loads
-//! checkpoints.
+//! checkpoints. The losses ([`loss`]) sit beside the layers, as in candle-nn.
 
 pub mod conv;
 pub mod densenet;
@@ -9,6 +9,7 @@ pub mod dropout;
 pub mod gru;
 pub mod heads;
 pub mod linear;
+pub mod loss;
 pub mod norm;
 pub mod store;
 pub mod unet;

@@ -315,16 +315,4 @@ impl UNet3d {
         let enc = self.encoder.forward_t(x, train)?;
         self.decoder.forward_t(&enc, train)
     }
-
-    /// Logits with a frozen encoder: it runs as Keras runs a `trainable=False` layer (running
-    /// BatchNorm statistics, dropout active) and passes no gradient back, while the decoder
-    /// trains (the warm-up epochs of finetuning).
-    pub fn forward_frozen_encoder(&self, x: &Tensor) -> Result<Tensor> {
-        let enc = self.encoder.forward_mode(x, Mode::FROZEN)?;
-        let enc = Encoded {
-            features: enc.features.detach(),
-            skips: enc.skips.iter().map(Tensor::detach).collect(),
-        };
-        self.decoder.forward_t(&enc, true)
-    }
 }

@@ -82,7 +82,6 @@ pub(crate) trait Kernel: Send + Sync + Sized + 'static {
 /// Runs `kernel` on `inputs` (made contiguous first) as a custom op; differentiable when the
 /// kernel defines [`Kernel::backward`].
 pub(crate) fn apply<K: Kernel>(kernel: K, inputs: &[&Tensor]) -> candle_core::Result<Tensor> {
-    super::cpu::configure_allocator();
     let no_grad = grad_disabled();
     let xs: Vec<Tensor> = inputs
         .iter()

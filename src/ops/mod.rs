@@ -2,14 +2,15 @@
 //! convolution, transposed convolution, max/average/global pooling, nearest upsampling and
 //! training-mode batch normalisation.
 //!
-//! Each op is a candle custom op with a fast CPU kernel ([`cpu`]) and a composed implementation
-//! from candle ops for other devices; on CUDA the convolutions call cuDNN's own 3D convolution
-//! instead. Backward passes use only forward-style kernels (no transposed-convolution loops),
-//! and max pooling sends gradients to the first maximum of a window, as PyTorch does.
+//! Each op is a candle custom op with a fast CPU kernel (in `ops::cpu`) and a composed
+//! implementation from candle ops for other devices; on CUDA the convolutions call cuDNN's own
+//! 3D convolution instead. Backward passes use only forward-style kernels (no
+//! transposed-convolution loops), and max pooling sends gradients to the first maximum of a
+//! window, as PyTorch does.
 
 pub mod activation;
 pub mod conv;
-pub mod cpu;
+pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 mod cudnn;
 pub mod dense;
@@ -25,6 +26,9 @@ pub mod resample;
 
 pub use activation::relu;
 pub use conv::{ConvSpec, conv2d, conv3d};
+pub use cpu::{
+    configure_allocator, configure_threads, direct_kernel_calls, direct_kernels_available,
+};
 pub use dense::{DenseBlockSpec, dense_block_available, dense_block_eval, dense_block_train};
 pub use norm::{
     BatchStats, affine_relu, batch_norm_relu_train, batch_norm_train, bias_add, bias_relu_affine,

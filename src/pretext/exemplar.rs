@@ -2,8 +2,8 @@
 
 use rand::{Rng, RngExt};
 
-use super::augment::{brightness_contrast, crop_or_pad, rotate_plane, zoom};
-use super::grid::Grid;
+use crate::data::Grid;
+use crate::data::augment::{brightness_contrast, crop_or_pad, rotate_plane, zoom};
 
 /// O's 3D exemplar augmentation: random flips; per plane, with probability 0.5, a quarter-turn
 /// rotation or an arbitrary-angle one; with probability 0.5 brightness ±0.125 and contrast

@@ -3,19 +3,16 @@
 //! batches ([`Sampler`]) and the models and losses that learn from them ([`PretextModel`]).
 //! O's constants (the authors' code) are the defaults; S's choices are named options.
 
-pub mod augment;
 pub mod exemplar;
-pub mod grid;
 pub mod model;
 pub mod patches;
 pub mod permutations;
 pub mod rotation;
 pub mod sampler;
 
-pub use grid::Grid;
 pub use model::{PretextModel, StepOutput};
 pub use permutations::{HammingStats, PermutationKind, PermutationSet};
-pub use sampler::{Batch, Sampler, Source};
+pub use sampler::{Batch, Sampler};
 
 use crate::{Error, Result};
 

@@ -8,11 +8,11 @@ use candle_nn::{Linear, Module, VarBuilder};
 
 use super::sampler::{Batch, Sampler};
 use super::{CpcLoss, ExemplarOptions, Negatives, Task, TaskConfig, TripletLoss};
+use crate::nn::loss::{binary_cross_entropy, cross_entropy};
 use crate::nn::{
     DenseNet, DenseNetConfig, Encoder3d, GlobalPool, Gru, MlpHead, MlpHeadConfig, UNet3dConfig,
     gru, linear,
 };
-use crate::train::loss::{binary_cross_entropy, cross_entropy};
 use crate::{Error, Result};
 
 /// The network whose weights pretraining is for.

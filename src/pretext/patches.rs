@@ -4,7 +4,7 @@
 
 use rand::{Rng, RngExt};
 
-use super::grid::Grid;
+use crate::data::Grid;
 use crate::{Error, Result};
 
 /// The geometry of a patch grid for one volume or image size.

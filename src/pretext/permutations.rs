@@ -103,28 +103,6 @@ impl PermutationSet {
         Ok(PermutationSet { perms })
     }
 
-    /// A set from explicit permutations (e.g. O's file), checked for validity and duplicates.
-    pub fn from_perms(perms: Vec<Vec<usize>>) -> Result<Self> {
-        let tiles = perms.first().map_or(0, Vec::len);
-        for (i, p) in perms.iter().enumerate() {
-            let mut s = p.clone();
-            s.sort_unstable();
-            if s != (0..tiles).collect::<Vec<_>>() {
-                return Err(Error::arg(
-                    "permutations",
-                    format!("entry {i} is not a permutation of 0..{tiles}"),
-                ));
-            }
-            if perms[..i].contains(p) {
-                return Err(Error::arg(
-                    "permutations",
-                    format!("entry {i} repeats an earlier permutation"),
-                ));
-            }
-        }
-        Ok(PermutationSet { perms })
-    }
-
     /// The permutations.
     pub fn perms(&self) -> &[Vec<usize>] {
         &self.perms

@@ -1,7 +1,7 @@
 //! Rotation prediction: 10 classes in 3D (the identity and 90°/180°/270° about each axis, O's
 //! exact flip/transpose table), 4 in 2D (`np.rot90` by 0–3 quarter turns).
 
-use super::grid::{Grid, Orient};
+use crate::data::grid::{Grid, Orient};
 use crate::{Error, Result};
 
 /// Classes of the 3D task.

@@ -10,57 +10,14 @@ use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rayon::prelude::*;
 
-use super::augment;
-use super::grid::{Grid, assemble, stack};
 use super::patches::PatchGrid;
 use super::permutations::PermutationSet;
 use super::{CpcOptions, ExemplarOptions, Negatives, Task, TaskConfig, exemplar, rotation};
+use crate::data::Dataset;
+use crate::data::augment;
+use crate::data::grid::{Grid, assemble, stack};
 use crate::streams::{self, Stream};
 use crate::{Error, Result};
-
-/// Where a sampler reads its volumes or images from: values in [0, 1].
-pub trait Source: Send + Sync {
-    /// Number of items.
-    fn len(&self) -> usize;
-    /// Whether there are none.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Item `i` as a grid (volumes: 1 channel; images: depth 1).
-    fn get(&self, i: usize) -> Result<Arc<Grid>>;
-}
-
-fn outside(i: usize, n: usize) -> Error {
-    Error::arg("item", format!("index {i} is outside 0..{n}"))
-}
-
-impl Source for Vec<Arc<Grid>> {
-    fn len(&self) -> usize {
-        self.as_slice().len()
-    }
-
-    fn get(&self, i: usize) -> Result<Arc<Grid>> {
-        self.as_slice()
-            .get(i)
-            .cloned()
-            .ok_or_else(|| outside(i, self.as_slice().len()))
-    }
-}
-
-/// Grids held by value: each `get` copies one (hold `Arc<Grid>`s to avoid that).
-impl Source for Vec<Grid> {
-    fn len(&self) -> usize {
-        self.as_slice().len()
-    }
-
-    fn get(&self, i: usize) -> Result<Arc<Grid>> {
-        self.as_slice()
-            .get(i)
-            .cloned()
-            .map(Arc::new)
-            .ok_or_else(|| outside(i, self.as_slice().len()))
-    }
-}
 
 /// One batch of a pretext task. Patch tasks put every patch in `x`'s batch axis (the encoder is
 /// shared across patches).
@@ -219,7 +176,7 @@ impl Sampler {
         Ok(())
     }
 
-    fn load(&self, src: &dyn Source, ids: &[usize]) -> Result<Vec<Arc<Grid>>> {
+    fn load(&self, src: &dyn Dataset<Arc<Grid>>, ids: &[usize]) -> Result<Vec<Arc<Grid>>> {
         if ids.is_empty() {
             return Err(Error::arg("batch", "a batch needs at least one item"));
         }
@@ -234,9 +191,13 @@ impl Sampler {
 
     /// One batch from the items `ids` of `src`; `train` selects random (rather than centred)
     /// crops where the task distinguishes them; `seed` fixes every random choice.
-    pub fn batch(&self, src: &dyn Source, ids: &[usize], seed: u64, train: bool) -> Result<Batch> {
-        // Batches are large and short-lived: keep freed memory in the process.
-        crate::ops::cpu::configure_allocator();
+    pub fn batch(
+        &self,
+        src: &dyn Dataset<Arc<Grid>>,
+        ids: &[usize],
+        seed: u64,
+        train: bool,
+    ) -> Result<Batch> {
         let mut grids = self.load(src, ids)?;
         if train && self.planar() && self.cfg.options.augment_2d {
             let flips = self.cfg.task != Task::Rotation;
@@ -382,7 +343,7 @@ impl Sampler {
 
     fn exemplar(
         &self,
-        src: &dyn Source,
+        src: &dyn Dataset<Arc<Grid>>,
         ids: &[usize],
         grids: &[Arc<Grid>],
         seed: u64,

@@ -5,21 +5,21 @@
 //! `stdlib/x.rhai` (or `$PRETEXT_STDLIB/x.rhai`) and then to the importing script's folder,
 //! and errors are rendered with file, line, column and a caret ([`ScriptError`]).
 
-pub mod api;
-pub mod convert;
-pub mod data;
+pub(crate) mod api;
+pub(crate) mod convert;
+pub(crate) mod data;
 mod diagnostics;
-pub mod experiment;
+pub(crate) mod experiment;
 mod folder;
-pub mod host;
+pub(crate) mod host;
 mod imaging;
-pub mod model;
-pub mod options;
-pub mod pretext;
-pub mod repl;
+pub(crate) mod model;
+pub(crate) mod options;
+pub(crate) mod pretext;
+pub(crate) mod repl;
 mod resolver;
-pub mod tensor;
-pub mod values;
+pub(crate) mod tensor;
+pub(crate) mod values;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,8 +29,12 @@ use candle_core::Device;
 use rhai::{AST, Dynamic, Engine, Map, Scope};
 
 pub use api::{ApiDocs, Domain, FnDoc};
+pub use convert::parse_device;
 pub use diagnostics::{ScriptError, ScriptErrorKind};
+pub use options::{OptionDoc, docs as option_docs};
+pub use repl::Repl;
 pub use resolver::{STDLIB, STDLIB_ENV};
+pub use values::parse_set;
 
 /// State shared by the host and every registered function.
 pub struct HostState {
@@ -70,7 +74,7 @@ impl HostState {
 /// How to build a [`Host`].
 #[derive(Clone, Debug, Default)]
 pub struct HostConfig {
-    /// Values given with `--set key=value`, already parsed ([`values::parse_set`]).
+    /// Values given with `--set key=value`, already parsed ([`parse_set`]).
     pub args: Map,
     /// The master seed (`--seed`).
     pub seed: u64,

@@ -10,10 +10,10 @@ use super::HostState;
 use super::api::Domain;
 use super::convert::{RResult, ScriptResult, rt_err};
 use super::options;
+use crate::nn::loss::{DiceVariant, cross_entropy, dice_loss, one_hot};
 use crate::nn::{DenseNet, GlobalPool, LoadOptions, ParamStore, UNet3d, UNet3dConfig};
 use crate::pretext::model::DenseOptions;
 use crate::streams::{Stream, derive};
-use crate::train::loss::{DiceVariant, cross_entropy, dice_loss, one_hot};
 use crate::train::optim::{Adam, AdamConfig};
 
 /// A network with its parameters, as scripts hold it.

@@ -403,8 +403,3 @@ pub fn docs<T: JsonSchema>() -> Vec<OptionDoc> {
     schema.rows(&schema.root, "", &mut out);
     out
 }
-
-/// Every valid key of `T` (nested ones as `outer.inner`).
-pub fn keys<T: JsonSchema>() -> Vec<String> {
-    docs::<T>().into_iter().map(|d| d.key).collect()
-}

@@ -12,17 +12,14 @@ use super::HostState;
 use super::api::Domain;
 use super::convert::{RResult, ScriptResult, rt_err};
 use super::options;
-use crate::data::{FundusSet, NiftiFolderSet, PancreasSet};
+use crate::data::{Dataset, FundusSet, Grid, LabelledVolume, NiftiFolderSet, PancreasSet, Subset};
 use crate::nn::ParamStore;
-use crate::pretext::{
-    Grid, PermutationKind, PermutationSet, Sampler, Source, Task, TaskConfig, TaskOptions,
-};
+use crate::pretext::{PermutationKind, PermutationSet, Sampler, Task, TaskConfig, TaskOptions};
 use crate::progress::Progress;
 use crate::train::finetune::{
     GradingOptions, SegmentationOptions, finetune_classification, finetune_segmentation,
 };
 use crate::train::pretrain::{PretrainOptions, Pretrainer, RunFiles, read_log};
-use crate::train::sources::Subset;
 
 /// A dataset argument: a prepared set or an array of volume/image tensors.
 enum Data {
@@ -67,7 +64,7 @@ impl Data {
         Ok(Data::Grids(grids))
     }
 
-    fn source(&self) -> &dyn Source {
+    fn source(&self) -> &dyn Dataset<Arc<Grid>> {
         match self {
             Data::Pancreas(s) => s,
             Data::Fundus(s) => s,
@@ -371,7 +368,7 @@ fn finetune_many(state: &HostState, data: &Dynamic, cells: &Array) -> RResult<Ar
 
 /// A finished run's report, when `out` holds one for the same configuration.
 fn cached(out: &Path, hash: &str, epochs: usize) -> Option<Map> {
-    let manifest = ParamStore::manifest(out.join("last.safetensors")).ok()?;
+    let manifest = ParamStore::manifest(out.join(RunFiles::LAST)).ok()?;
     // Runs record whether their last epoch was the final one (a step budget decides the
     // epochs); older ones are finished when their last epoch is `epochs`.
     let finished = match manifest.get("final") {
@@ -381,14 +378,14 @@ fn cached(out: &Path, hash: &str, epochs: usize) -> Option<Map> {
     if hash.is_empty() || manifest["config_hash"] != hash || !finished {
         return None;
     }
-    let best = out.join("best.safetensors");
-    let log = read_log(&out.join("log.jsonl")).ok()?;
+    let best = out.join(RunFiles::BEST);
+    let log = read_log(&out.join(RunFiles::LOG)).ok()?;
     let best_epoch = ParamStore::manifest(&best).ok()?["epoch"].as_u64()? as INT;
     let mut m = Map::new();
     m.insert("best".into(), best.display().to_string().into());
     m.insert(
         "last".into(),
-        out.join("last.safetensors").display().to_string().into(),
+        out.join(RunFiles::LAST).display().to_string().into(),
     );
     m.insert("best_epoch".into(), best_epoch.into());
     m.insert("epochs".into(), rhai::serde::to_dynamic(&log).ok()?);
@@ -441,7 +438,7 @@ fn pretrain(state: &HostState, task: &str, data: &Dynamic, ids: &Array, m: &Map)
             "options": options, "resolved": plan, "input": {"channels": c, "dims": dims},
         });
         let text = serde_json::to_string_pretty(&config).rt()?;
-        crate::io::write_atomic(&dir.join("config.json"), text.as_bytes()).rt()?;
+        crate::io::write_atomic(&dir.join(RunFiles::CONFIG), text.as_bytes()).rt()?;
     }
     let files = o.out.clone().map(|dir| RunFiles { dir, manifest });
     let subset = Subset::new(data.source(), ids).rt()?;
@@ -478,11 +475,7 @@ fn fit_progress(label: &str, epochs: usize, what: &str) -> Progress {
     Progress::new(epochs as u64, &format!("{what} {label}"))
 }
 
-fn segmentation(
-    state: &HostState,
-    data: &dyn crate::train::finetune::SegSource,
-    m: &Map,
-) -> RResult<Map> {
+fn segmentation(state: &HostState, data: &dyn Dataset<LabelledVolume>, m: &Map) -> RResult<Map> {
     let o: SegmentationOptions = options::parse("finetune_segmentation", m)?;
     let (init, cfg) = o.resolve(state.seed).rt()?;
     let bar = fit_progress(

@@ -10,18 +10,19 @@ use std::time::Instant;
 
 use candle_core::{D, DType, Device, Tensor};
 
-use super::loss::{DiceVariant, binary_cross_entropy, cross_entropy, dice_loss, one_hot};
 use super::metrics::{AbsentClass, Confusion, SoftDice, grade_scores};
 use super::optim::{Adam, AdamConfig};
 use super::pretrain::batches;
+use crate::data::augment::zoom_flips_2d;
+use crate::data::grid::{Grid, stack};
+use crate::data::{Dataset, GradedImage, LabelledVolume};
 use crate::error::FileContext;
 use crate::nn::dropout::Generators;
+use crate::nn::loss::{DiceVariant, binary_cross_entropy, cross_entropy, dice_loss, one_hot};
 use crate::nn::{
     DenseNet, DenseNetConfig, Encoded, GlobalPool, LoadOptions, LoadReport, MlpHead, MlpHeadConfig,
     Mode, ParamStore, UNet3d, UNet3dConfig,
 };
-use crate::pretext::augment::zoom_flips_2d;
-use crate::pretext::grid::{Grid, stack};
 use crate::pretext::model::DenseOptions;
 use crate::streams::{Stream, derive, rng};
 use crate::{Error, Result};
@@ -34,58 +35,6 @@ pub enum EncoderInit {
     Random,
     /// The `encoder.` tensors of a pretext checkpoint.
     Checkpoint(PathBuf),
-}
-
-/// Volumes with voxel labels.
-pub trait SegSource: Send + Sync {
-    /// Number of labelled volumes.
-    fn len(&self) -> usize;
-    /// Whether there are none.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Volume `i` (one channel) and its labels (one per voxel, in the volume's order).
-    fn get(&self, i: usize) -> Result<(Grid, Vec<u8>)>;
-}
-
-impl SegSource for Vec<(Grid, Vec<u8>)> {
-    fn len(&self) -> usize {
-        self.as_slice().len()
-    }
-    fn get(&self, i: usize) -> Result<(Grid, Vec<u8>)> {
-        self.as_slice().get(i).cloned().ok_or_else(|| {
-            Error::arg(
-                "item",
-                format!("index {i} is outside 0..{}", self.as_slice().len()),
-            )
-        })
-    }
-}
-
-/// Images with a grade.
-pub trait GradeSource: Send + Sync {
-    /// Number of images.
-    fn len(&self) -> usize;
-    /// Whether there are none.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Image `i` (`[C, 1, H, W]` as a grid) and its grade.
-    fn get(&self, i: usize) -> Result<(Grid, u8)>;
-}
-
-impl GradeSource for Vec<(Grid, u8)> {
-    fn len(&self) -> usize {
-        self.as_slice().len()
-    }
-    fn get(&self, i: usize) -> Result<(Grid, u8)> {
-        self.as_slice().get(i).cloned().ok_or_else(|| {
-            Error::arg(
-                "item",
-                format!("index {i} is outside 0..{}", self.as_slice().len()),
-            )
-        })
-    }
 }
 
 /// The warm-up and optimiser schedule shared by both finetuning protocols.
@@ -713,13 +662,16 @@ struct FitEpoch {
     validation: BTreeMap<String, f64>,
 }
 
+/// Scores the validation items `ids` by metric name.
+type Validate<'a> = &'a dyn Fn(&[usize]) -> Result<BTreeMap<String, f64>>;
+
 /// Runs the schedule: `loss(batch ids, epoch seed, frozen)` gives a batch's loss.
 fn fit(
     trained: &Trained,
     sched: &Schedule,
     train_ids: &[usize],
     mut loss: impl FnMut(&[usize], u64, bool) -> Result<Tensor>,
-    validate: &dyn Fn(&[usize]) -> Result<BTreeMap<String, f64>>,
+    validate: Validate<'_>,
     on_epoch: &mut dyn FnMut(usize, f64),
 ) -> Result<FitLog> {
     let store = trained.store;
@@ -933,12 +885,12 @@ impl EpochLog {
 }
 
 fn seg_batch(
-    src: &dyn SegSource,
+    src: &dyn Dataset<LabelledVolume>,
     ids: &[usize],
     classes: usize,
     dev: &Device,
 ) -> Result<(Tensor, Tensor)> {
-    let items: Vec<(Grid, Vec<u8>)> = ids.iter().map(|&i| src.get(i)).collect::<Result<_>>()?;
+    let items: Vec<LabelledVolume> = ids.iter().map(|&i| src.get(i)).collect::<Result<_>>()?;
     let grids: Vec<Grid> = items.iter().map(|(g, _)| g.clone()).collect();
     let x = stack(&grids, false, dev)?;
     let [d, h, w] = grids[0].dims;
@@ -966,7 +918,7 @@ fn seg_batch(
 pub fn finetune_segmentation(
     init: &EncoderInit,
     cfg: &SegmentationConfig,
-    src: &dyn SegSource,
+    src: &dyn Dataset<LabelledVolume>,
     (train_ids, test_ids): (&[usize], &[usize]),
     dev: &Device,
     on_epoch: &mut dyn FnMut(usize, f64),
@@ -1183,7 +1135,7 @@ pub struct ClassificationResult {
 pub fn finetune_classification(
     init: &EncoderInit,
     cfg: &ClassificationConfig,
-    src: &dyn GradeSource,
+    src: &dyn Dataset<GradedImage>,
     (train_ids, test_ids): (&[usize], &[usize]),
     dev: &Device,
     on_epoch: &mut dyn FnMut(usize, f64),

@@ -208,7 +208,7 @@ impl SoftDice {
 
     /// The per-class soft Dice.
     pub fn dice(&self) -> Vec<f64> {
-        let eps = super::loss::DICE_EPS;
+        let eps = crate::nn::loss::DICE_EPS;
         (0..self.inter.len())
             .map(|c| (2.0 * self.inter[c] + eps) / (self.truth[c] + self.pred[c] + eps))
             .collect()

@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Instant;
 
 use candle_core::Device;
@@ -14,11 +14,12 @@ use rand::seq::SliceRandom;
 
 use super::optim::{Adam, AdamConfig};
 use super::resume::{STATE_FILE, Saved, Snapshot};
+use crate::data::{Dataset, Grid};
 use crate::error::FileContext;
 use crate::nn::dropout::Generators;
 use crate::nn::{MlpHeadConfig, ParamStore, UNet3dConfig};
 use crate::pretext::model::{BackboneConfig, DenseOptions};
-use crate::pretext::{Batch, PretextModel, Sampler, Source, Task, TaskConfig, TaskOptions};
+use crate::pretext::{Batch, PretextModel, Sampler, Task, TaskConfig, TaskOptions};
 use crate::streams::{Stream, derive};
 use crate::{Error, Result};
 
@@ -276,13 +277,26 @@ pub struct PretrainReport {
     pub last_checkpoint: Option<PathBuf>,
 }
 
-/// Where [`pretrain`] writes: `dir/log.jsonl`, `dir/best.safetensors`, `dir/last.safetensors`.
+/// Where [`Pretrainer::run`] writes: `dir/log.jsonl`, `dir/best.safetensors`,
+/// `dir/last.safetensors` (the file names are the constants below, shared by the writer and
+/// the readers of a run) and the training state ([`super::resume::STATE_FILE`]).
 #[derive(Clone, Debug)]
 pub struct RunFiles {
     /// The folder.
     pub dir: PathBuf,
     /// Written into every checkpoint's manifest (task, architecture, input size, ...).
     pub manifest: serde_json::Value,
+}
+
+impl RunFiles {
+    /// The log, one [`EpochLog`] a line ([`read_log`] reads it).
+    pub const LOG: &'static str = "log.jsonl";
+    /// The checkpoint of the epoch with the lowest validation loss.
+    pub const BEST: &'static str = "best.safetensors";
+    /// The checkpoint of the last epoch.
+    pub const LAST: &'static str = "last.safetensors";
+    /// The resolved configuration, written beside the log by the script host's `pretrain`.
+    pub const CONFIG: &'static str = "config.json";
 }
 
 /// The split of `n` items: the first `1 - val_fraction` train, the rest validate (at least one
@@ -358,7 +372,7 @@ impl Pretrainer {
     /// displays); `files` receives logs and checkpoints.
     pub fn run(
         &self,
-        data: &dyn Source,
+        data: &dyn Dataset<Arc<Grid>>,
         cfg: &PretrainConfig,
         files: Option<&RunFiles>,
         on_epoch: &mut dyn FnMut(&EpochLog, usize),
@@ -399,7 +413,7 @@ fn check_settings(cfg: &PretrainConfig) -> Result<()> {
 
 fn pretrain(
     p: &Pretrainer,
-    data: &dyn Source,
+    data: &dyn Dataset<Arc<Grid>>,
     cfg: &PretrainConfig,
     files: Option<&RunFiles>,
     on_epoch: &mut dyn FnMut(&EpochLog, usize),
@@ -448,7 +462,7 @@ fn pretrain(
             best = b["best"].as_f64().unwrap_or(f64::INFINITY);
             report.best_epoch = b["best_epoch"].as_u64().unwrap_or(0) as usize;
             steps_left = b["steps_left"].as_u64().unwrap_or(0) as usize;
-            let log = f.dir.join("log.jsonl");
+            let log = f.dir.join(RunFiles::LOG);
             report.epochs = read_log(&log)?;
             report.epochs.truncate(done);
             if report.epochs.len() < done {
@@ -468,9 +482,9 @@ fn pretrain(
             }
             crate::io::write_atomic(&log, text.as_bytes())?;
             if report.best_epoch > 0 {
-                report.best_checkpoint = Some(f.dir.join("best.safetensors"));
+                report.best_checkpoint = Some(f.dir.join(RunFiles::BEST));
             }
-            report.last_checkpoint = Some(f.dir.join("last.safetensors"));
+            report.last_checkpoint = Some(f.dir.join(RunFiles::LAST));
             eprintln!(
                 "pretrain: resuming {} at epoch {} of {epochs}",
                 f.dir.display(),
@@ -481,7 +495,7 @@ fn pretrain(
     let mut log = match files {
         Some(f) => {
             std::fs::create_dir_all(&f.dir).with_file(&f.dir)?;
-            let p = f.dir.join("log.jsonl");
+            let p = f.dir.join(RunFiles::LOG);
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -584,11 +598,11 @@ fn pretrain(
                 o.insert("final".into(), (epoch == epochs).into());
             }
             if score < best {
-                let p = f.dir.join("best.safetensors");
+                let p = f.dir.join(RunFiles::BEST);
                 store.save(&p, &manifest)?;
                 report.best_checkpoint = Some(p);
             }
-            let p = f.dir.join("last.safetensors");
+            let p = f.dir.join(RunFiles::LAST);
             store.save(&p, &manifest)?;
             report.last_checkpoint = Some(p);
         }
@@ -681,7 +695,7 @@ type EpochMeans = (f64, f64, Option<(f64, f64)>);
 fn run_epoch(
     model: &PretextModel,
     sampler: &Sampler,
-    data: &dyn Source,
+    data: &dyn Dataset<Arc<Grid>>,
     plan: &[Vec<usize>],
     seed: u64,
     dev: &Device,

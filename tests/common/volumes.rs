@@ -2,7 +2,7 @@
 //! size and brightness on a gentle gradient along every axis, so orientation and position are
 //! visible.
 
-use pretext::pretext::Grid;
+use pretext::data::Grid;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 

@@ -142,28 +142,26 @@ pub unsafe fn configure_threads() -> String {
     }
 }
 
-/// Makes glibc's allocator keep freed memory in the process, once per process: no `mmap` for
-/// large blocks, no trimming of the heap, one arena.
+/// Makes glibc's allocator keep freed memory in the process: no `mmap` for large blocks, no
+/// trimming of the heap, one arena.
 ///
 /// A training step allocates and frees hundreds of tensors of several MiB. With glibc's
 /// defaults each of them is mapped fresh and unmapped again, so every step pays a page fault
 /// per 4 KiB written and, with more than one thread, TLB shoot-down interrupts on every unmap
 /// (expensive in a VM): on the 2-core development machine that was ~10 % of a 32³ UNet step
 /// in the kernel and a third of a 64³ step. Reusing the heap costs no more peak memory there.
-/// The custom ops call this before their first kernel; other platforms keep their defaults.
+/// `main` calls this at start-up, beside [`configure_threads`]; other platforms keep their
+/// defaults.
 pub fn configure_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            // SAFETY: mallopt only changes allocator parameters; glibc serialises it with
-            // allocations. A rejected setting leaves the default in place, which is harmless.
-            unsafe {
-                libc::mallopt(libc::M_MMAP_MAX, 0);
-                libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-                libc::mallopt(libc::M_ARENA_MAX, 1);
-            }
-        });
+        // SAFETY: mallopt only changes allocator parameters; glibc serialises it with
+        // allocations. A rejected setting leaves the default in place, which is harmless.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_MAX, 0);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
     }
 }
 

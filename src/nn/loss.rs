@@ -146,8 +146,3 @@ pub fn binary_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor>
     let loss = ((x.relu()? - (x * targets)?)? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
     Ok(loss.mean_all()?)
 }
-
-/// Softmax over the class axis (axis 1), differentiable.
-pub fn softmax_classes(logits: &Tensor) -> Result<Tensor> {
-    Ok(candle_nn::ops::softmax(logits, 1)?)
-}

@@ -1,5 +1,6 @@
 //! [`Grid`]: a volume or image as `c` channels over a `[d, h, w]` grid (2D images have
-//! `d = 1`), with the spatial operations the samplers need. Samplers work on grids, in Rust,
+//! `d = 1`), the form in which datasets hand items to the samplers and finetuning loops, with
+//! the spatial operations the samplers and augmentations need. Samplers work on grids, in Rust,
 //! in parallel; tensors are made only for whole batches.
 
 use candle_core::{Device, Tensor};
