@@ -1,7 +1,8 @@
 //! A tiny pretraining run per task on structured synthetic volumes (and images): the training
 //! loss falls by a clear margin, the training and the validation (held-out items) accuracy end
-//! clearly above chance; logs and checkpoints are written, and `best.safetensors` is the epoch
-//! with the lowest validation loss.
+//! clearly above chance; every trainable parameter, the encoder's included, moves from its
+//! initialisation; logs and checkpoints are written, and `best.safetensors` is the epoch with
+//! the lowest validation loss.
 
 mod common;
 use candle_core::Device;
@@ -55,7 +56,31 @@ fn run(
         seed: 1,
         steps: None,
     };
-    p.run(&data, &pc, files, &mut |_, _| {}).unwrap()
+    let values = |store: &ParamStore| -> Vec<(String, Vec<f32>)> {
+        store
+            .trainable("")
+            .into_iter()
+            .map(|(k, v)| (k, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
+            .collect()
+    };
+    let before = values(&p.store);
+    let report = p.run(&data, &pc, files, &mut |_, _| {}).unwrap();
+    // Pretraining trains the encoder (what finetuning reuses), not only the head: every
+    // trainable parameter, encoder and head, has moved from its initialisation.
+    let after = values(&p.store);
+    assert_eq!(before.len(), after.len());
+    assert!(before.iter().any(|(k, _)| k.starts_with("encoder.")));
+    let unchanged: Vec<&str> = before
+        .iter()
+        .zip(&after)
+        .filter(|((_, a), (_, b))| a == b)
+        .map(|((k, _), _)| k.as_str())
+        .collect();
+    assert!(
+        unchanged.is_empty(),
+        "parameters never updated: {unchanged:?}"
+    );
+    report
 }
 
 /// What a run must reach: the mean training loss of the last three epochs at most
