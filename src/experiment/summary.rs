@@ -62,8 +62,9 @@ fn markdown(dir: &Path) -> Result<String> {
     configuration(&mut s, dir)?;
     figures(&mut s, dir)?;
     statistics(&mut s, dir)?;
-    timings(&mut s, dir, &rows)?;
-    failures(&mut s, dir, &rows)?;
+    let pretrainings = pretrainings(dir)?;
+    timings(&mut s, &pretrainings, &rows);
+    failures(&mut s, dir, &rows, &pretrainings)?;
     Ok(s)
 }
 
@@ -147,14 +148,13 @@ fn statistics(s: &mut String, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn timings(s: &mut String, dir: &Path, rows: &[ResultRow]) -> Result<()> {
+fn timings(s: &mut String, pretrainings: &[Pretraining], rows: &[ResultRow]) {
     s.push_str("## Timings\n\n");
-    let pretrainings = pretrainings(dir)?;
     if !pretrainings.is_empty() {
         s.push_str("Pretraining (from each folder's `log.jsonl`):\n\n");
         s.push_str("| pretraining | epochs | seconds |\n|---|---:|---:|\n");
         let mut total = 0.0;
-        for p in &pretrainings {
+        for p in pretrainings {
             total += p.seconds;
             let _ = writeln!(s, "| {} | {} | {:.1} |", p.name, p.epochs, p.seconds);
         }
@@ -162,7 +162,7 @@ fn timings(s: &mut String, dir: &Path, rows: &[ResultRow]) -> Result<()> {
     }
     if rows.is_empty() {
         s.push_str("No result rows.\n\n");
-        return Ok(());
+        return;
     }
     let mut per_task: BTreeMap<&str, (usize, f64, f64)> = BTreeMap::new();
     for r in rows {
@@ -199,10 +199,14 @@ fn timings(s: &mut String, dir: &Path, rows: &[ResultRow]) -> Result<()> {
         );
     }
     s.push('\n');
-    Ok(())
 }
 
-fn failures(s: &mut String, dir: &Path, rows: &[ResultRow]) -> Result<()> {
+fn failures(
+    s: &mut String,
+    dir: &Path,
+    rows: &[ResultRow],
+    pretrainings: &[Pretraining],
+) -> Result<()> {
     s.push_str("## Failures and unfinished work\n\n");
     let mut items = Vec::new();
     for r in rows {
@@ -222,7 +226,7 @@ fn failures(s: &mut String, dir: &Path, rows: &[ResultRow]) -> Result<()> {
             ));
         }
     }
-    for p in pretrainings(dir)? {
+    for p in pretrainings {
         if !p.finished {
             items.push(format!(
                 "pretraining {} stopped after epoch {}{}",

@@ -269,79 +269,95 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
     d
 }
 
-/// The runs of [`pretrain_many`], each `#{task, ids, opts}` checked before any starts.
-fn pretrain_many(state: &HostState, data: &Dynamic, runs: &Array) -> RResult<Array> {
-    let in_run =
-        |i: usize, e: Box<rhai::EvalAltResult>| rt_err(format!("pretrain_many: runs[{i}]: {e}"));
-    let mut jobs = Vec::with_capacity(runs.len());
-    for (i, r) in runs.iter().enumerate() {
-        let m = r.clone().try_cast::<Map>().ok_or_else(|| {
-            rt_err(format!(
-                "pretrain_many: runs[{i}]: expected #{{task, ids, opts}}, got {}",
-                r.type_name()
-            ))
-        })?;
-        let field = |k: &str| {
-            m.get(k).cloned().ok_or_else(|| {
-                rt_err(format!(
-                    "pretrain_many: runs[{i}]: `{k}` is missing (expected #{{task, ids, opts}})"
-                ))
-            })
-        };
-        let task = field("task")?.into_string().map_err(|t| {
-            rt_err(format!(
-                "pretrain_many: runs[{i}]: task must be a string, got {t}"
-            ))
-        })?;
-        let ids = field("ids")?.into_array().map_err(|t| {
-            rt_err(format!(
-                "pretrain_many: runs[{i}]: ids must be an array, got {t}"
-            ))
-        })?;
-        let opts = field("opts")?
-            .try_cast::<Map>()
-            .ok_or_else(|| rt_err(format!("pretrain_many: runs[{i}]: opts must be a map")))?;
-        options::parse::<PretrainOptions>("pretrain", &opts).map_err(|e| in_run(i, e))?;
-        Task::parse(&task).rt().map_err(|e| in_run(i, e))?;
-        jobs.push((i, task, ids, opts));
-    }
+/// The element `i` of a `_many` function's array (`what`, e.g. "runs") as a map.
+fn element_map(what: &str, i: usize, v: &Dynamic, expected: &str) -> RResult<Map> {
+    v.clone().try_cast::<Map>().ok_or_else(|| {
+        rt_err(format!(
+            "{what}[{i}]: expected {expected}, got {}",
+            v.type_name()
+        ))
+    })
+}
+
+/// Runs `run` on every job, checked beforehand, `cells_at_once()` at a time; the results in
+/// the jobs' order, an error naming the job (`what[i]`).
+fn run_many<T: Send>(
+    state: &HostState,
+    what: &str,
+    jobs: Vec<T>,
+    run: impl Fn(&T) -> RResult<Map> + Sync,
+) -> RResult<Array> {
     let at_once = crate::train::concurrent::at_once(&state.device());
-    crate::train::concurrent::run_each(jobs, at_once, |(i, task, ids, opts)| {
-        pretrain(state, &task, data, &ids, &opts)
+    let indexed: Vec<(usize, T)> = jobs.into_iter().enumerate().collect();
+    crate::train::concurrent::run_each(indexed, at_once, |(i, job)| {
+        run(&job)
             .map(Dynamic::from)
-            .map_err(|e| in_run(i, e))
+            .map_err(|e| rt_err(format!("{what}[{i}]: {e}")))
     })
     .rt()?
     .into_iter()
     .collect()
 }
 
+/// The runs of [`pretrain_many`], each `#{task, ids, opts}` checked before any starts.
+fn pretrain_many(state: &HostState, data: &Dynamic, runs: &Array) -> RResult<Array> {
+    const WHAT: &str = "pretrain_many: runs";
+    let mut jobs = Vec::with_capacity(runs.len());
+    for (i, r) in runs.iter().enumerate() {
+        let m = element_map(WHAT, i, r, "#{task, ids, opts}")?;
+        let bad = |msg: String| rt_err(format!("{WHAT}[{i}]: {msg}"));
+        let field = |k: &str| {
+            m.get(k)
+                .cloned()
+                .ok_or_else(|| bad(format!("`{k}` is missing (expected #{{task, ids, opts}})")))
+        };
+        let task = field("task")?
+            .into_string()
+            .map_err(|t| bad(format!("task must be a string, got {t}")))?;
+        let ids = field("ids")?
+            .into_array()
+            .map_err(|t| bad(format!("ids must be an array, got {t}")))?;
+        let opts = field("opts")?
+            .try_cast::<Map>()
+            .ok_or_else(|| bad("opts must be a map".into()))?;
+        options::parse::<PretrainOptions>("pretrain", &opts).map_err(|e| bad(e.to_string()))?;
+        Task::parse(&task).map_err(|e| bad(e.to_string()))?;
+        jobs.push((task, ids, opts));
+    }
+    run_many(state, WHAT, jobs, |(task, ids, opts)| {
+        pretrain(state, task, data, ids, opts)
+    })
+}
+
 /// The cells of [`finetune_many`], each options map checked before any runs.
 fn finetune_many(state: &HostState, data: &Dynamic, cells: &Array) -> RResult<Array> {
+    const WHAT: &str = "finetune_many: cells";
     let maps = cells
         .iter()
         .enumerate()
-        .map(|(i, c)| {
-            c.clone().try_cast::<Map>().ok_or_else(|| {
-                rt_err(format!(
-                    "finetune_many: cells[{i}]: expected an options map, got {}",
-                    c.type_name()
-                ))
-            })
-        })
+        .map(|(i, c)| element_map(WHAT, i, c, "an options map"))
         .collect::<RResult<Vec<Map>>>()?;
-    let in_cell =
-        |i: usize, e: Box<rhai::EvalAltResult>| rt_err(format!("finetune_many: cells[{i}]: {e}"));
+    fn check_segmentation(m: &Map) -> RResult<()> {
+        options::parse::<SegmentationOptions>("finetune_segmentation", m).map(drop)
+    }
+    fn check_grading(m: &Map) -> RResult<()> {
+        options::parse::<GradingOptions>("finetune_grading", m).map(drop)
+    }
     type Run<'a> = Box<dyn Fn(&Map) -> RResult<Map> + Sync + 'a>;
-    let (what, run): (&str, Run) = if let Some(set) = data.clone().try_cast::<PancreasSet>() {
-        let run = move |m: &Map| segmentation(state, &set, m);
-        ("finetune_segmentation", Box::new(run))
+    let (check, run): (fn(&Map) -> RResult<()>, Run) = if let Some(set) =
+        data.clone().try_cast::<PancreasSet>()
+    {
+        (
+            check_segmentation,
+            Box::new(move |m| segmentation(state, &set, m)),
+        )
     } else if let Some(set) = data.clone().try_cast::<NiftiFolderSet>() {
-        let run = move |m: &Map| segmentation(state, &set, m);
-        ("finetune_segmentation", Box::new(run))
+        (
+            check_segmentation,
+            Box::new(move |m| segmentation(state, &set, m)),
+        )
     } else if let Some(set) = data.clone().try_cast::<FundusSet>() {
-        let run = move |m: &Map| grading(state, &set, m);
-        ("finetune_grading", Box::new(run))
+        (check_grading, Box::new(move |m| grading(state, &set, m)))
     } else {
         return Err(rt_err(format!(
             "finetune_many: data: expected a PancreasSet, a NiftiFolderSet or a FundusSet, got {}",
@@ -349,21 +365,9 @@ fn finetune_many(state: &HostState, data: &Dynamic, cells: &Array) -> RResult<Ar
         )));
     };
     for (i, m) in maps.iter().enumerate() {
-        let checked = if what == "finetune_segmentation" {
-            options::parse::<SegmentationOptions>(what, m).map(drop)
-        } else {
-            options::parse::<GradingOptions>(what, m).map(drop)
-        };
-        checked.map_err(|e| in_cell(i, e))?;
+        check(m).map_err(|e| rt_err(format!("{WHAT}[{i}]: {e}")))?;
     }
-    let at_once = crate::train::concurrent::at_once(&state.device());
-    let indexed: Vec<(usize, Map)> = maps.into_iter().enumerate().collect();
-    crate::train::concurrent::run_each(indexed, at_once, |(i, m)| {
-        run(&m).map(Dynamic::from).map_err(|e| in_cell(i, e))
-    })
-    .rt()?
-    .into_iter()
-    .collect()
+    run_many(state, WHAT, maps, |m| run(m))
 }
 
 /// A finished run's report, when `out` holds one for the same configuration.

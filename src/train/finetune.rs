@@ -16,7 +16,6 @@ use super::pretrain::batches;
 use crate::data::augment::zoom_flips_2d;
 use crate::data::grid::{Grid, stack};
 use crate::data::{Dataset, GradedImage, LabelledVolume};
-use crate::error::FileContext;
 use crate::nn::dropout::Generators;
 use crate::nn::loss::{DiceVariant, binary_cross_entropy, cross_entropy, dice_loss, one_hot};
 use crate::nn::{
@@ -734,7 +733,7 @@ fn fit(
         saved.restore_optimiser(&mut opt)?;
     }
     let mut epoch_log = match &sched.files.log {
-        Some(path) => Some(EpochLog::open(path, epoch)?),
+        Some(path) => Some(super::resume::JsonlLog::open(path, epoch)?),
         None => None,
     };
     let mut last_save = Instant::now();
@@ -843,45 +842,6 @@ fn fit(
         }
     }
     Ok(log)
-}
-
-/// A finetuning run's JSONL log, opened to continue after `epochs` lines.
-struct EpochLog {
-    file: std::fs::File,
-    path: PathBuf,
-}
-
-impl EpochLog {
-    fn open(path: &Path, epochs: usize) -> Result<EpochLog> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_file(dir)?;
-        }
-        // Keep the lines of the epochs a resumed run has done, drop any later one.
-        let kept: String = match std::fs::read_to_string(path) {
-            Ok(text) if epochs > 0 => text
-                .lines()
-                .take(epochs)
-                .map(|l| format!("{l}\n"))
-                .collect(),
-            _ => String::new(),
-        };
-        crate::io::write_atomic(path, kept.as_bytes())?;
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(path)
-            .with_file(path)?;
-        Ok(EpochLog {
-            file,
-            path: path.to_path_buf(),
-        })
-    }
-
-    fn write(&mut self, e: &FitEpoch) -> Result<()> {
-        use std::io::Write;
-        let line = serde_json::to_string(e).map_err(Error::msg)?;
-        writeln!(self.file, "{line}").with_file(&self.path)?;
-        self.file.flush().with_file(&self.path)
-    }
 }
 
 fn seg_batch(

@@ -2,7 +2,6 @@
 //! while the model trains, a validation split, per-epoch JSONL logs, and checkpoints of the
 //! best (lowest validation loss) and the last epoch.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use std::time::Instant;
@@ -13,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use super::optim::{Adam, AdamConfig};
-use super::resume::{STATE_FILE, Saved, Snapshot};
+use super::resume::{JsonlLog, STATE_FILE, Saved, Snapshot};
 use crate::data::{Dataset, Grid};
 use crate::error::FileContext;
 use crate::nn::dropout::Generators;
@@ -453,7 +452,6 @@ fn pretrain(
     let run = files.map(|f| serde_json::json!({ "run": f.manifest, "config": cfg }));
     let mut done = 0;
     if let (Some(f), Some(run)) = (files, &run) {
-        std::fs::create_dir_all(&f.dir).with_file(&f.dir)?;
         if let Some(saved) = Saved::read(&f.dir.join(STATE_FILE), run)? {
             saved.restore_model(store, dropouts)?;
             saved.restore_optimiser(&mut opt)?;
@@ -474,13 +472,6 @@ fn pretrain(
                     ),
                 ));
             }
-            // The log as it was at the saved epoch (a later epoch may have been cut short).
-            let mut text = String::new();
-            for e in &report.epochs {
-                text.push_str(&serde_json::to_string(e).map_err(Error::msg)?);
-                text.push('\n');
-            }
-            crate::io::write_atomic(&log, text.as_bytes())?;
             if report.best_epoch > 0 {
                 report.best_checkpoint = Some(f.dir.join(RunFiles::BEST));
             }
@@ -492,21 +483,9 @@ fn pretrain(
             );
         }
     }
+    // The log as it was at the saved epoch (a later epoch may have been cut short).
     let mut log = match files {
-        Some(f) => {
-            std::fs::create_dir_all(&f.dir).with_file(&f.dir)?;
-            let p = f.dir.join(RunFiles::LOG);
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .truncate(false)
-                .open(&p)
-                .with_file(&p)?;
-            if done == 0 {
-                file.set_len(0).with_file(&p)?;
-            }
-            Some((file, p))
-        }
+        Some(f) => Some(JsonlLog::open(&f.dir.join(RunFiles::LOG), done)?),
         None => None,
     };
     for epoch in done + 1..=epochs {
@@ -582,14 +561,8 @@ fn pretrain(
             val_swap_accuracy: val_swap.map(|s| s.1),
             seconds: start.elapsed().as_secs_f64(),
         };
-        if let Some((file, path)) = log.as_mut() {
-            writeln!(
-                file,
-                "{}",
-                serde_json::to_string(&entry).map_err(Error::msg)?
-            )
-            .with_file(&*path)?;
-            file.flush().with_file(&*path)?;
+        if let Some(l) = log.as_mut() {
+            l.write(&entry)?;
         }
         let score = if val_ids.is_empty() { loss } else { val_loss };
         if let Some(f) = files {

@@ -186,3 +186,45 @@ impl Saved {
         )
     }
 }
+
+/// A run's JSONL log (one line per epoch), reopened for appending with only the lines of the
+/// epochs the run has done: a resumed run drops the lines of an epoch that was cut short, a
+/// new one (`epochs` 0) starts empty.
+pub struct JsonlLog {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl JsonlLog {
+    /// Opens `path` (creating its folder), keeping its first `epochs` lines.
+    pub fn open(path: &Path, epochs: usize) -> Result<JsonlLog> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_file(dir)?;
+        }
+        let kept: String = match std::fs::read_to_string(path) {
+            Ok(text) if epochs > 0 => text
+                .lines()
+                .take(epochs)
+                .map(|l| format!("{l}\n"))
+                .collect(),
+            _ => String::new(),
+        };
+        crate::io::write_atomic(path, kept.as_bytes())?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .with_file(path)?;
+        Ok(JsonlLog {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Appends `entry` as one line, flushed.
+    pub fn write(&mut self, entry: &impl serde::Serialize) -> Result<()> {
+        use std::io::Write;
+        let line = serde_json::to_string(entry).map_err(Error::msg)?;
+        writeln!(self.file, "{line}").with_file(&self.path)?;
+        self.file.flush().with_file(&self.path)
+    }
+}
