@@ -451,37 +451,37 @@ fn pretrain(
     // What a saved state must match to be resumed: the run's manifest and its settings.
     let run = files.map(|f| serde_json::json!({ "run": f.manifest, "config": cfg }));
     let mut done = 0;
-    if let (Some(f), Some(run)) = (files, &run) {
-        if let Some(saved) = Saved::read(&f.dir.join(STATE_FILE), run)? {
-            saved.restore_model(store, dropouts)?;
-            saved.restore_optimiser(&mut opt)?;
-            done = saved.epoch()?;
-            let b = saved.bookkeeping();
-            best = b["best"].as_f64().unwrap_or(f64::INFINITY);
-            report.best_epoch = b["best_epoch"].as_u64().unwrap_or(0) as usize;
-            steps_left = b["steps_left"].as_u64().unwrap_or(0) as usize;
-            let log = f.dir.join(RunFiles::LOG);
-            report.epochs = read_log(&log)?;
-            report.epochs.truncate(done);
-            if report.epochs.len() < done {
-                return Err(Error::file(
-                    &log,
-                    format!(
-                        "the training state is at epoch {done} but the log has {} epochs; remove the folder to start over",
-                        report.epochs.len()
-                    ),
-                ));
-            }
-            if report.best_epoch > 0 {
-                report.best_checkpoint = Some(f.dir.join(RunFiles::BEST));
-            }
-            report.last_checkpoint = Some(f.dir.join(RunFiles::LAST));
-            eprintln!(
-                "pretrain: resuming {} at epoch {} of {epochs}",
-                f.dir.display(),
-                done + 1
-            );
+    if let (Some(f), Some(run)) = (files, &run)
+        && let Some(saved) = Saved::read(&f.dir.join(STATE_FILE), run)?
+    {
+        saved.restore_model(store, dropouts)?;
+        saved.restore_optimiser(&mut opt)?;
+        done = saved.epoch()?;
+        let b = saved.bookkeeping();
+        best = b["best"].as_f64().unwrap_or(f64::INFINITY);
+        report.best_epoch = b["best_epoch"].as_u64().unwrap_or(0) as usize;
+        steps_left = b["steps_left"].as_u64().unwrap_or(0) as usize;
+        let log = f.dir.join(RunFiles::LOG);
+        report.epochs = read_log(&log)?;
+        report.epochs.truncate(done);
+        if report.epochs.len() < done {
+            return Err(Error::file(
+                &log,
+                format!(
+                    "the training state is at epoch {done} but the log has {} epochs; remove the folder to start over",
+                    report.epochs.len()
+                ),
+            ));
         }
+        if report.best_epoch > 0 {
+            report.best_checkpoint = Some(f.dir.join(RunFiles::BEST));
+        }
+        report.last_checkpoint = Some(f.dir.join(RunFiles::LAST));
+        eprintln!(
+            "pretrain: resuming {} at epoch {} of {epochs}",
+            f.dir.display(),
+            done + 1
+        );
     }
     // The log as it was at the saved epoch (a later epoch may have been cut short).
     let mut log = match files {
