@@ -45,6 +45,12 @@ pub enum Stream {
     SyntheticCase,
     /// Random tensors drawn by a script function.
     Script,
+    /// The dropout masks of a pretext model's second and later classifier heads (index: the
+    /// head's position).
+    Head,
+    /// One task of a joint pretraining: its batch order and sampling (index: the task's
+    /// position in the list).
+    Task,
 }
 
 impl Stream {
@@ -67,6 +73,8 @@ impl Stream {
             Stream::Permutations => "permutations",
             Stream::SyntheticCase => "synthetic-case",
             Stream::Script => "script",
+            Stream::Head => "head",
+            Stream::Task => "task",
         }
     }
 
@@ -120,6 +128,8 @@ mod tests {
             Stream::Permutations,
             Stream::SyntheticCase,
             Stream::Script,
+            Stream::Head,
+            Stream::Task,
         ];
         let mut seen = HashSet::new();
         for seed in 0..4 {

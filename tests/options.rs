@@ -262,7 +262,7 @@ fn a_pretraining_folder_records_its_configuration_and_finetuning_names_a_backbon
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["options"]["unet"]["filters"], 2);
     assert_eq!(config["resolved"]["train"]["epochs"], 1);
-    assert_eq!(config["resolved"]["task"]["task"], "rotation");
+    assert_eq!(config["resolved"]["tasks"][0]["task"], "rotation");
 }
 
 #[test]

@@ -126,10 +126,15 @@ impl DenseNetConfig {
 
     /// Channels of the final feature map.
     pub fn feature_channels(&self) -> usize {
+        self.level_channels(self.blocks.len().saturating_sub(1))
+    }
+
+    /// Channels of the feature map of dense block `level` (see [`DenseNet::level_maps_t`]).
+    pub fn level_channels(&self, level: usize) -> usize {
         let mut c = self.init_features;
-        for (i, &n) in self.blocks.iter().enumerate() {
+        for (i, &n) in self.blocks.iter().enumerate().take(level + 1) {
             c += n * self.growth;
-            if i + 1 < self.blocks.len() {
+            if i + 1 < self.blocks.len() && i < level {
                 c /= 2;
             }
         }
@@ -332,6 +337,22 @@ impl DenseNet {
 
     /// The final feature map (after `norm5` and ReLU) of `x [N, C, H, W]`.
     pub fn features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let last = self.blocks.len() - 1;
+        let mut maps = self.level_maps_t(x, &[last], train)?;
+        Ok(maps.remove(0))
+    }
+
+    /// The feature maps of dense blocks `levels` (`0..blocks`): block `l < last` after its
+    /// transition's BatchNorm and ReLU (before the 1×1 convolution and pooling), the last
+    /// block after `norm5` and ReLU (the final feature map). In the order of `levels`.
+    pub fn level_maps_t(&self, x: &Tensor, levels: &[usize], train: bool) -> Result<Vec<Tensor>> {
+        let last = self.blocks.len() - 1;
+        if let Some(&l) = levels.iter().find(|&&l| l > last) {
+            return Err(Error::arg(
+                "levels",
+                format!("the DenseNet has levels 0 to {last} (one per dense block), got {l}"),
+            ));
+        }
         if x.rank() != 4
             || x.dims()[1] != self.cfg.in_channels
             || x.dims()[2] < 4
@@ -346,12 +367,25 @@ impl DenseNet {
                 ),
             ));
         }
+        let deepest = levels.iter().copied().max().unwrap_or(last);
+        let mut maps: Vec<Option<Tensor>> = vec![None; levels.len()];
+        let keep = |maps: &mut Vec<Option<Tensor>>, l: usize, t: &Tensor| {
+            for (slot, _) in maps.iter_mut().zip(levels).filter(|(_, w)| **w == l) {
+                *slot = Some(t.clone());
+            }
+        };
         let h = self.norm0.forward_relu_t(&self.conv0.forward(x)?, train)?;
         let mut h = ops::max_pool2d(&h, [3, 3], [2, 2], [1, 1])?;
-        for (i, block) in self.blocks.iter().enumerate() {
+        for (i, block) in self.blocks.iter().enumerate().take(deepest + 1) {
             h = block.forward_t(&h, train)?;
-            if let Some(t) = self.transitions.get(i) {
+            if i == last {
+                keep(&mut maps, i, &self.norm5.forward_relu_t(&h, train)?);
+            } else if let Some(t) = self.transitions.get(i) {
                 let r = t.norm.forward_relu_t(&h, train)?;
+                keep(&mut maps, i, &r);
+                if i == deepest {
+                    break;
+                }
                 // torchvision pools the 1×1 convolution's output; the convolution acts on each
                 // position alone, so pooling its input first is the same map at a quarter of
                 // the cost.
@@ -363,7 +397,10 @@ impl DenseNet {
                 };
             }
         }
-        self.norm5.forward_relu_t(&h, train)
+        Ok(maps
+            .into_iter()
+            .map(|m| m.expect("every level at most the deepest was kept"))
+            .collect())
     }
 
     /// A feature vector `[N, C]` per image.

@@ -69,6 +69,11 @@ impl UNet3dConfig {
         self.channels(self.depth)
     }
 
+    /// Channels of encoder level `level` (`0..=depth`; `depth` is the bottleneck).
+    pub fn level_channels(&self, level: usize) -> usize {
+        self.channels(level.min(self.depth))
+    }
+
     /// Spatial size of the encoder's output for an input of `size` voxels per axis (pooling
     /// floors odd sizes, as Keras' `valid` pooling does).
     pub fn feature_size(&self, size: usize) -> usize {
@@ -237,6 +242,31 @@ impl Encoder3d {
     /// The flattened features `[N, F·d·h·w]` (what the pretext heads read).
     pub fn embed(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         Ok(self.forward_t(x, train)?.features.flatten_from(1)?)
+    }
+
+    /// The flattened features of each of `levels` (see [`UNet3dConfig::level_channels`]):
+    /// level `l < depth` is down block `l`'s output max-pooled onto the bottleneck's output
+    /// grid (a window of `2^(depth+1-l)`), level `depth` is [`Encoder3d::embed`]'s.
+    pub fn embed_levels(&self, x: &Tensor, levels: &[usize], train: bool) -> Result<Vec<Tensor>> {
+        let depth = self.cfg.depth;
+        if let Some(&l) = levels.iter().find(|&&l| l > depth) {
+            return Err(Error::arg(
+                "levels",
+                format!("the UNet encoder has levels 0 to {depth}, got {l}"),
+            ));
+        }
+        let enc = self.forward_t(x, train)?;
+        levels
+            .iter()
+            .map(|&l| {
+                let pooled = if l == depth {
+                    enc.features.clone()
+                } else {
+                    ops::max_pool3d(&enc.skips[l], PoolSpec::cube(1 << (depth + 1 - l)))?
+                };
+                Ok(pooled.flatten_from(1)?)
+            })
+            .collect()
     }
 }
 

@@ -13,6 +13,7 @@ use crate::nn::{
     DenseNet, DenseNetConfig, Encoder3d, GlobalPool, Gru, MlpHead, MlpHeadConfig, UNet3dConfig,
     gru, linear,
 };
+use crate::streams::{Stream, derive};
 use crate::{Error, Result};
 
 /// The network whose weights pretraining is for.
@@ -82,21 +83,56 @@ impl Backbone {
         }
     }
 
+    /// Feature vectors `[N, F_l]` of inputs `[N, C, ...]` at each of the encoder's `levels`
+    /// (`0..=`[`Backbone::last_level`]; the last one is [`Backbone::embed`]'s): the UNet's
+    /// block outputs max-pooled onto the bottleneck's grid and flattened, or the DenseNet's
+    /// block outputs globally pooled.
+    pub fn embed_levels(&self, x: &Tensor, levels: &[usize], train: bool) -> Result<Vec<Tensor>> {
+        if levels == [self.last_level()] {
+            return Ok(vec![self.embed(x, train)?]);
+        }
+        match self {
+            Backbone::Unet(e) => e.embed_levels(x, levels, train),
+            Backbone::Dense(d, pool) => d
+                .level_maps_t(x, levels, train)?
+                .iter()
+                .map(|f| match pool {
+                    GlobalPool::Avg => crate::ops::global_avg_pool(f),
+                    GlobalPool::Max => crate::ops::global_max_pool(f),
+                })
+                .collect(),
+        }
+    }
+
+    /// The deepest level: the UNet's bottleneck (`depth`) or the DenseNet's last block.
+    pub fn last_level(&self) -> usize {
+        match self {
+            Backbone::Unet(e) => e.config().depth,
+            Backbone::Dense(d, _) => d.config().blocks.len() - 1,
+        }
+    }
+
     /// The length of a feature vector for inputs of spatial size `dims`.
     pub fn feature_dim(&self, dims: [usize; 3]) -> usize {
+        self.level_dim(self.last_level(), dims)
+    }
+
+    /// The length of a feature vector of encoder level `level` for inputs of size `dims`.
+    pub fn level_dim(&self, level: usize, dims: [usize; 3]) -> usize {
         match self {
             Backbone::Unet(e) => {
                 let c = e.config();
-                c.feature_channels() * dims.iter().map(|&s| c.feature_size(s)).product::<usize>()
+                c.level_channels(level) * dims.iter().map(|&s| c.feature_size(s)).product::<usize>()
             }
-            Backbone::Dense(d, _) => d.config().feature_channels(),
+            Backbone::Dense(d, _) => d.config().level_channels(level),
         }
     }
 }
 
 #[derive(Clone, Debug)]
 enum Head {
-    Classifier(MlpHead),
+    /// One classifier per encoder level the task reads.
+    Classifier(Vec<MlpHead>),
     Exemplar(Vec<Linear>),
     Cpc {
         encode: Linear,
@@ -119,14 +155,35 @@ pub struct StepOutput {
     pub swapped: Option<(f64, f64)>,
 }
 
-/// A backbone with the head and loss of one pretext task.
+/// One task of a [`PretextModel`]: its sampler (for the sizes), loss weight and encoder levels.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadSpec<'a> {
+    /// The task's sampler.
+    pub sampler: &'a Sampler,
+    /// The weight of the task's loss in the joint loss.
+    pub weight: f64,
+    /// The encoder levels the task's head reads (`[]`: the last level, O's); only the
+    /// classification tasks (rotation, jigsaw, RPL) read other levels.
+    pub levels: &'a [usize],
+}
+
+/// A task's head and loss over the shared backbone's features.
 #[derive(Clone, Debug)]
-pub struct PretextModel {
+struct TaskHead {
     task: TaskConfig,
-    backbone: Backbone,
     head: Head,
     classes: usize,
     views: usize,
+    weight: f64,
+    levels: Vec<usize>,
+}
+
+/// A backbone with the heads and losses of one pretext task, or of several trained jointly
+/// (one head per task, the weighted sum of their losses).
+#[derive(Clone, Debug)]
+pub struct PretextModel {
+    backbone: Backbone,
+    heads: Vec<TaskHead>,
 }
 
 fn accuracy(pred: &Tensor, truth: &Tensor) -> Result<f64> {
@@ -137,6 +194,11 @@ fn accuracy(pred: &Tensor, truth: &Tensor) -> Result<f64> {
         .to_scalar::<f64>()?)
 }
 
+/// Whether `task` has a classifier head that may read any encoder level.
+pub fn reads_levels(task: Task) -> bool {
+    matches!(task, Task::Rotation | Task::Jigsaw | Task::Rpl)
+}
+
 impl PretextModel {
     /// The model of `sampler`'s task: backbone under `encoder.`, head under `head.` of `vb`.
     pub fn new(
@@ -145,24 +207,220 @@ impl PretextModel {
         head: &MlpHeadConfig,
         vb: VarBuilder,
     ) -> Result<Self> {
-        let task = sampler.task_config().clone();
+        let spec = HeadSpec {
+            sampler,
+            weight: 1.0,
+            levels: &[],
+        };
+        Self::with_heads(&[spec], backbone, head, vb)
+    }
+
+    /// The model of one or several tasks sharing the backbone (under `encoder.`): one task's
+    /// head is under `head.`, each of several under `head.<task>.`; a classifier reading
+    /// levels other than the last has one head per level under `level<l>.` below that. Heads
+    /// after the first draw their dropout masks from streams of their own.
+    pub fn with_heads(
+        specs: &[HeadSpec],
+        backbone: &BackboneConfig,
+        head: &MlpHeadConfig,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let b = Backbone::new(backbone, vb.pp("encoder"))?;
-        let f = b.feature_dim(sampler.input_dims());
-        if f == 0 {
+        let mut classifiers = 0;
+        let mut heads = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let task = spec.sampler.task_config().clone();
+            if specs
+                .iter()
+                .filter(|s| s.sampler.task() == task.task)
+                .count()
+                > 1
+            {
+                return Err(Error::arg(
+                    "tasks",
+                    format!("task {} is listed twice", task.task.name()),
+                ));
+            }
+            let hv = if specs.len() == 1 {
+                vb.pp("head")
+            } else {
+                vb.pp("head").pp(task.task.name())
+            };
+            heads.push(TaskHead::new(spec, &b, head, hv, &mut classifiers)?);
+        }
+        Ok(PretextModel { backbone: b, heads })
+    }
+
+    /// The (first) task.
+    pub fn task(&self) -> Task {
+        self.heads[0].task.task
+    }
+
+    /// The tasks, in the order of their heads.
+    pub fn tasks(&self) -> Vec<Task> {
+        self.heads.iter().map(|h| h.task.task).collect()
+    }
+
+    /// The backbone.
+    pub fn backbone(&self) -> &Backbone {
+        &self.backbone
+    }
+
+    /// The loss and accuracy of `batch` (moved to `dev`) for the first task; `train` selects
+    /// batch statistics and dropout.
+    pub fn step(&self, batch: &Batch, dev: &Device, train: bool) -> Result<StepOutput> {
+        self.task_step(0, batch, dev, train)
+    }
+
+    /// The loss (unweighted) and accuracy of task `t`'s `batch`.
+    pub fn task_step(
+        &self,
+        t: usize,
+        batch: &Batch,
+        dev: &Device,
+        train: bool,
+    ) -> Result<StepOutput> {
+        let head = self.heads.get(t).ok_or_else(|| {
+            Error::arg(
+                "task",
+                format!("the model has {} heads, got task {t}", self.heads.len()),
+            )
+        })?;
+        head.step(&self.backbone, batch, dev, train)
+    }
+
+    /// The joint loss `Σ w_t · L_t` of one batch per task given, `(task, batch)`, with every
+    /// task's own output (unweighted loss and accuracy). One task of weight 1 is its loss
+    /// alone.
+    pub fn joint_step(
+        &self,
+        batches: &[(usize, &Batch)],
+        dev: &Device,
+        train: bool,
+    ) -> Result<(Tensor, Vec<StepOutput>)> {
+        let mut total: Option<Tensor> = None;
+        let mut parts = Vec::with_capacity(batches.len());
+        for &(t, batch) in batches {
+            let out = self.task_step(t, batch, dev, train)?;
+            let w = self.heads[t].weight;
+            let term = if w == 1.0 {
+                out.loss.clone()
+            } else {
+                (&out.loss * w)?
+            };
+            total = Some(match total {
+                None => term,
+                Some(acc) => (acc + term)?,
+            });
+            parts.push(out);
+        }
+        let total = total.ok_or_else(|| Error::arg("batches", "a joint step needs a batch"))?;
+        Ok((total, parts))
+    }
+
+    /// The loss weight of task `t`.
+    pub fn weight(&self, t: usize) -> f64 {
+        self.heads[t].weight
+    }
+
+    /// The exemplar shortcut diagnostic: the loss and accuracy of anchors `a` against
+    /// `p_swap` (the negative's input through the positive's head) as the positive and `n_swap`
+    /// (the positive's input through the negative's head) as the negative, with the sampled
+    /// pairing (no hardest-negative mining). A model that compares the inputs finds the swapped
+    /// "positive" far from the anchor: accuracy near 1 − the ordinary accuracy, near 0 once the
+    /// task is learnt. Heads that tell the roles apart without looking at the input (O's three
+    /// separate heads can: anchor and positive heads agree on a constant code, the negative's
+    /// head differs) keep the ordinary low loss and high accuracy under the swap. With one shared
+    /// head the swap is exactly the roles reversed, so accuracy is 1 − the ordinary one.
+    pub fn role_swap(
+        a: &Tensor,
+        p_swap: &Tensor,
+        n_swap: &Tensor,
+        o: &ExemplarOptions,
+    ) -> Result<(f64, f64)> {
+        let mut plain = o.clone();
+        plain.hardest = false;
+        plain.negatives = Negatives::Dataset;
+        let out = triplet_loss(a, p_swap, Some(n_swap), &plain)?;
+        let loss = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        Ok((loss, out.accuracy))
+    }
+}
+
+impl TaskHead {
+    fn new(
+        spec: &HeadSpec,
+        b: &Backbone,
+        head: &MlpHeadConfig,
+        hv: VarBuilder,
+        classifiers: &mut u64,
+    ) -> Result<Self> {
+        let sampler = spec.sampler;
+        let task = sampler.task_config().clone();
+        let last = b.last_level();
+        let levels = if spec.levels.is_empty() {
+            vec![last]
+        } else {
+            spec.levels.to_vec()
+        };
+        if levels != [last] && !reads_levels(task.task) {
             return Err(Error::arg(
-                "backbone",
+                "levels",
                 format!(
-                    "the encoder produces no features for inputs of {:?}",
-                    sampler.input_dims()
+                    "task {} reads the last encoder level only; levels are for rotation, jigsaw and rpl",
+                    task.task.name()
                 ),
             ));
         }
-        let hv = vb.pp("head");
+        if let Some(&l) = levels.iter().find(|&&l| l > last) {
+            return Err(Error::arg(
+                "levels",
+                format!("the encoder has levels 0 to {last}, got {l}"),
+            ));
+        }
+        if !(spec.weight.is_finite() && spec.weight >= 0.0) {
+            return Err(Error::arg(
+                "weights",
+                format!(
+                    "expected a finite weight ≥ 0 for {}, got {}",
+                    task.task.name(),
+                    spec.weight
+                ),
+            ));
+        }
+        let dims = sampler.input_dims();
+        let f = b.feature_dim(dims);
+        if f == 0 || levels.iter().any(|&l| b.level_dim(l, dims) == 0) {
+            return Err(Error::arg(
+                "backbone",
+                format!("the encoder produces no features for inputs of {dims:?}"),
+            ));
+        }
         let views = sampler.views();
+        let per_item = match task.task {
+            Task::Rotation => 1,
+            Task::Rpl => 2,
+            _ => views,
+        };
         let head = match task.task {
-            Task::Rotation => Head::Classifier(MlpHead::new(f, sampler.classes(), head, hv)?),
-            Task::Jigsaw => Head::Classifier(MlpHead::new(f * views, sampler.classes(), head, hv)?),
-            Task::Rpl => Head::Classifier(MlpHead::new(2 * f, sampler.classes(), head, hv)?),
+            Task::Rotation | Task::Jigsaw | Task::Rpl => Head::Classifier(
+                levels
+                    .iter()
+                    .map(|&l| {
+                        let vb = if levels == [last] {
+                            hv.clone()
+                        } else {
+                            hv.pp(format!("level{l}"))
+                        };
+                        let mut cfg = head.clone();
+                        if *classifiers > 0 {
+                            cfg.seed = derive(head.seed, Stream::Head, *classifiers);
+                        }
+                        *classifiers += 1;
+                        MlpHead::new(per_item * b.level_dim(l, dims), sampler.classes(), &cfg, vb)
+                    })
+                    .collect::<Result<_>>()?,
+            ),
             Task::Exemplar => {
                 let n = if task.options.exemplar.shared_head {
                     1
@@ -187,33 +445,27 @@ impl PretextModel {
                 }
             }
         };
-        Ok(PretextModel {
+        Ok(TaskHead {
             task,
-            backbone: b,
             head,
             classes: sampler.classes(),
             views,
+            weight: spec.weight,
+            levels,
         })
     }
 
-    /// The task.
-    pub fn task(&self) -> Task {
-        self.task.task
-    }
-
-    /// The backbone.
-    pub fn backbone(&self) -> &Backbone {
-        &self.backbone
-    }
-
-    /// The loss and accuracy of `batch` (moved to `dev`); `train` selects batch statistics and
-    /// dropout.
-    pub fn step(&self, batch: &Batch, dev: &Device, train: bool) -> Result<StepOutput> {
+    fn step(
+        &self,
+        backbone: &Backbone,
+        batch: &Batch,
+        dev: &Device,
+        train: bool,
+    ) -> Result<StepOutput> {
         let x = batch.x.to_device(dev)?;
-        let feats = self.backbone.embed(&x, train)?;
         let b = batch.items;
         match &self.head {
-            Head::Classifier(mlp) => {
+            Head::Classifier(mlps) => {
                 let y = batch
                     .y
                     .as_ref()
@@ -224,27 +476,48 @@ impl PretextModel {
                     Task::Rpl => 2,
                     _ => self.views,
                 };
-                let logits = mlp.forward_t(&feats.reshape((b, ()))?, train)?;
-                if logits.dims() != [b, self.classes] || feats.dims()[0] != b * per_item {
-                    return Err(Error::shape(
-                        "pretext",
-                        format!("batch of {b} items gave features {:?}", feats.dims()),
-                    ));
+                let feats = backbone.embed_levels(&x, &self.levels, train)?;
+                let mut loss: Option<Tensor> = None;
+                let mut acc = 0.0;
+                for (mlp, f) in mlps.iter().zip(&feats) {
+                    let logits = mlp.forward_t(&f.reshape((b, ()))?, train)?;
+                    if logits.dims() != [b, self.classes] || f.dims()[0] != b * per_item {
+                        return Err(Error::shape(
+                            "pretext",
+                            format!("batch of {b} items gave features {:?}", f.dims()),
+                        ));
+                    }
+                    let l = cross_entropy(&logits, &y)?;
+                    loss = Some(match loss {
+                        None => l,
+                        Some(s) => (s + l)?,
+                    });
+                    acc += accuracy(&logits.argmax(D::Minus1)?, &y.to_dtype(DType::U32)?)?;
                 }
-                let loss = cross_entropy(&logits, &y)?;
-                let acc = accuracy(&logits.argmax(D::Minus1)?, &y.to_dtype(DType::U32)?)?;
+                let n = mlps.len();
+                let loss = loss.ok_or_else(|| Error::arg("levels", "no level to read"))?;
+                // The mean over levels; one level is its loss alone.
+                let (loss, accuracy) = if n == 1 {
+                    (loss, acc)
+                } else {
+                    ((loss / n as f64)?, acc / n as f64)
+                };
                 Ok(StepOutput {
                     loss,
-                    accuracy: acc,
+                    accuracy,
                     swapped: None,
                 })
             }
-            Head::Exemplar(heads) => self.exemplar(&feats, heads, b, train),
+            Head::Exemplar(heads) => {
+                let feats = backbone.embed(&x, train)?;
+                self.exemplar(&feats, heads, b, train)
+            }
             Head::Cpc {
                 encode,
                 gru,
                 predict,
             } => {
+                let feats = backbone.embed(&x, train)?;
                 let codes = encode.forward(&feats)?;
                 self.cpc(&codes, gru, predict, batch, dev)
             }
@@ -280,7 +553,7 @@ impl PretextModel {
                 let rolled = Tensor::cat(&[p.narrow(0, 1, b - 1)?, p.narrow(0, 0, 1)?], 0)?;
                 (rolled, p.clone())
             };
-            out.swapped = Some(Self::role_swap(
+            out.swapped = Some(PretextModel::role_swap(
                 &a,
                 &p_swap,
                 &n_swap,
@@ -288,29 +561,6 @@ impl PretextModel {
             )?);
         }
         Ok(out)
-    }
-
-    /// The exemplar shortcut diagnostic: the loss and accuracy of anchors `a` against
-    /// `p_swap` (the negative's input through the positive's head) as the positive and `n_swap`
-    /// (the positive's input through the negative's head) as the negative, with the sampled
-    /// pairing (no hardest-negative mining). A model that compares the inputs finds the swapped
-    /// "positive" far from the anchor: accuracy near 1 − the ordinary accuracy, near 0 once the
-    /// task is learnt. Heads that tell the roles apart without looking at the input (O's three
-    /// separate heads can: anchor and positive heads agree on a constant code, the negative's
-    /// head differs) keep the ordinary low loss and high accuracy under the swap. With one shared
-    /// head the swap is exactly the roles reversed, so accuracy is 1 − the ordinary one.
-    pub fn role_swap(
-        a: &Tensor,
-        p_swap: &Tensor,
-        n_swap: &Tensor,
-        o: &ExemplarOptions,
-    ) -> Result<(f64, f64)> {
-        let mut plain = o.clone();
-        plain.hardest = false;
-        plain.negatives = Negatives::Dataset;
-        let out = triplet_loss(a, p_swap, Some(n_swap), &plain)?;
-        let loss = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        Ok((loss, out.accuracy))
     }
 
     fn cpc(

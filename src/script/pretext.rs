@@ -220,7 +220,7 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
     d.func(
         "pretrain",
         "pretrain(task: String, data: Any, ids: Array, opts: Map) -> Map",
-        "Pretrains a task's encoder and head on items ids (options below). Returns #{best, last, best_epoch, epochs, cached}.",
+        "Pretrains a task's encoder and head on items ids (options below); task \"multi\" pretrains one encoder for several tasks at once (option `multi`: one head per task, the weighted sum of their losses; the log gives each task's numbers under `tasks`). Returns #{best, last, best_epoch, epochs, cached}.",
         move |t: &str, data: Dynamic, ids: Array, m: Map| pretrain(&s, t, &data, &ids, &m),
     )
     .options::<PretrainOptions>();
@@ -320,8 +320,10 @@ fn pretrain_many(state: &HostState, data: &Dynamic, runs: &Array) -> RResult<Arr
         let opts = field("opts")?
             .try_cast::<Map>()
             .ok_or_else(|| bad("opts must be a map".into()))?;
-        options::parse::<PretrainOptions>("pretrain", &opts).map_err(|e| bad(e.to_string()))?;
-        Task::parse(&task).map_err(|e| bad(e.to_string()))?;
+        let o =
+            options::parse::<PretrainOptions>("pretrain", &opts).map_err(|e| bad(e.to_string()))?;
+        o.resolve_named(&task, false, 0)
+            .map_err(|e| bad(e.to_string()))?;
         jobs.push((task, ids, opts));
     }
     run_many(state, WHAT, jobs, |(task, ids, opts)| {
@@ -406,9 +408,7 @@ fn pretrain(state: &HostState, task: &str, data: &Dynamic, ids: &Array, m: &Map)
         .collect::<RResult<Vec<_>>>()?;
     let (c, dims) = data.geometry()?;
     let planar = dims[0] == 1;
-    let plan = o
-        .resolve(Task::parse(task).rt()?, planar, state.seed)
-        .rt()?;
+    let plan = o.resolve_named(task, planar, state.seed).rt()?;
     let _lock = lock_out(state, o.out.as_deref())?;
     if let Some(dir) = &o.out
         && let Some(report) = cached(dir, &o.config_hash, o.epochs)
@@ -416,20 +416,23 @@ fn pretrain(state: &HostState, task: &str, data: &Dynamic, ids: &Array, m: &Map)
         return Ok(report);
     }
     let dev = state.device();
-    let p = Pretrainer::new(
-        &plan.task,
-        &plan.backbone,
-        &plan.head,
-        (c, dims),
-        plan.train.seed,
-        &dev,
-    )
-    .rt()?;
-    let manifest = serde_json::json!({
-        "task": plan.task.task.name(), "task_config": plan.task, "backbone": plan.backbone,
+    let p = Pretrainer::from_plan(&plan, (c, dims), &dev).rt()?;
+    let mut manifest = serde_json::json!({
+        "task": plan.name(), "backbone": plan.backbone,
         "head": plan.head, "input": {"channels": c, "dims": dims}, "seed": plan.train.seed,
         "config_hash": o.config_hash,
     });
+    // One task: its settings; joint pretraining: every task with its weight, and the schedule.
+    manifest["task_config"] = match plan.tasks.as_slice() {
+        [one] => serde_json::to_value(&one.config).rt()?,
+        many => serde_json::to_value(many).rt()?,
+    };
+    if plan.tasks.len() > 1 {
+        manifest["schedule"] = serde_json::to_value(plan.schedule).rt()?;
+    }
+    if !plan.levels.is_empty() {
+        manifest["levels"] = serde_json::to_value(&plan.levels).rt()?;
+    }
     if let Some(dir) = &o.out {
         // The resolved configuration, beside the log and checkpoints it produced.
         // Without `out`: the file is in it, and the same run into another folder must write
@@ -446,10 +449,7 @@ fn pretrain(state: &HostState, task: &str, data: &Dynamic, ids: &Array, m: &Map)
     }
     let files = o.out.clone().map(|dir| RunFiles { dir, manifest });
     let subset = Subset::new(data.source(), ids).rt()?;
-    let label = o
-        .label
-        .clone()
-        .unwrap_or_else(|| plan.task.task.name().into());
+    let label = o.label.clone().unwrap_or_else(|| plan.name().into());
     let bar = Progress::new(o.epochs as u64, &format!("pretrain {label}"));
     let report = p
         .run(&subset, &plan.train, files.as_ref(), &mut |e, _| {

@@ -2,6 +2,7 @@
 //! while the model trains, a validation split, per-epoch JSONL logs, and checkpoints of the
 //! best (lowest validation loss) and the last epoch.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use std::time::Instant;
@@ -18,7 +19,8 @@ use crate::error::FileContext;
 use crate::nn::dropout::Generators;
 use crate::nn::{MlpHeadConfig, ParamStore, UNet3dConfig};
 use crate::pretext::model::{BackboneConfig, DenseOptions};
-use crate::pretext::{Batch, PretextModel, Sampler, Task, TaskConfig, TaskOptions};
+use crate::pretext::model::{HeadSpec, reads_levels};
+use crate::pretext::{Batch, PretextModel, Sampler, StepOutput, Task, TaskConfig, TaskOptions};
 use crate::streams::{Stream, derive};
 use crate::{Error, Result};
 
@@ -109,6 +111,150 @@ pub struct PretrainOptions {
     pub config_hash: String,
     /// The name on the progress line; () = the task's name.
     pub label: Option<String>,
+    /// Encoder levels the classification heads (rotation, jigsaw, RPL) read, one head per
+    /// level and the mean of their losses; [] = the last level (O's). UNet: 0 to `depth`
+    /// (`depth` is the bottleneck; a shallower block's output is max-pooled onto the
+    /// bottleneck's grid); DenseNet: 0 to blocks − 1 (a block's output after its
+    /// BatchNorm-ReLU, globally pooled).
+    pub levels: Vec<usize>,
+    /// Joint pretraining, `pretrain("multi", ...)`: the tasks, their weights and schedule.
+    pub multi: MultiOptions,
+}
+
+/// How a joint pretraining draws its batches.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// Every step draws one batch of every task and minimises the weighted sum of their
+    /// losses.
+    #[default]
+    Together,
+    /// Each step trains one task on its weighted loss, the tasks in turn.
+    Alternate,
+}
+
+/// The options of joint multi-task pretraining (`pretrain("multi", data, ids, #{ multi })`):
+/// one encoder, one head per task, the weighted sum of the task losses.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct MultiOptions {
+    /// The tasks that share the encoder (at least two, each once).
+    pub tasks: Vec<Task>,
+    /// The weight of each task's loss, in the order of `tasks`; [] = 1 for every task.
+    pub weights: Vec<f64>,
+    /// "together": one batch of every task per step, the weighted sum of their losses;
+    /// "alternate": one task per step, in turn.
+    pub schedule: Schedule,
+    /// Settings of single tasks that replace `task` for them, e.g. #{ jigsaw: #{ jitter: 2 } }.
+    pub options: BTreeMap<String, TaskOptions>,
+}
+
+impl Default for MultiOptions {
+    fn default() -> Self {
+        MultiOptions {
+            tasks: Task::ALL.to_vec(),
+            weights: Vec::new(),
+            schedule: Schedule::Together,
+            options: BTreeMap::new(),
+        }
+    }
+}
+
+impl MultiOptions {
+    /// The tasks with their settings (`options[task]`, else `base`) and weights, checked.
+    pub fn tasks(&self, base: &TaskOptions) -> Result<Vec<PlannedTask>> {
+        if self.tasks.len() < 2 {
+            return Err(Error::arg(
+                "multi.tasks",
+                format!(
+                    "joint pretraining needs at least two tasks, got {:?}",
+                    names(&self.tasks)
+                ),
+            ));
+        }
+        if let Some(t) = self
+            .tasks
+            .iter()
+            .enumerate()
+            .find_map(|(i, t)| self.tasks[..i].contains(t).then_some(t))
+        {
+            return Err(Error::arg(
+                "multi.tasks",
+                format!("task {} is listed twice", t.name()),
+            ));
+        }
+        if !self.weights.is_empty() && self.weights.len() != self.tasks.len() {
+            return Err(Error::arg(
+                "multi.weights",
+                format!(
+                    "expected one weight per task ({}), got {}",
+                    self.tasks.len(),
+                    self.weights.len()
+                ),
+            ));
+        }
+        if let Some(w) = self.weights.iter().find(|w| !(w.is_finite() && **w >= 0.0)) {
+            return Err(Error::arg(
+                "multi.weights",
+                format!("expected finite weights ≥ 0, got {w}"),
+            ));
+        }
+        if !self.weights.is_empty() && self.weights.iter().all(|w| *w == 0.0) {
+            return Err(Error::arg(
+                "multi.weights",
+                "at least one weight must be above 0",
+            ));
+        }
+        if let Some(k) = self
+            .options
+            .keys()
+            .find(|k| !self.tasks.iter().any(|t| t.name() == k.as_str()))
+        {
+            return Err(Error::arg(
+                "multi.options",
+                format!(
+                    "`{k}` is not one of the joint tasks {:?}",
+                    names(&self.tasks)
+                ),
+            ));
+        }
+        Ok(self
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, &task)| PlannedTask {
+                config: TaskConfig {
+                    task,
+                    options: self.options.get(task.name()).unwrap_or(base).clone(),
+                },
+                weight: self.weights.get(i).copied().unwrap_or(1.0),
+            })
+            .collect())
+    }
+}
+
+fn names(tasks: &[Task]) -> Vec<&'static str> {
+    tasks.iter().map(|t| t.name()).collect()
+}
+
+/// One task of a pretraining run and the weight of its loss.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PlannedTask {
+    /// The task and its settings.
+    #[serde(flatten)]
+    pub config: TaskConfig,
+    /// The weight of its loss in the joint loss (1 for a single task).
+    pub weight: f64,
 }
 
 impl Default for PretrainOptions {
@@ -133,6 +279,8 @@ impl Default for PretrainOptions {
             task: TaskOptions::default(),
             config_hash: String::new(),
             label: None,
+            levels: Vec::new(),
+            multi: MultiOptions::default(),
         }
     }
 }
@@ -140,8 +288,13 @@ impl Default for PretrainOptions {
 /// The configurations of one pretraining run.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct PretrainPlan {
-    /// The task and its settings.
-    pub task: TaskConfig,
+    /// The tasks whose heads share the encoder, with their settings and weights: one task,
+    /// or several for joint pretraining.
+    pub tasks: Vec<PlannedTask>,
+    /// How a joint pretraining draws its batches (unused with one task).
+    pub schedule: Schedule,
+    /// The encoder levels the classification heads read ([] = the last).
+    pub levels: Vec<usize>,
     /// The backbone.
     pub backbone: BackboneConfig,
     /// The pretext head.
@@ -154,6 +307,54 @@ impl PretrainOptions {
     /// The configurations for `task` on volumes or images (`planar`); `master_seed` stands in
     /// for an unset `seed`.
     pub fn resolve(&self, task: Task, planar: bool, master_seed: u64) -> Result<PretrainPlan> {
+        if self.multi != MultiOptions::default() {
+            return Err(Error::arg(
+                "multi",
+                format!(
+                    "the `multi` options are for pretrain(\"multi\", ...), not for task {}",
+                    task.name()
+                ),
+            ));
+        }
+        let tasks = vec![PlannedTask {
+            config: TaskConfig {
+                task,
+                options: self.task.clone(),
+            },
+            weight: 1.0,
+        }];
+        self.plan(tasks, planar, master_seed)
+    }
+
+    /// The configurations of `name`: one task, or "multi" for the joint pretraining of the
+    /// `multi` options' tasks.
+    pub fn resolve_named(
+        &self,
+        name: &str,
+        planar: bool,
+        master_seed: u64,
+    ) -> Result<PretrainPlan> {
+        if name == MULTI {
+            self.plan(self.multi.tasks(&self.task)?, planar, master_seed)
+        } else {
+            let task = Task::parse(name).map_err(|_| {
+                Error::arg(
+                    "task",
+                    format!(
+                        "unknown task `{name}`; expected rotation, jigsaw, rpl, exemplar, cpc or multi"
+                    ),
+                )
+            })?;
+            self.resolve(task, planar, master_seed)
+        }
+    }
+
+    fn plan(
+        &self,
+        tasks: Vec<PlannedTask>,
+        planar: bool,
+        master_seed: u64,
+    ) -> Result<PretrainPlan> {
         let seed = self.seed.unwrap_or(master_seed);
         let paper = PretrainConfig::paper(planar);
         let mut adam = AdamConfig::with_lr(self.lr.unwrap_or(paper.adam.lr));
@@ -175,10 +376,9 @@ impl PretrainOptions {
             other => other,
         };
         Ok(PretrainPlan {
-            task: TaskConfig {
-                task,
-                options: self.task.clone(),
-            },
+            tasks,
+            schedule: self.multi.schedule,
+            levels: self.levels.clone(),
             backbone,
             head: MlpHeadConfig {
                 hidden: self.head.clone(),
@@ -191,13 +391,28 @@ impl PretrainOptions {
     }
 }
 
+/// The name of joint pretraining in scripts and results.
+pub const MULTI: &str = "multi";
+
+impl PretrainPlan {
+    /// The run's name: the task's, or "multi" for joint pretraining.
+    pub fn name(&self) -> &'static str {
+        match self.tasks.as_slice() {
+            [one] => one.config.task.name(),
+            _ => MULTI,
+        }
+    }
+}
+
 impl PretrainConfig {
     /// Epochs and training steps of a run over `items` training items in batches of `bs`.
     pub fn budget(&self, items: usize, bs: usize) -> (usize, usize) {
-        let per_epoch = batches(&(0..items).collect::<Vec<_>>(), bs.max(1), None)
-            .len()
-            .min(self.steps_per_epoch.unwrap_or(usize::MAX))
-            .max(1);
+        self.budget_of(batches(&(0..items).collect::<Vec<_>>(), bs.max(1), None).len())
+    }
+
+    /// Epochs and training steps of a run whose full epoch has `full` optimiser steps.
+    fn budget_of(&self, full: usize) -> (usize, usize) {
+        let per_epoch = full.min(self.steps_per_epoch.unwrap_or(usize::MAX)).max(1);
         match self.steps {
             Some(s) => (s.div_ceil(per_epoch), s),
             None => (self.epochs, self.epochs * per_epoch),
@@ -261,6 +476,28 @@ pub struct EpochLog {
     /// Wall time of the epoch, seconds.
     #[serde(with = "crate::io::float")]
     pub seconds: f64,
+    /// Joint pretraining: each task's own numbers (its unweighted losses); absent for one
+    /// task. The epoch's `loss`/`val_loss` are then the weighted sums, `accuracy` and
+    /// `val_accuracy` the means over the tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<BTreeMap<String, TaskEpoch>>,
+}
+
+/// One task's numbers in an epoch of joint pretraining.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TaskEpoch {
+    /// Mean training loss (unweighted).
+    #[serde(with = "crate::io::float")]
+    pub loss: f64,
+    /// Mean training accuracy.
+    #[serde(with = "crate::io::float")]
+    pub accuracy: f64,
+    /// Mean validation loss (`NaN`/`null` without a validation split).
+    #[serde(with = "crate::io::float")]
+    pub val_loss: f64,
+    /// Mean validation accuracy (`NaN`/`null` without a validation split).
+    #[serde(with = "crate::io::float")]
+    pub val_accuracy: f64,
 }
 
 /// What [`pretrain`] did.
@@ -324,14 +561,16 @@ pub(crate) fn batches(ids: &[usize], size: usize, order: Option<u64>) -> Vec<Vec
     out
 }
 
-/// A pretext model with its parameters, sampler and device: what [`Pretrainer::run`] trains.
+/// A pretext model with its parameters, samplers and device: what [`Pretrainer::run`] trains.
 pub struct Pretrainer {
-    /// The model (backbone under `encoder.`, head under `head.`).
+    /// The model (backbone under `encoder.`, heads under `head.`).
     pub model: PretextModel,
     /// Its parameters.
     pub store: ParamStore,
-    /// The task's sampler.
-    pub sampler: Sampler,
+    /// Each task's sampler, in the order of the model's heads.
+    pub samplers: Vec<Sampler>,
+    /// How a joint pretraining draws its batches.
+    pub schedule: Schedule,
     /// Where the model runs.
     pub device: Device,
     /// The model's dropout generators (their positions are part of a resumable state).
@@ -344,15 +583,75 @@ impl Pretrainer {
         task: &TaskConfig,
         backbone: &BackboneConfig,
         head: &MlpHeadConfig,
+        input: (usize, [usize; 3]),
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
+        let tasks = [PlannedTask {
+            config: task.clone(),
+            weight: 1.0,
+        }];
+        Self::build(
+            &tasks,
+            (&[], Schedule::Together),
+            backbone,
+            head,
+            input,
+            seed,
+            device,
+        )
+    }
+
+    /// A fresh model of `plan` (one task or several) for items of `channels` × `dims`,
+    /// initialised from the plan's seed.
+    pub fn from_plan(
+        plan: &PretrainPlan,
+        input: (usize, [usize; 3]),
+        device: &Device,
+    ) -> Result<Self> {
+        Self::build(
+            &plan.tasks,
+            (&plan.levels, plan.schedule),
+            &plan.backbone,
+            &plan.head,
+            input,
+            plan.train.seed,
+            device,
+        )
+    }
+
+    fn build(
+        tasks: &[PlannedTask],
+        (levels, schedule): (&[usize], Schedule),
+        backbone: &BackboneConfig,
+        head: &MlpHeadConfig,
         (channels, dims): (usize, [usize; 3]),
         seed: u64,
         device: &Device,
     ) -> Result<Self> {
-        let sampler = Sampler::new(task, channels, dims)?;
+        let samplers = tasks
+            .iter()
+            .map(|t| Sampler::new(&t.config, channels, dims))
+            .collect::<Result<Vec<_>>>()?;
+        // In a joint run the levels concern the tasks that can read them.
+        let joint = tasks.len() > 1;
+        let specs: Vec<HeadSpec> = samplers
+            .iter()
+            .zip(tasks)
+            .map(|(sampler, t)| HeadSpec {
+                sampler,
+                weight: t.weight,
+                levels: if joint && !reads_levels(t.config.task) {
+                    &[]
+                } else {
+                    levels
+                },
+            })
+            .collect();
         let store = ParamStore::new(derive(seed, Stream::Init, 0));
         let (model, dropouts) = crate::nn::dropout::collect(|| {
-            PretextModel::new(
-                &sampler,
+            PretextModel::with_heads(
+                &specs,
                 backbone,
                 head,
                 store.builder(candle_core::DType::F32, device),
@@ -361,7 +660,8 @@ impl Pretrainer {
         Ok(Pretrainer {
             model: model?,
             store,
-            sampler,
+            samplers,
+            schedule,
             device: device.clone(),
             dropouts,
         })
@@ -378,6 +678,82 @@ impl Pretrainer {
     ) -> Result<PretrainReport> {
         pretrain(self, data, cfg, files, on_epoch)
     }
+}
+
+/// One task of a run as the loop sees it: its sampler, batch size and the seed of its streams.
+struct TaskRun<'a> {
+    sampler: &'a Sampler,
+    batch: usize,
+    seed: u64,
+}
+
+/// One task's batch within a step: the items and the seed it is sampled from.
+struct Part {
+    task: usize,
+    ids: Vec<usize>,
+    seed: u64,
+}
+
+/// The training steps of epoch `epoch`, each one batch of one or every task. Task `t` shuffles
+/// the training items into its own batches; an epoch has as many rounds as the task with the
+/// most batches, the others starting their batches over. "together": a round is one step of
+/// every task's batch; "alternate": a round is one step per task, in order. One task: its
+/// batches, one per step.
+fn epoch_steps(tasks: &[TaskRun], ids: &[usize], epoch: u64, schedule: Schedule) -> Vec<Vec<Part>> {
+    let plans: Vec<(Vec<Vec<usize>>, u64)> = tasks
+        .iter()
+        .map(|t| {
+            (
+                batches(
+                    ids,
+                    t.batch,
+                    Some(derive(t.seed, Stream::EpochOrder, epoch)),
+                ),
+                derive(t.seed, Stream::EpochBatches, epoch),
+            )
+        })
+        .collect();
+    let rounds = plans.iter().map(|p| p.0.len()).max().unwrap_or(0);
+    let part = |t: usize, r: usize| {
+        let (plan, seed) = &plans[t];
+        Part {
+            task: t,
+            ids: plan[r % plan.len()].clone(),
+            seed: derive(*seed, Stream::Batch, r as u64),
+        }
+    };
+    let n = tasks.len();
+    match schedule {
+        Schedule::Together => (0..rounds)
+            .map(|r| (0..n).map(|t| part(t, r)).collect())
+            .collect(),
+        Schedule::Alternate => (0..rounds)
+            .flat_map(|r| (0..n).map(move |t| (t, r)))
+            .map(|(t, r)| vec![part(t, r)])
+            .collect(),
+    }
+}
+
+/// The validation steps: every task's batches of the validation items, one task after the
+/// other, each sampled from the task's fixed validation stream.
+fn validation_steps(tasks: &[TaskRun], ids: &[usize]) -> Vec<Vec<Part>> {
+    tasks
+        .iter()
+        .enumerate()
+        .flat_map(|(t, run)| {
+            let seed = derive(run.seed, Stream::Validation, 0);
+            batches(ids, run.batch, None)
+                .into_iter()
+                .enumerate()
+                .map(move |(i, ids)| {
+                    vec![Part {
+                        task: t,
+                        ids,
+                        seed: derive(seed, Stream::Batch, i as u64),
+                    }]
+                })
+        })
+        .collect()
 }
 
 /// Refuses settings no run could use: a batch or an epoch of no steps, a validation share
@@ -420,15 +796,30 @@ fn pretrain(
     let Pretrainer {
         model,
         store,
-        sampler,
+        samplers,
+        schedule,
         device: dev,
         dropouts,
     } = p;
     check_settings(cfg)?;
-    let planar = sampler.planar();
-    let bs = cfg
-        .batch_size
-        .unwrap_or_else(|| sampler.task().batch_size(planar));
+    // One task draws from the run's seed; the tasks of a joint run from streams of their own.
+    let joint = samplers.len() > 1;
+    let tasks: Vec<TaskRun> = samplers
+        .iter()
+        .enumerate()
+        .map(|(t, sampler)| TaskRun {
+            sampler,
+            batch: cfg
+                .batch_size
+                .unwrap_or_else(|| sampler.task().batch_size(sampler.planar())),
+            seed: if joint {
+                derive(cfg.seed, Stream::Task, t as u64)
+            } else {
+                cfg.seed
+            },
+        })
+        .collect();
+    let bs = tasks.iter().map(|t| t.batch).max().unwrap_or(1);
     let (train_ids, val_ids) = train_val_split(data.len(), cfg.val_fraction);
     if train_ids.len() < 2 && bs > 1 {
         return Err(Error::arg(
@@ -447,7 +838,9 @@ fn pretrain(
         last_checkpoint: None,
     };
     let mut best = f64::INFINITY;
-    let (epochs, mut steps_left) = cfg.budget(train_ids.len(), bs);
+    let (epochs, mut steps_left) =
+        cfg.budget_of(epoch_steps(&tasks, &train_ids, 1, *schedule).len());
+    let val_plan = validation_steps(&tasks, &val_ids);
     // What a saved state must match to be resumed: the run's manifest and its settings.
     let run = files.map(|f| serde_json::json!({ "run": f.manifest, "config": cfg }));
     let mut done = 0;
@@ -490,40 +883,22 @@ fn pretrain(
     };
     for epoch in done + 1..=epochs {
         let start = Instant::now();
-        let e = epoch as u64;
-        let mut plan = batches(
-            &train_ids,
-            bs,
-            Some(derive(cfg.seed, Stream::EpochOrder, e)),
-        );
+        let mut plan = epoch_steps(&tasks, &train_ids, epoch as u64, *schedule);
         if let Some(n) = cfg.steps_per_epoch {
             plan.truncate(n.max(1));
         }
         plan.truncate(steps_left);
         steps_left -= plan.len();
-        let (loss, acc, _) = run_epoch(
-            model,
-            sampler,
-            data,
-            &plan,
-            derive(cfg.seed, Stream::EpochBatches, e),
-            dev,
-            Some(&mut opt),
-            epoch,
-        )?;
-        let (val_loss, val_acc, val_swap) = if val_ids.is_empty() {
-            (f64::NAN, f64::NAN, None)
+        let trained = run_epoch(model, &tasks, data, &plan, dev, Some(&mut opt), epoch)?;
+        let validated = if val_ids.is_empty() {
+            None
         } else {
-            run_epoch(
-                model,
-                sampler,
-                data,
-                &batches(&val_ids, bs, None),
-                derive(cfg.seed, Stream::Validation, 0),
-                dev,
-                None,
-                epoch,
-            )?
+            Some(run_epoch(model, &tasks, data, &val_plan, dev, None, epoch)?)
+        };
+        let (loss, acc, _) = combine(model, &trained);
+        let (val_loss, val_acc, val_swap) = match &validated {
+            None => (f64::NAN, f64::NAN, None),
+            Some(v) => combine(model, v),
         };
         // A non-finite loss stops the run; the checkpoints of earlier epochs stay as they are.
         let kept = || match &report.best_checkpoint {
@@ -560,6 +935,7 @@ fn pretrain(
             val_swap_loss: val_swap.map(|s| s.0),
             val_swap_accuracy: val_swap.map(|s| s.1),
             seconds: start.elapsed().as_secs_f64(),
+            tasks: joint.then(|| per_task(model, &trained, validated.as_deref())),
         };
         if let Some(l) = log.as_mut() {
             l.write(&entry)?;
@@ -658,78 +1034,146 @@ fn with_epoch(manifest: &serde_json::Value, e: &EpochLog) -> serde_json::Value {
     m
 }
 
-/// Mean loss, mean accuracy and, for exemplar evaluation, the mean role-swap loss and accuracy.
-type EpochMeans = (f64, f64, Option<(f64, f64)>);
+/// One task's sums over an epoch: loss and accuracy weighted by items, the items, and in
+/// exemplar evaluation the role-swap loss and accuracy.
+#[derive(Clone, Copy, Debug, Default)]
+struct TaskSums {
+    loss: f64,
+    accuracy: f64,
+    items: usize,
+    swap: Option<(f64, f64)>,
+}
 
-/// Runs the batches of one epoch (training when `opt` is given); batches are sampled in a
-/// background thread one step ahead of the model. Returns the mean loss and accuracy, and in
-/// evaluation the exemplar's mean role-swap loss and accuracy (the shortcut diagnostic).
-#[allow(clippy::too_many_arguments)]
+impl TaskSums {
+    fn add(&mut self, loss: f64, out: &StepOutput, items: usize) {
+        let w = items as f64;
+        self.loss += loss * w;
+        self.accuracy += out.accuracy * w;
+        self.items += items;
+        if let Some((l, a)) = out.swapped {
+            let s = self.swap.get_or_insert((0.0, 0.0));
+            s.0 += l * w;
+            s.1 += a * w;
+        }
+    }
+
+    /// Mean loss, mean accuracy and mean role-swap loss and accuracy.
+    fn means(&self) -> (f64, f64, Option<(f64, f64)>) {
+        let m = self.items.max(1) as f64;
+        (
+            self.loss / m,
+            self.accuracy / m,
+            self.swap.map(|(l, a)| (l / m, a / m)),
+        )
+    }
+}
+
+/// The epoch's loss (the weighted sum of the tasks' mean losses), accuracy (their mean) and
+/// exemplar role swap; one task's are its own.
+fn combine(model: &PretextModel, sums: &[TaskSums]) -> (f64, f64, Option<(f64, f64)>) {
+    if let [one] = sums {
+        return one.means();
+    }
+    let (mut loss, mut acc, mut swap) = (0.0, 0.0, None);
+    for (t, s) in sums.iter().enumerate() {
+        let (l, a, sw) = s.means();
+        loss += model.weight(t) * l;
+        acc += a / sums.len() as f64;
+        swap = swap.or(sw);
+    }
+    (loss, acc, swap)
+}
+
+/// Each task's numbers of a joint epoch, by task name.
+fn per_task(
+    model: &PretextModel,
+    trained: &[TaskSums],
+    validated: Option<&[TaskSums]>,
+) -> BTreeMap<String, TaskEpoch> {
+    model
+        .tasks()
+        .iter()
+        .enumerate()
+        .map(|(t, task)| {
+            let (loss, accuracy, _) = trained[t].means();
+            let (val_loss, val_accuracy, _) =
+                validated.map_or((f64::NAN, f64::NAN, None), |v| v[t].means());
+            (
+                task.name().to_string(),
+                TaskEpoch {
+                    loss,
+                    accuracy,
+                    val_loss,
+                    val_accuracy,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Runs the steps of one epoch (training when `opt` is given); batches are sampled in a
+/// background thread one step ahead of the model. Returns each task's sums.
 fn run_epoch(
     model: &PretextModel,
-    sampler: &Sampler,
+    tasks: &[TaskRun],
     data: &dyn Dataset<Arc<Grid>>,
-    plan: &[Vec<usize>],
-    seed: u64,
+    plan: &[Vec<Part>],
     dev: &Device,
     mut opt: Option<&mut Adam>,
     epoch: usize,
-) -> Result<EpochMeans> {
+) -> Result<Vec<TaskSums>> {
     let train = opt.is_some();
-    let (mut loss_sum, mut acc_sum, mut n) = (0.0, 0.0, 0usize);
-    let mut swap: Option<(f64, f64)> = None;
+    let mut sums = vec![TaskSums::default(); tasks.len()];
     std::thread::scope(|scope| -> Result<()> {
-        let (tx, rx) = mpsc::sync_channel::<Result<Batch>>(1);
+        let (tx, rx) = mpsc::sync_channel::<Result<Vec<Batch>>>(1);
         scope.spawn(move || {
-            for (i, ids) in plan.iter().enumerate() {
-                if tx
-                    .send(sampler.batch(data, ids, derive(seed, Stream::Batch, i as u64), train))
-                    .is_err()
-                {
+            for step in plan {
+                let batches = step
+                    .iter()
+                    .map(|p| tasks[p.task].sampler.batch(data, &p.ids, p.seed, train))
+                    .collect();
+                if tx.send(batches).is_err() {
                     break;
                 }
             }
         });
-        for (step, batch) in rx.iter().enumerate() {
+        for (step, batches) in rx.iter().enumerate() {
             crate::stop::check(|| {
                 format!(
                     "pretraining epoch {epoch}, step {} (the checkpoints and state of the last finished epoch are kept; a rerun resumes after it)",
                     step + 1
                 )
             })?;
-            let batch = batch?;
-            let out = if train {
-                model.step(&batch, dev, true)?
+            let batches = batches?;
+            let parts: Vec<(usize, &Batch)> =
+                plan[step].iter().map(|p| p.task).zip(&batches).collect();
+            let (total, outs) = if train {
+                model.joint_step(&parts, dev, true)?
             } else {
-                crate::ops::no_grad(|| model.step(&batch, dev, false))?
+                crate::ops::no_grad(|| model.joint_step(&parts, dev, false))?
             };
-            let (loss, acc) = match opt.as_deref_mut() {
-                Some(o) => (
-                    o.backward_step(&out.loss)
+            let scalar = |t: &candle_core::Tensor| -> Result<f64> {
+                Ok(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
+            };
+            let stepped = match opt.as_deref_mut() {
+                Some(o) => Some(
+                    o.backward_step(&total)
                         .map_err(|e| at_step(e, epoch, step))?,
-                    out.accuracy,
                 ),
-                None => (
-                    out.loss
-                        .to_dtype(candle_core::DType::F64)?
-                        .to_scalar::<f64>()?,
-                    out.accuracy,
-                ),
+                None => None,
             };
-            loss_sum += loss * batch.items as f64;
-            acc_sum += acc * batch.items as f64;
-            if let Some((l, a)) = out.swapped {
-                let w = batch.items as f64;
-                let s = swap.get_or_insert((0.0, 0.0));
-                s.0 += l * w;
-                s.1 += a * w;
+            for ((t, batch), out) in parts.iter().zip(&outs) {
+                // One task of weight 1: the optimiser's loss is the task's.
+                let loss = match stepped {
+                    Some(l) if outs.len() == 1 && model.weight(*t) == 1.0 => l,
+                    _ => scalar(&out.loss)?,
+                };
+                sums[*t].add(loss, out, batch.items);
             }
-            n += batch.items;
         }
         Ok(())
     })?;
-    let m = n.max(1) as f64;
-    Ok((loss_sum / m, acc_sum / m, swap.map(|(l, a)| (l / m, a / m))))
+    Ok(sums)
 }
 
 fn at_step(e: Error, epoch: usize, step: usize) -> Error {
