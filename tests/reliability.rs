@@ -769,6 +769,22 @@ fn a_batch_of_zero_is_an_error() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("batch"), "{e}");
+    // A label outside the classes is found on the host, naming the item.
+    let mut bad = data.clone();
+    bad[1].1[5] = 3;
+    let mut ok = cfg.clone();
+    ok.schedule.batch_size = 2;
+    let e = finetune_segmentation(
+        &EncoderInit::Random,
+        &ok,
+        &bad,
+        (&[0, 1], &[2, 3]),
+        &Device::Cpu,
+        &mut |_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("item 1 has label 3, outside 0..3"), "{e}");
     let mut pc = pretrain_cfg(1, 1e-3, 0.2);
     pc.batch_size = Some(0);
     let e = pretrainer()

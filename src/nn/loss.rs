@@ -61,7 +61,13 @@ pub fn dice_loss(p: &Tensor, y: &Tensor, variant: DiceVariant) -> Result<Tensor>
 /// One-hot encoding of integer labels `[N, ...]` into `[N, classes, ...]` (dtype `dtype`);
 /// labels outside `0..classes` are an error.
 pub fn one_hot(labels: &Tensor, classes: usize, dtype: DType) -> Result<Tensor> {
-    let l = class_indices(labels, classes, "labels")?;
+    one_hot_of_indices(&class_indices(labels, classes, "labels")?, classes, dtype)
+}
+
+/// [`one_hot`] of labels `[N, ...]` (u8 or u32) already known to lie in `0..classes`: device
+/// operations only, no value read back to the host (a step on a GPU does not wait for it).
+pub fn one_hot_of_indices(labels: &Tensor, classes: usize, dtype: DType) -> Result<Tensor> {
+    let l = labels.to_dtype(DType::U32)?;
     let mut shape = l.dims().to_vec();
     shape.insert(1, 1);
     let mut ids_shape = vec![1; shape.len()];

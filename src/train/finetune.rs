@@ -17,7 +17,9 @@ use crate::data::augment::zoom_flips_2d;
 use crate::data::grid::{Grid, stack};
 use crate::data::{Dataset, GradedImage, LabelledVolume};
 use crate::nn::dropout::Generators;
-use crate::nn::loss::{DiceVariant, binary_cross_entropy, cross_entropy, dice_loss, one_hot};
+use crate::nn::loss::{
+    DiceVariant, binary_cross_entropy, cross_entropy, dice_loss, one_hot_of_indices,
+};
 use crate::nn::{
     DenseNet, DenseNetConfig, Encoded, GlobalPool, LoadOptions, LoadReport, MlpHead, MlpHeadConfig,
     Mode, ParamStore, UNet3d, UNet3dConfig,
@@ -867,10 +869,17 @@ fn seg_batch(
                 ),
             ));
         }
+        // Checked here, on the host, so that the one-hot on the device needs no read-back.
+        if let Some(&bad) = l.iter().find(|&&v| usize::from(v) >= classes) {
+            return Err(Error::arg(
+                "labels",
+                format!("item {} has label {bad}, outside 0..{classes}", ids[i]),
+            ));
+        }
         labels.extend_from_slice(l);
     }
     let labels = Tensor::from_vec(labels, (ids.len(), d, h, w), dev)?;
-    Ok((x, one_hot(&labels, classes, DType::F32)?))
+    Ok((x, one_hot_of_indices(&labels, classes, DType::F32)?))
 }
 
 /// Finetunes a UNet3D on `train_ids` of `src` and evaluates the final-epoch model on
