@@ -25,8 +25,8 @@ pub struct ViewOptions {
     pub seed: u64,
     /// The crop's side as a share of the volume's, drawn per axis from [lo, hi] with
     /// 0 < lo ≤ hi ≤ 1, at a random position, resized back to the volume's shape (linear);
-    /// () = no crop.
-    pub crop: Option<[f64; 2]>,
+    /// [1, 1] = no crop.
+    pub crop: [f64; 2],
     /// Flip each spatial axis with probability 0.5.
     pub flip: bool,
     /// Add a shift drawn from U(-brightness, brightness) (≥ 0; 0 = none).
@@ -40,7 +40,7 @@ impl Default for ViewOptions {
     fn default() -> Self {
         ViewOptions {
             seed: 0,
-            crop: Some([0.6, 1.0]),
+            crop: [0.6, 1.0],
             flip: true,
             brightness: 0.1,
             contrast: 0.2,
@@ -50,9 +50,8 @@ impl Default for ViewOptions {
 
 impl ViewOptions {
     fn validate(&self) -> RResult<()> {
-        if let Some([lo, hi]) = self.crop
-            && !(0.0 < lo && lo <= hi && hi <= 1.0)
-        {
+        let [lo, hi] = self.crop;
+        if !(0.0 < lo && lo <= hi && hi <= 1.0) {
             return Err(rt_err(format!(
                 "augment_3d: option `crop` must be [lo, hi] with 0 < lo ≤ hi ≤ 1, got [{lo}, {hi}]"
             )));
@@ -74,10 +73,7 @@ impl ViewOptions {
 
     /// One random view of `g`, drawn from `rng` in a fixed order: crop, flips, intensity.
     fn view(&self, g: &Grid, rng: &mut StdRng) -> crate::Result<Grid> {
-        let mut out = match self.crop {
-            Some(range) => crop_resize(g, range, rng)?,
-            None => g.clone(),
-        };
+        let mut out = crop_resize(g, self.crop, rng)?;
         if self.flip {
             for axis in 0..3 {
                 if rng.random_bool(0.5) {
@@ -85,8 +81,10 @@ impl ViewOptions {
                 }
             }
         }
-        let b = self.brightness;
-        let c = self.contrast;
+        let (b, c) = (self.brightness, self.contrast);
+        if b == 0.0 && c == 0.0 {
+            return Ok(out);
+        }
         let shift = if b > 0.0 {
             rng.random_range(-b..b)
         } else {
@@ -128,9 +126,9 @@ fn crop_resize(g: &Grid, [lo, hi]: [f64; 2], rng: &mut StdRng) -> crate::Result<
 fn augment_3d(x: &Tensor, o: &ViewOptions) -> RResult<Tensor> {
     o.validate()?;
     let dims = x.dims().to_vec();
-    let (c, spatial) = match dims.as_slice() {
-        &[d, h, w] => (1, [d, h, w]),
-        &[_, c, d, h, w] => (c, [d, h, w]),
+    let (c, spatial) = match *dims.as_slice() {
+        [d, h, w] => (1, [d, h, w]),
+        [_, c, d, h, w] => (c, [d, h, w]),
         _ => {
             return Err(rt_err(format!(
                 "augment_3d: argument `x`: expected a volume [x, y, z] or a batch [N, C, D, H, W], \
