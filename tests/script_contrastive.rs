@@ -267,6 +267,13 @@ fn a_short_pretraining_makes_the_loss_fall_and_its_checkpoint_initialises_finetu
     assert_eq!(rows.len(), 100);
     assert_eq!(rows[99]["step"], 100);
     assert_eq!(rows[0]["loss"].as_f64().unwrap(), losses[0]);
+    // The checkpoint records its backbone: a UNet of other filters is refused by name.
+    let e = eval_err(&format!(
+        "{} finetune_segmentation(ct, #{{ init: \"{checkpoint}\", \
+             unet: unet + #{{ filters: 2 }}, steps: 1, batch: 2, train: [0, 1], test: [2] }})",
+        tiny_set(dir.path())
+    ));
+    assert!(e.contains("pretrained with unet.filters = 4"), "{e}");
 }
 
 #[test]
