@@ -86,6 +86,12 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
         },
     );
     d.func(
+        "write_jsonl",
+        "write_jsonl(path: String, rows: Array)",
+        "Writes values as JSON Lines, one compact line each, e.g. a training log (atomic write).",
+        |p: &str, rows: Array| write_jsonl(p, rows),
+    );
+    d.func(
         "write_csv",
         "write_csv(path: String, rows: Array)",
         "Writes an array of maps as CSV; the columns are the first row's keys.",
@@ -99,6 +105,17 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
     );
     progress(&mut d);
     d
+}
+
+fn write_jsonl(path: &str, rows: Array) -> RResult<()> {
+    let mut out = String::new();
+    for (i, r) in rows.into_iter().enumerate() {
+        let json: serde_json::Value = rhai::serde::from_dynamic(&r)
+            .map_err(|e| rt_err(format!("write_jsonl: row {i}: {e}")))?;
+        out.push_str(&json.to_string());
+        out.push('\n');
+    }
+    crate::io::write_atomic(Path::new(path), out.as_bytes()).rt()
 }
 
 fn write_csv(path: &str, rows: &Array, columns: Option<&Array>) -> RResult<()> {

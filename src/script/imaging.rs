@@ -11,8 +11,9 @@ use crate::data::{Image, Volume, VoxelType};
 pub fn volume_domain() -> Domain {
     let mut d = Domain::new(
         "volume",
-        "3D/4D medical volumes: NIfTI-1 (.nii, .nii.gz) reading and writing with spacing and affine. \
-         Voxels are indexed [x, y, z] as nibabel's get_fdata().",
+        "3D/4D medical volumes: NIfTI-1 (.nii, .nii.gz) reading and writing with spacing and affine, \
+         resampling, and random views for augmentation. Voxels are indexed [x, y, z] as \
+         nibabel's get_fdata().",
     );
     d.custom_type::<Volume>("Volume");
     d.func(
@@ -108,6 +109,7 @@ pub fn volume_domain() -> Domain {
     );
     d.overload("to_debug", |v: &mut Volume| Ok(describe_volume(v)));
     super::folder::resampling(&mut d);
+    super::augment::register(&mut d);
     d
 }
 

@@ -6,6 +6,7 @@
 //! and errors are rendered with file, line, column and a caret ([`ScriptError`]).
 
 pub(crate) mod api;
+mod augment;
 pub(crate) mod convert;
 pub(crate) mod data;
 mod diagnostics;

@@ -3,16 +3,18 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rhai::{Array, Dynamic, FLOAT, INT, Map};
 
 use super::HostState;
 use super::api::Domain;
-use super::convert::{RResult, ScriptResult, rt_err};
+use super::convert::{RResult, ScriptResult, ints, rt_err};
 use super::options;
 use crate::nn::loss::{DiceVariant, cross_entropy, dice_loss, one_hot};
-use crate::nn::{DenseNet, GlobalPool, LoadOptions, ParamStore, UNet3d, UNet3dConfig};
-use crate::pretext::model::DenseOptions;
+use crate::nn::{
+    DenseNet, GlobalPool, LoadOptions, MlpHead, MlpHeadConfig, ParamStore, UNet3d, UNet3dConfig,
+};
+use crate::pretext::model::{BackboneConfig, DenseOptions};
 use crate::streams::{Stream, derive};
 use crate::train::optim::{Adam, AdamConfig};
 
@@ -28,6 +30,8 @@ pub struct Model {
 enum Net {
     Unet(UNet3d),
     Dense(DenseNet, GlobalPool),
+    /// A fully connected head and the width of its input.
+    Mlp(MlpHead, usize),
 }
 
 impl Model {
@@ -35,7 +39,36 @@ impl Model {
     pub(crate) fn unet(&self) -> Option<&UNet3d> {
         match &*self.net {
             Net::Unet(u) => Some(u),
-            Net::Dense(..) => None,
+            Net::Dense(..) | Net::Mlp(..) => None,
+        }
+    }
+
+    /// What a checkpoint records about the model: its name and, for a UNet3D, the backbone
+    /// that `finetune_segmentation(#{ init })` checks against its own.
+    fn manifest(&self) -> serde_json::Value {
+        match self.unet() {
+            Some(u) => serde_json::json!({
+                "model": self.name,
+                "backbone": BackboneConfig::Unet(*u.encoder.config()),
+            }),
+            None => serde_json::json!({ "model": self.name }),
+        }
+    }
+
+    /// The model's output for `x` (see `forward`'s doc).
+    fn forward(&self, x: &Tensor, train: bool) -> RResult<Tensor> {
+        match &*self.net {
+            Net::Unet(u) => u.forward_t(x, train).rt(),
+            Net::Dense(n, p) => n.embed(x, *p, train).rt(),
+            Net::Mlp(h, d_in) => {
+                if x.rank() != 2 || x.dims()[1] != *d_in {
+                    return Err(rt_err(format!(
+                        "forward: the MLP expects features [N, {d_in}], got {:?}",
+                        x.dims()
+                    )));
+                }
+                h.forward_t(x, train).rt()
+            }
         }
     }
 
@@ -75,6 +108,28 @@ struct DenseModelOptions {
     seed: u64,
 }
 
+/// The options of `mlp`: the hidden layers' regularisation and the seed.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(default)]
+struct MlpOptions {
+    /// Dropout after each hidden layer (0 = none).
+    dropout: f64,
+    /// BatchNorm momentum of the hidden layers: the weight of a new batch (PyTorch's 0.1).
+    momentum: f64,
+    /// Seed of the initialisation and the dropout masks.
+    seed: u64,
+}
+
+impl Default for MlpOptions {
+    fn default() -> Self {
+        MlpOptions {
+            dropout: 0.0,
+            momentum: 0.1,
+            seed: 0,
+        }
+    }
+}
+
 /// The options of `adam`: Adam's settings and which parameters it updates.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(default)]
@@ -90,8 +145,9 @@ struct AdamOptions {
 pub fn domain(state: &Arc<HostState>) -> Domain {
     let mut d = Domain::new(
         "model",
-        "The paper's networks (UNet3D, DenseNet), checkpoints (safetensors), losses and Adam, \
-         for prototyping training steps.",
+        "The paper's networks (UNet3D, DenseNet), fully connected heads (MLP), checkpoints \
+         (safetensors), losses and Adam, for prototyping training steps and writing pretext \
+         tasks.",
     );
     d.custom_type::<Model>("Model");
     d.custom_type::<Optimizer>("Optimizer");
@@ -139,26 +195,34 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
         },
     )
     .options::<DenseModelOptions>();
+    let s = state.clone();
+    d.func(
+        "mlp",
+        "mlp(d_in: INT, hidden: Array, d_out: INT, opts: Map) -> Model",
+        "A fully connected network (a projection or classification head): per hidden width \
+         Linear → ReLU → BatchNorm → dropout, then a Linear to d_out (options below; \
+         parameters fc{i}.*, bn{i}.*, out.*).",
+        move |d_in: INT, hidden: Array, d_out: INT, m: Map| {
+            mlp(d_in, &hidden, d_out, &m, &s.device())
+        },
+    )
+    .options::<MlpOptions>();
+    let s = state.clone();
+    d.overload("mlp", move |d_in: INT, hidden: Array, d_out: INT| {
+        mlp(d_in, &hidden, d_out, &Map::new(), &s.device())
+    });
     d.func(
         "forward",
         "m.forward(x: Tensor, train: bool) -> Tensor",
-        "UNet3D: class logits [N, classes, D, H, W]; DenseNet: pooled features [N, C].",
-        |m: &mut Model, x: Tensor, train: bool| match &*m.net {
-            Net::Unet(u) => u.forward_t(&x, train).rt(),
-            Net::Dense(n, p) => n.embed(&x, *p, train).rt(),
-        },
+        "UNet3D: class logits [N, classes, D, H, W]; DenseNet: pooled features [N, C]; MLP: \
+         outputs [N, d_out] of features [N, d_in].",
+        |m: &mut Model, x: Tensor, train: bool| m.forward(&x, train),
     );
     d.func(
         "predict",
         "m.predict(x: Tensor) -> Tensor",
         "forward(x, false) without recording the graph: inference that keeps only live activations.",
-        |m: &mut Model, x: Tensor| {
-            crate::ops::no_grad(|| match &*m.net {
-                Net::Unet(u) => u.forward_t(&x, false),
-                Net::Dense(n, p) => n.embed(&x, *p, false),
-            })
-            .rt()
-        },
+        |m: &mut Model, x: Tensor| crate::ops::no_grad(|| m.forward(&x, false)),
     );
     d.func(
         "encode",
@@ -167,6 +231,7 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
         |m: &mut Model, x: Tensor, train: bool| match &*m.net {
             Net::Unet(u) => u.encoder.embed(&x, train).rt(),
             Net::Dense(n, p) => n.embed(&x, *p, train).rt(),
+            Net::Mlp(..) => Err(rt_err("encode: an MLP has no encoder; use forward")),
         },
     );
     d.getter(
@@ -190,8 +255,9 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
     d.func(
         "save",
         "m.save(path: String)",
-        "Writes every tensor to a safetensors file (atomic).",
-        |m: &mut Model, p: &str| m.store.save(p, &serde_json::json!({"model": m.name})).rt(),
+        "Writes every tensor to a safetensors file (atomic); a UNet3D's records its backbone, \
+         which finetune_segmentation(#{ init }) checks.",
+        |m: &mut Model, p: &str| m.store.save(p, &m.manifest()).rt(),
     );
     d.func(
         "load",
@@ -218,6 +284,40 @@ pub fn domain(state: &Arc<HostState>) -> Domain {
     d
 }
 
+fn mlp(d_in: INT, hidden: &Array, d_out: INT, o: &Map, dev: &Device) -> RResult<Model> {
+    let opts: MlpOptions = options::parse("mlp", o)?;
+    let width = |v: INT, what: &str| match usize::try_from(v) {
+        Ok(w) if w > 0 => Ok(w),
+        _ => Err(rt_err(format!(
+            "mlp: argument `{what}`: expected a width ≥ 1, got {v}"
+        ))),
+    };
+    let (d_in, d_out) = (width(d_in, "d_in")?, width(d_out, "d_out")?);
+    let hidden = ints(hidden, "mlp: argument `hidden`")?
+        .into_iter()
+        .map(|w| width(w, "hidden"))
+        .collect::<RResult<Vec<_>>>()?;
+    if !(0.0..1.0).contains(&opts.dropout) {
+        return Err(rt_err(format!(
+            "mlp: option `dropout` must be in [0, 1), got {}",
+            opts.dropout
+        )));
+    }
+    let cfg = MlpHeadConfig {
+        hidden,
+        dropout: opts.dropout,
+        seed: opts.seed,
+        momentum: opts.momentum,
+    };
+    let store = ParamStore::new(derive(opts.seed, Stream::Init, 0));
+    let head = MlpHead::new(d_in, d_out, &cfg, store.builder(DType::F32, dev)).rt()?;
+    Ok(Model {
+        net: Arc::new(Net::Mlp(head, d_in)),
+        store,
+        name: format!("MLP({d_in} → {:?} → {d_out})", cfg.hidden),
+    })
+}
+
 fn load(m: &Model, path: &str, o: &Map) -> RResult<Map> {
     let opts: LoadOptions = options::parse("load", o)?;
     let report = m.store.load(path, &opts).rt()?;
@@ -226,18 +326,69 @@ fn load(m: &Model, path: &str, o: &Map) -> RResult<Map> {
         .ok_or_else(|| rt_err("load: report"))
 }
 
+fn adam(models: &[Model], o: &Map) -> RResult<Optimizer> {
+    let opts: AdamOptions = options::parse("adam", o)?;
+    let vars = models
+        .iter()
+        .flat_map(|m| m.store.trainable(&opts.prefix))
+        .collect();
+    let adam = Adam::new(vars, opts.adam).rt()?;
+    Ok(Optimizer(Arc::new(Mutex::new(adam))))
+}
+
+/// The models of `adam`'s array argument: at least one, each a Model, none twice.
+fn models(arr: Array) -> RResult<Vec<Model>> {
+    if arr.is_empty() {
+        return Err(rt_err(
+            "adam: argument `models`: expected a non-empty array of models",
+        ));
+    }
+    let models = arr
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let ty = script_type(&v);
+            v.try_cast::<Model>().ok_or_else(|| {
+                rt_err(format!(
+                    "adam: argument `models`: element {i} is a {ty}, expected a Model"
+                ))
+            })
+        })
+        .collect::<RResult<Vec<_>>>()?;
+    for (j, m) in models.iter().enumerate() {
+        if let Some(i) = models[..j].iter().position(|o| Arc::ptr_eq(&o.net, &m.net)) {
+            return Err(rt_err(format!(
+                "adam: argument `models`: elements {i} and {j} are the same model"
+            )));
+        }
+    }
+    Ok(models)
+}
+
+/// A value's type as scripts name it (`INT`, `map`, `Tensor`), not its Rust path.
+fn script_type(v: &Dynamic) -> String {
+    match v.type_name() {
+        "i64" => "INT".into(),
+        "f64" => "FLOAT".into(),
+        t => t.rsplit("::").next().unwrap_or(t).into(),
+    }
+}
+
 fn training(d: &mut Domain) {
     d.func(
         "adam",
         "adam(m: Model, opts: Map) -> Optimizer",
         "Adam over the model's parameters (options below).",
-        |m: Model, o: Map| {
-            let opts: AdamOptions = options::parse("adam", &o)?;
-            let adam = Adam::new(m.store.trainable(&opts.prefix), opts.adam).rt()?;
-            Ok(Optimizer(Arc::new(Mutex::new(adam))))
-        },
+        |m: Model, o: Map| adam(&[m], &o),
     )
     .options::<AdamOptions>();
+    d.func(
+        "adam",
+        "adam(models: Array, opts: Map) -> Optimizer",
+        "One Adam over the parameters of several models (e.g. an encoder and its head): one \
+         step backpropagates once and updates them all (options as above).",
+        |ms: Array, o: Map| adam(&models(ms)?, &o),
+    );
     d.func(
         "step",
         "opt.step(loss: Tensor) -> FLOAT",

@@ -18,6 +18,7 @@ pub const STDLIB: &[(&str, &str)] = &[
     ("sweep", include_str!("../../stdlib/sweep.rhai")),
     ("figures", include_str!("../../stdlib/figures.rhai")),
     ("pretrain", include_str!("../../stdlib/pretrain.rhai")),
+    ("contrastive", include_str!("../../stdlib/contrastive.rhai")),
 ];
 
 /// Resolves imports and caches evaluated modules by origin.

@@ -474,6 +474,13 @@ fn reductions(d: &mut Domain) {
         |t: Tensor, dm: INT| t.min(dim(&t, dm)?).rt(),
     );
     d.func(
+        "l2_normalize",
+        "t.l2_normalize(dim: INT) -> Tensor",
+        "x / max(‖x‖₂, 1e-12) along `dim` (PyTorch's F.normalize): unit vectors, e.g. rows of \
+         embeddings before cosine similarities.",
+        |t: Tensor, dm: INT| l2_normalize(&t, dim(&t, dm)?).rt(),
+    );
+    d.func(
         "argmax",
         "t.argmax() -> Tensor",
         "Flat index of the largest element (u32).",
@@ -485,6 +492,12 @@ fn reductions(d: &mut Domain) {
         "Indices of the largest values along `dim` (u32).",
         |t: Tensor, dm: INT| t.argmax(dim(&t, dm)?).rt(),
     );
+}
+
+/// `t` divided by its L2 norm along `dim`, the norm floored at 1e-12 as PyTorch's.
+fn l2_normalize(t: &Tensor, dim: usize) -> candle_core::Result<Tensor> {
+    let norm = t.sqr()?.sum_keepdim(dim)?.sqrt()?.maximum(1e-12)?;
+    t.broadcast_div(&norm)
 }
 
 fn shaping(d: &mut Domain) {
