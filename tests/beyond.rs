@@ -57,11 +57,13 @@ fn the_beyond_example_compares_four_arms_and_resumes_with_nothing_left() {
         .unwrap()
         .to_string();
     assert!(
-        ckpt.contains("pretrain/contrastive-") && Path::new(&ckpt).exists(),
+        ckpt.contains("script-pretrain/contrastive-") && Path::new(&ckpt).exists(),
         "{ckpt}"
     );
-    // The joint pretraining logged both tasks, with the weighted validation loss.
-    let log = pretext::train::pretrain::read_log(&out.join("pretrain/multi/log.jsonl")).unwrap();
+    // The joint pretraining (once per repetition in the test profile) logged both tasks, with
+    // the weighted validation loss.
+    let log =
+        pretext::train::pretrain::read_log(&out.join("pretrain/multi-seed0/log.jsonl")).unwrap();
     let last = log.last().unwrap();
     let tasks = last.tasks.as_ref().unwrap();
     let weighted = tasks["rotation"].val_loss + 0.5 * tasks["exemplar"].val_loss;
