@@ -141,6 +141,8 @@ pub enum Marker {
     Pentagon,
     /// A hexagon.
     Hexagon,
+    /// A five-pointed star.
+    Star,
 }
 
 impl Marker {
@@ -167,6 +169,18 @@ impl Marker {
             Marker::Diamond => Some(poly(4, FRAC_PI_2, 1.3)),
             Marker::Pentagon => Some(poly(5, FRAC_PI_2, 1.15)),
             Marker::Hexagon => Some(poly(6, 0.0, 1.1)),
+            Marker::Star => Some(
+                (0..10)
+                    .map(|i| {
+                        let a = FRAC_PI_2 + std::f64::consts::TAU * i as f64 / 10.0;
+                        let rr = r * if i % 2 == 0 { 1.5 } else { 0.65 };
+                        (
+                            (rr * a.cos()).round() as i32,
+                            (-rr * a.sin()).round() as i32,
+                        )
+                    })
+                    .collect(),
+            ),
         }
     }
 }
@@ -194,6 +208,8 @@ pub fn arm_style(task: &str) -> (RGBColor, Marker) {
         "exemplar" => (OKABE_ITO[6], Marker::TriangleDown),
         "cpc" => (OKABE_ITO[5], Marker::Pentagon),
         "baseline_long" => (OKABE_ITO[7], Marker::Hexagon),
+        // Joint pretraining of the five tasks (beyond the paper).
+        "multi" => (OKABE_ITO[7], Marker::Star),
         other => {
             let h = other
                 .bytes()
