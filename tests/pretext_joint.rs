@@ -399,3 +399,51 @@ fn a_script_pretrains_the_multi_arm_and_names_it_in_the_checkpoint() {
     assert_eq!(m["schedule"], "alternate");
     assert_eq!(m["task_config"][1]["task"], "cpc");
 }
+
+#[test]
+fn joint_pretraining_runs_on_images_with_a_densenet() {
+    let data: Vec<Grid> = (0..10).map(|s| image(3, 32, s)).collect();
+    let mut o = PretrainOptions {
+        epochs: 2,
+        batch: Some(4),
+        val_fraction: 0.2,
+        densenet: pretext::pretext::model::DenseOptions {
+            net: DenseNetConfig {
+                growth: 4,
+                blocks: vec![2, 2],
+                init_features: 8,
+                bn_size: 2,
+                ..Default::default()
+            },
+            pool: None,
+        },
+        head: vec![8],
+        levels: vec![0, 1],
+        ..Default::default()
+    };
+    o.multi.tasks = vec![Task::Rotation, Task::Exemplar];
+    let plan = o.resolve_named("multi", true, 0).unwrap();
+    let p = Pretrainer::from_plan(&plan, (3, [1, 32, 32]), &Device::Cpu).unwrap();
+    let names: Vec<String> = p
+        .store
+        .trainable("head.")
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    // Rotation reads both dense blocks; exemplar reads the last only.
+    assert!(
+        names.iter().any(|n| n.starts_with("head.rotation.level0.")),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n.starts_with("head.rotation.level1.")),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n.starts_with("head.exemplar.code0.")),
+        "{names:?}"
+    );
+    let r = p.run(&data, &plan.train, None, &mut |_, _| {}).unwrap();
+    let tasks = r.epochs[1].tasks.as_ref().unwrap();
+    assert!(tasks["rotation"].loss.is_finite() && tasks["exemplar"].loss.is_finite());
+}
