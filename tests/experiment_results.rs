@@ -500,6 +500,7 @@ fn pretext_curves_are_written_as_png_and_svg() {
                 val_swap_loss: None,
                 val_swap_accuracy: None,
                 seconds: 1.0,
+                tasks: None,
             })
             .collect()
     };
