@@ -15,7 +15,7 @@ use super::permutations::PermutationSet;
 use super::{CpcOptions, ExemplarOptions, Negatives, Task, TaskConfig, exemplar, rotation};
 use crate::data::Dataset;
 use crate::data::augment;
-use crate::data::grid::{Grid, assemble, stack};
+use crate::data::grid::{Grid, assemble, assemble_oriented, stack};
 use crate::streams::{self, Stream};
 use crate::{Error, Result};
 
@@ -233,10 +233,12 @@ impl Sampler {
             }
         };
         // Each rotated item is written straight into the batch (cubic/square, so same shape).
-        let x = assemble(grids.len(), self.channels, self.dims, planar, |k, dst| {
-            grids[k].orient_into(orient(labels[k])?, dst);
-            Ok(())
-        })?;
+        let items = grids
+            .iter()
+            .zip(&labels)
+            .map(|(g, &r)| Ok((&**g, orient(r)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let x = assemble_oriented(&items, planar)?;
         Ok(Batch {
             x,
             y: Some(u32s(
