@@ -117,6 +117,24 @@ impl Grid {
         valid: [std::ops::Range<isize>; 3],
         dst: &mut [f32],
     ) {
+        let block = Block {
+            origin,
+            size,
+            valid,
+            reverse_depth: false,
+        };
+        self.crop_block_into(&block, dst, size, [0; 3]);
+    }
+
+    /// Copies `block` of this grid to position `at` of `dst`, a `c × dims` grid that is zero on
+    /// entry, one row copy per source row (cells outside the block's valid box stay zero).
+    pub fn crop_block_into(&self, block: &Block, dst: &mut [f32], dims: [usize; 3], at: [usize; 3]) {
+        let Block {
+            origin,
+            size,
+            valid,
+            reverse_depth,
+        } = block;
         let lo: [isize; 3] = std::array::from_fn(|a| valid[a].start.max(0));
         let hi: [isize; 3] = std::array::from_fn(|a| valid[a].end.min(self.dims[a] as isize));
         let x0 = origin[2].max(lo[2]);
@@ -125,9 +143,11 @@ impl Grid {
             return;
         }
         let n = (x1 - x0) as usize;
+        let x_at = at[2] + (x0 - origin[2]) as usize;
         for c in 0..self.c {
             for z in 0..size[0] {
-                let sz = origin[0] + z as isize;
+                let dz = if *reverse_depth { size[0] - 1 - z } else { z };
+                let sz = origin[0] + dz as isize;
                 if sz < lo[0] || sz >= hi[0] {
                     continue;
                 }
@@ -137,8 +157,7 @@ impl Grid {
                         continue;
                     }
                     let src = self.at(c, sz as usize, sy as usize, x0 as usize);
-                    let to =
-                        ((c * size[0] + z) * size[1] + y) * size[2] + (x0 - origin[2]) as usize;
+                    let to = ((c * dims[0] + at[0] + z) * dims[1] + at[1] + y) * dims[2] + x_at;
                     dst[to..to + n].copy_from_slice(&self.data[src..src + n]);
                 }
             }
@@ -334,6 +353,20 @@ fn read_run(src: &[f32], first: isize, dir: isize, out: &mut [MaybeUninit<f32>])
             }
         }
     }
+}
+
+/// A block of a grid to copy: the `size` cells from `origin`, with cells outside the box
+/// `valid` (or the grid) reading as zero, and the depth axis reversed when `reverse_depth`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Block {
+    /// The first cell (may lie outside the grid).
+    pub origin: [isize; 3],
+    /// Cells per axis.
+    pub size: [usize; 3],
+    /// The box of cells that read as themselves, in the grid's coordinates.
+    pub valid: [std::ops::Range<isize>; 3],
+    /// Whether the block's depth axis runs backwards.
+    pub reverse_depth: bool,
 }
 
 /// A composition of axis flips and permutations: output axis `k` reads input axis `src[k]`,

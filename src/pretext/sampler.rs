@@ -15,7 +15,7 @@ use super::permutations::PermutationSet;
 use super::{CpcOptions, ExemplarOptions, Negatives, Task, TaskConfig, exemplar, rotation};
 use crate::data::Dataset;
 use crate::data::augment;
-use crate::data::grid::{Grid, assemble, assemble_oriented, stack};
+use crate::data::grid::{Block, Grid, assemble, assemble_oriented, stack};
 use crate::streams::{self, Stream};
 use crate::{Error, Result};
 
@@ -460,8 +460,11 @@ impl Sampler {
         Ok(g)
     }
 
-    /// The patches of one item (axis 0 outermost), augmented as O does.
-    fn cpc_patches(&self, g: &Grid, geo: &CpcGeometry, rng: &mut StdRng) -> Vec<Grid> {
+    /// Where each patch of one item (axis 0 outermost) reads, augmented as O does: a crop of
+    /// the (padded, 3D) volume, flipped in depth with probability 0.5 (3D), then a random
+    /// `inner` crop zero-padded back (centred) to the patch size. Both crops and the flip are
+    /// one block of the volume, placed at `(patch - inner) / 2` in a zero patch.
+    fn cpc_blocks(&self, g: &Grid, geo: &CpcGeometry, rng: &mut StdRng) -> Vec<Block> {
         let planar = self.planar();
         // 3D: a random crop of the whole volume, zero-padded back (121³ in 128³: 3 before, 4
         // after). Patches read that padded volume through `shift` and `valid`, without making it.
@@ -484,22 +487,32 @@ impl Sampler {
             for j in 0..n {
                 for k in 0..n {
                     let cell = [i, j, k];
-                    let origin = std::array::from_fn(|a| {
+                    let origin: [isize; 3] = std::array::from_fn(|a| {
                         if planar && a == 0 {
                             0
                         } else {
                             (cell[a] * geo.step[a]) as isize + shift[a]
                         }
                     });
-                    let mut p = g.crop_within(origin, geo.patch, valid.clone());
-                    if !planar && rng.random_bool(0.5) {
-                        p = p.flip(0);
-                    }
-                    let inner_origin = std::array::from_fn(|a| {
+                    let flip = !planar && rng.random_bool(0.5);
+                    let offset: [isize; 3] = std::array::from_fn(|a| {
                         rng.random_range(0..=(geo.patch[a] - geo.inner[a])) as isize
                     });
-                    let pad = std::array::from_fn(|a| ((geo.patch[a] - geo.inner[a]) / 2) as isize);
-                    out.push(p.crop(inner_origin, geo.inner).place(geo.patch, pad));
+                    // The inner crop of the flipped patch starts `offset[0]` from the patch's
+                    // far end in depth.
+                    let start = |a: usize| {
+                        if a == 0 && flip {
+                            origin[0] + (geo.patch[0] - geo.inner[0]) as isize - offset[0]
+                        } else {
+                            origin[a] + offset[a]
+                        }
+                    };
+                    out.push(Block {
+                        origin: std::array::from_fn(start),
+                        size: geo.inner,
+                        valid: valid.clone(),
+                        reverse_depth: flip,
+                    });
                 }
             }
         }
@@ -510,14 +523,26 @@ impl Sampler {
         let geo = self.cpc_geometry()?;
         let planar = self.planar();
         let per_item = self.views();
-        let patches: Vec<Vec<Grid>> = grids
+        let blocks: Vec<Vec<Block>> = grids
             .par_iter()
             .enumerate()
-            .map(|(k, g)| self.cpc_patches(g, &geo, &mut item_rng(seed, k)))
+            .map(|(k, g)| self.cpc_blocks(g, &geo, &mut item_rng(seed, k)))
             .collect();
-        let mut xs: Vec<Grid> = patches.into_iter().flatten().collect();
-        let zero = xs.len() as u32;
-        xs.push(Grid::zeros(self.channels, geo.patch));
+        let zero = (grids.len() * per_item) as u32;
+        let pad = std::array::from_fn(|a| (geo.patch[a] - geo.inner[a]) / 2);
+        // Every patch, then one zero patch, straight into the batch.
+        let x = assemble(
+            grids.len() * per_item + 1,
+            self.channels,
+            geo.patch,
+            planar,
+            |slot, dst| {
+                if let Some(b) = blocks.get(slot / per_item).map(|v| &v[slot % per_item]) {
+                    grids[slot / per_item].crop_block_into(b, dst, geo.patch, pad);
+                }
+                Ok(())
+            },
+        )?;
         let n = geo.per_side;
         let items = grids.len();
         let mut rng = streams::rng(seed, Stream::CpcNegatives, 0);
@@ -590,7 +615,7 @@ impl Sampler {
         let examples = ys.len();
         let context_len = ctx.len() / examples;
         Ok(Batch {
-            x: stack(&xs, planar, &Device::Cpu)?,
+            x,
             y: Some(u32s(ys, &[examples])?),
             context: Some(u32s(ctx, &[examples, context_len])?),
             targets: Some(u32s(tgt, &[examples, 2])?),
