@@ -30,30 +30,26 @@ pub fn rotate_plane(g: &Grid, a: usize, b: usize, degrees: f64) -> Grid {
             Taps::bilinear([su, sv], [dims[a], dims[b]], [stride[a], stride[b]])
         })
         .collect();
-    let mut out = Grid::zeros(g.c, dims);
     let plane = g.plane();
-    let rows = dims[1] * dims[2];
-    for (src, dst) in g.data.chunks_exact(plane).zip(out.data.chunks_exact_mut(plane)) {
-        dst.par_chunks_mut(rows).enumerate().for_each(|(z, slice)| {
-            for (y, row) in slice.chunks_exact_mut(dims[2]).enumerate() {
-                let p = [z, y];
-                if other == 2 {
-                    // The row runs along the third axis: one set of taps for all of it.
-                    let t = &table[p[a] * nb + p[b]];
-                    for (x, d) in row.iter_mut().enumerate() {
-                        *d = t.apply(src, x);
-                    }
-                } else {
-                    let taps = &table[p[a] * nb..(p[a] + 1) * nb];
-                    let shift = p[other] * stride[other];
-                    for (d, t) in row.iter_mut().zip(taps) {
-                        *d = t.apply(src, shift);
-                    }
+    Grid::par_planes(g.c, dims, |i, slice| {
+        let (src, z) = (&g.data[i / dims[0] * plane..][..plane], i % dims[0]);
+        for (y, row) in slice.chunks_exact_mut(dims[2]).enumerate() {
+            let p = [z, y];
+            if other == 2 {
+                // The row runs along the third axis: one set of taps for all of it.
+                let t = &table[p[a] * nb + p[b]];
+                for (x, d) in row.iter_mut().enumerate() {
+                    *d = t.apply(src, x);
+                }
+            } else {
+                let taps = &table[p[a] * nb..(p[a] + 1) * nb];
+                let shift = p[other] * stride[other];
+                for (d, t) in row.iter_mut().zip(taps) {
+                    *d = t.apply(src, shift);
                 }
             }
-        });
-    }
-    out
+        }
+    })
 }
 
 /// Up to four bilinear taps of one position: offsets in a slice and weights, in the order
@@ -124,31 +120,24 @@ pub fn zoom(g: &Grid, factors: [f64; 3]) -> Grid {
             })
             .collect()
     });
-    let mut out = Grid::zeros(g.c, out_dims);
-    let (plane_in, plane_out) = (g.plane(), out_dims.iter().product::<usize>());
-    let rows = out_dims[1] * out_dims[2];
-    for (src, dst) in g
-        .data
-        .chunks_exact(plane_in)
-        .zip(out.data.chunks_exact_mut(plane_out))
-    {
-        let v = |zz: usize, yy: usize, xx: usize| src[(zz * g.dims[1] + yy) * g.dims[2] + xx] as f64;
-        dst.par_chunks_mut(rows).enumerate().for_each(|(z, slice)| {
-            let (z0, z1, fz) = coords[0][z];
-            for (row, &(y0, y1, fy)) in slice.chunks_exact_mut(out_dims[2]).zip(&coords[1]) {
-                for (d, &(x0, x1, fx)) in row.iter_mut().zip(&coords[2]) {
-                    let c00 = v(z0, y0, x0) * (1.0 - fx) + v(z0, y0, x1) * fx;
-                    let c01 = v(z0, y1, x0) * (1.0 - fx) + v(z0, y1, x1) * fx;
-                    let c10 = v(z1, y0, x0) * (1.0 - fx) + v(z1, y0, x1) * fx;
-                    let c11 = v(z1, y1, x0) * (1.0 - fx) + v(z1, y1, x1) * fx;
-                    let c0 = c00 * (1.0 - fy) + c01 * fy;
-                    let c1 = c10 * (1.0 - fy) + c11 * fy;
-                    *d = (c0 * (1.0 - fz) + c1 * fz) as f32;
-                }
+    let plane = g.plane();
+    Grid::par_planes(g.c, out_dims, |i, slice| {
+        let (src, z) = (&g.data[i / out_dims[0] * plane..][..plane], i % out_dims[0]);
+        let v =
+            |zz: usize, yy: usize, xx: usize| src[(zz * g.dims[1] + yy) * g.dims[2] + xx] as f64;
+        let (z0, z1, fz) = coords[0][z];
+        for (row, &(y0, y1, fy)) in slice.chunks_exact_mut(out_dims[2]).zip(&coords[1]) {
+            for (d, &(x0, x1, fx)) in row.iter_mut().zip(&coords[2]) {
+                let c00 = v(z0, y0, x0) * (1.0 - fx) + v(z0, y0, x1) * fx;
+                let c01 = v(z0, y1, x0) * (1.0 - fx) + v(z0, y1, x1) * fx;
+                let c10 = v(z1, y0, x0) * (1.0 - fx) + v(z1, y0, x1) * fx;
+                let c11 = v(z1, y1, x0) * (1.0 - fx) + v(z1, y1, x1) * fx;
+                let c0 = c00 * (1.0 - fy) + c01 * fy;
+                let c1 = c10 * (1.0 - fy) + c11 * fy;
+                *d = (c0 * (1.0 - fz) + c1 * fz) as f32;
             }
-        });
-    }
-    out
+        }
+    })
 }
 
 /// `x += shift`, then `(x - mean)·contrast + mean` (no clipping, as O), in one pass after the

@@ -128,7 +128,13 @@ impl Grid {
 
     /// Copies `block` of this grid to position `at` of `dst`, a `c × dims` grid that is zero on
     /// entry, one row copy per source row (cells outside the block's valid box stay zero).
-    pub fn crop_block_into(&self, block: &Block, dst: &mut [f32], dims: [usize; 3], at: [usize; 3]) {
+    pub fn crop_block_into(
+        &self,
+        block: &Block,
+        dst: &mut [f32],
+        dims: [usize; 3],
+        at: [usize; 3],
+    ) {
         let Block {
             origin,
             size,
@@ -181,9 +187,30 @@ impl Grid {
 
     /// The grid seen through `o` (any composition of flips and axis permutations), in one pass.
     pub fn orient(&self, o: Orient) -> Grid {
-        let mut out = Grid::zeros(self.c, self.oriented_dims(o));
-        self.orient_into(o, &mut out.data);
-        out
+        let dims = self.oriented_dims(o);
+        let len = self.data.len();
+        let data = filled(len, len, |_, dst| {
+            self.orient_uninit(o, dst);
+            Ok(())
+        })
+        .expect("orienting cannot fail");
+        Grid {
+            data,
+            c: self.c,
+            dims,
+        }
+    }
+
+    /// A grid whose values `fill(plane, values)` writes, one spatial plane (`h · w` values; the
+    /// planes of every channel in order) at a time, in parallel; each plane is zero on entry.
+    pub fn par_planes(c: usize, dims: [usize; 3], fill: impl Fn(usize, &mut [f32]) + Sync) -> Grid {
+        let len = c * dims.iter().product::<usize>();
+        let data = filled(len, dims[1] * dims[2], |i, dst| {
+            fill(i, zeroed(dst));
+            Ok(())
+        })
+        .expect("filling planes cannot fail");
+        Grid { data, c, dims }
     }
 
     /// The size of the grid seen through `o`.
@@ -207,7 +234,11 @@ impl Grid {
         let (base, step) = self.walk(o);
         let plane = self.plane();
         let rows = dims[1] * dims[2];
-        for (src, dst) in self.data.chunks_exact(plane).zip(dst.chunks_exact_mut(plane)) {
+        for (src, dst) in self
+            .data
+            .chunks_exact(plane)
+            .zip(dst.chunks_exact_mut(plane))
+        {
             dst.par_chunks_mut(SLAB * rows)
                 .enumerate()
                 .for_each(|(s, out)| {
@@ -257,6 +288,13 @@ impl Grid {
 
     /// Rescales the values to [0, 1] (constant grids become 0).
     pub fn min_max(&self) -> Grid {
+        let mut out = self.clone();
+        self.min_max_into(&mut out.data);
+        out
+    }
+
+    /// [`Grid::min_max`] into `dst` (as many values as this grid).
+    pub fn min_max_into(&self, dst: &mut [f32]) {
         let (lo, hi) = self
             .data
             .iter()
@@ -264,7 +302,9 @@ impl Grid {
                 (a.min(v), b.max(v))
             });
         let span = hi - lo;
-        self.map(|v| if span > 0.0 { (v - lo) / span } else { 0.0 })
+        for (d, &v) in dst.iter_mut().zip(&self.data) {
+            *d = if span > 0.0 { (v - lo) / span } else { 0.0 };
+        }
     }
 
     /// The mean value.
@@ -283,7 +323,12 @@ fn copy_rows(
 ) {
     for (r, out) in dst.chunks_exact_mut(dims[2]).enumerate() {
         let (z, y) = (r / dims[1], r % dims[1]);
-        read_run(src, base + z as isize * step[0] + y as isize * step[1], step[2], out);
+        read_run(
+            src,
+            base + z as isize * step[0] + y as isize * step[1],
+            step[2],
+            out,
+        );
     }
 }
 
@@ -396,6 +441,15 @@ impl Orient {
         Orient {
             src: perm.map(|p| self.src[p]),
             rev: perm.map(|p| self.rev[p]),
+        }
+    }
+
+    /// Then `next` (`self` first, as a chain of [`Orient::flip`] and [`Orient::transpose`]
+    /// calls would be).
+    pub fn then(self, next: Orient) -> Orient {
+        Orient {
+            src: next.src.map(|k| self.src[k]),
+            rev: std::array::from_fn(|k| self.rev[next.src[k]] ^ next.rev[k]),
         }
     }
 

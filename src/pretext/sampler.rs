@@ -15,7 +15,7 @@ use super::permutations::PermutationSet;
 use super::{CpcOptions, ExemplarOptions, Negatives, Task, TaskConfig, exemplar, rotation};
 use crate::data::Dataset;
 use crate::data::augment;
-use crate::data::grid::{Block, Grid, assemble, assemble_oriented, stack};
+use crate::data::grid::{Block, Grid, assemble, assemble_oriented};
 use crate::streams::{self, Stream};
 use crate::{Error, Result};
 
@@ -352,18 +352,6 @@ impl Sampler {
     ) -> Result<Batch> {
         let opts: &ExemplarOptions = &self.cfg.options.exemplar;
         let planar = self.planar();
-        let anchors: Vec<Grid> = grids
-            .par_iter()
-            .enumerate()
-            .map(|(k, g)| {
-                let mut rng = item_rng(seed, k);
-                if planar {
-                    exemplar::augment_2d(g, &mut rng)
-                } else {
-                    exemplar::augment_3d(g, &mut rng)
-                }
-            })
-            .collect();
         let mut negatives = Vec::new();
         if opts.negatives == Negatives::Dataset {
             if src.len() < 2 {
@@ -381,19 +369,35 @@ impl Sampler {
                     if j >= i { j + 1 } else { j }
                 })
                 .collect();
-            negatives = self
-                .load(src, &negs)?
-                .par_iter()
-                .map(|g| g.min_max())
-                .collect();
+            negatives = self.load(src, &negs)?;
         }
-        let xs: Vec<&Grid> = anchors
-            .iter()
-            .chain(grids.iter().map(|g| &**g))
-            .chain(negatives.iter())
-            .collect();
+        // Anchors (augmented), positives (as they are), then the min-max scaled negatives,
+        // each written straight into the batch.
+        let b = grids.len();
+        let x = assemble(
+            2 * b + negatives.len(),
+            self.channels,
+            self.dims,
+            planar,
+            |slot, dst| {
+                if slot < b {
+                    let mut rng = item_rng(seed, slot);
+                    let anchor = if planar {
+                        exemplar::augment_2d(&grids[slot], &mut rng)
+                    } else {
+                        exemplar::augment_3d(&grids[slot], &mut rng)
+                    };
+                    dst.copy_from_slice(&anchor.data);
+                } else if slot < 2 * b {
+                    dst.copy_from_slice(&grids[slot - b].data);
+                } else {
+                    negatives[slot - 2 * b].min_max_into(dst);
+                }
+                Ok(())
+            },
+        )?;
         Ok(Batch {
-            x: stack(&xs, planar, &Device::Cpu)?,
+            x,
             y: None,
             context: None,
             targets: None,
