@@ -109,7 +109,7 @@ impl Grid {
         out
     }
 
-    /// [`Grid::crop_within`] into `dst` (`c · size` values, zero on entry).
+    /// [`Grid::crop_within`] into `dst` (`c · size` values).
     pub fn crop_within_into(
         &self,
         origin: [isize; 3],
@@ -123,15 +123,18 @@ impl Grid {
             valid,
             reverse_depth: false,
         };
-        self.crop_block_into(&block, dst, size, [0; 3]);
+        // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and `write_block` only writes
+        // initialised values, so `dst` stays initialised.
+        let dst = unsafe { &mut *(dst as *mut [f32] as *mut [MaybeUninit<f32>]) };
+        self.write_block(&block, dst, size, [0; 3]);
     }
 
-    /// Copies `block` of this grid to position `at` of `dst`, a `c × dims` grid that is zero on
-    /// entry, one row copy per source row (cells outside the block's valid box stay zero).
-    pub fn crop_block_into(
+    /// Writes every value of `dst`, a `c × dims` grid: `block` of this grid at position `at`,
+    /// zero elsewhere. One row copy per source row.
+    fn write_block(
         &self,
         block: &Block,
-        dst: &mut [f32],
+        dst: &mut [MaybeUninit<f32>],
         dims: [usize; 3],
         at: [usize; 3],
     ) {
@@ -144,28 +147,35 @@ impl Grid {
         let lo: [isize; 3] = std::array::from_fn(|a| valid[a].start.max(0));
         let hi: [isize; 3] = std::array::from_fn(|a| valid[a].end.min(self.dims[a] as isize));
         let x0 = origin[2].max(lo[2]);
-        let x1 = (origin[2] + size[2] as isize).min(hi[2]);
-        if x0 >= x1 {
-            return;
-        }
-        let n = (x1 - x0) as usize;
-        let x_at = at[2] + (x0 - origin[2]) as usize;
-        for c in 0..self.c {
-            for z in 0..size[0] {
-                let dz = if *reverse_depth { size[0] - 1 - z } else { z };
-                let sz = origin[0] + dz as isize;
-                if sz < lo[0] || sz >= hi[0] {
-                    continue;
-                }
-                for y in 0..size[1] {
-                    let sy = origin[1] + y as isize;
-                    if sy < lo[1] || sy >= hi[1] {
-                        continue;
-                    }
-                    let src = self.at(c, sz as usize, sy as usize, x0 as usize);
-                    let to = ((c * dims[0] + at[0] + z) * dims[1] + at[1] + y) * dims[2] + x_at;
-                    dst[to..to + n].copy_from_slice(&self.data[src..src + n]);
-                }
+        let n = ((origin[2] + size[2] as isize).min(hi[2]) - x0).max(0) as usize;
+        let x_at = at[2] + (x0 - origin[2]).max(0) as usize;
+        // The source row that output row (z, y) of the block reads, if any.
+        let source = |z: usize, y: usize| -> Option<(usize, usize)> {
+            let (z, y) = (z.checked_sub(at[0])?, y.checked_sub(at[1])?);
+            if z >= size[0] || y >= size[1] || n == 0 {
+                return None;
+            }
+            let dz = if *reverse_depth { size[0] - 1 - z } else { z };
+            let (sz, sy) = (origin[0] + dz as isize, origin[1] + y as isize);
+            let inside = (lo[0]..hi[0]).contains(&sz) && (lo[1]..hi[1]).contains(&sy);
+            inside.then_some((sz as usize, sy as usize))
+        };
+        for (r, row) in dst.chunks_exact_mut(dims[2]).enumerate() {
+            let (c, z, y) = (r / (dims[0] * dims[1]), r / dims[1] % dims[0], r % dims[1]);
+            let Some((sz, sy)) = source(z, y) else {
+                row.iter_mut().for_each(|v| {
+                    v.write(0.0);
+                });
+                continue;
+            };
+            let from = self.at(c, sz, sy, x0 as usize);
+            let (before, rest) = row.split_at_mut(x_at);
+            let (copy, after) = rest.split_at_mut(n);
+            for v in before.iter_mut().chain(after) {
+                v.write(0.0);
+            }
+            for (d, &v) in copy.iter_mut().zip(&self.data[from..from + n]) {
+                d.write(v);
             }
         }
     }
@@ -527,6 +537,31 @@ fn batch_tensor(
         Tensor::from_vec(data, (items, c, d, h, w), &Device::Cpu)?
     };
     Ok(t.to_device(dev)?)
+}
+
+/// A batch tensor of blocks of grids, each placed at `at` in a zero `c × dims` grid and written
+/// straight into the batch's memory in parallel: `[B, C, D, H, W]`, or `[B, C, H, W]` when
+/// `planar`.
+pub fn assemble_blocks(
+    items: &[(&Grid, Block)],
+    c: usize,
+    dims: [usize; 3],
+    at: [usize; 3],
+    planar: bool,
+) -> Result<Tensor> {
+    if let Some((g, _)) = items.iter().find(|(g, _)| g.c != c) {
+        return Err(Error::shape(
+            "batch",
+            format!("a grid of {} channels in a batch of {c}", g.c),
+        ));
+    }
+    let each = c * dims.iter().product::<usize>();
+    let data = filled(items.len() * each, each, |i, dst| {
+        let (g, block) = &items[i];
+        g.write_block(block, dst, dims, at);
+        Ok(())
+    })?;
+    batch_tensor(data, items.len(), c, dims, planar, &Device::Cpu)
 }
 
 /// A batch tensor of equal-shaped grids, each seen through its orientation, written straight

@@ -15,7 +15,7 @@ use super::permutations::PermutationSet;
 use super::{CpcOptions, ExemplarOptions, Negatives, Task, TaskConfig, exemplar, rotation};
 use crate::data::Dataset;
 use crate::data::augment;
-use crate::data::grid::{Block, Grid, assemble, assemble_oriented};
+use crate::data::grid::{Block, Grid, assemble, assemble_blocks, assemble_oriented};
 use crate::streams::{self, Stream};
 use crate::{Error, Result};
 
@@ -49,6 +49,16 @@ pub struct Sampler {
 
 fn item_rng(seed: u64, item: usize) -> StdRng {
     streams::rng(seed, Stream::Item, item as u64)
+}
+
+/// The `size` block of `g` at `origin`, with cells outside `g` reading as zero.
+fn whole_crop(g: &Grid, origin: [isize; 3], size: [usize; 3]) -> Block {
+    Block {
+        origin,
+        size,
+        valid: g.dims.map(|d| 0..d as isize),
+        reverse_depth: false,
+    }
 }
 
 fn u32s(v: Vec<u32>, dims: &[usize]) -> Result<Tensor> {
@@ -272,20 +282,15 @@ impl Sampler {
             })
             .collect();
         // Slot t of item k holds patch perm[t], cropped straight into the batch.
-        let x = assemble(
-            grids.len() * tiles,
-            self.channels,
-            grid.patch,
-            planar,
-            |slot, dst| {
+        let blocks: Vec<(&Grid, Block)> = (0..grids.len() * tiles)
+            .map(|slot| {
                 let (k, t) = (slot / tiles, slot % tiles);
                 let (label, origins) = &plans[k];
                 let p = perms.perms()[*label][t];
-                let g = &grids[k];
-                g.crop_within_into(origins[p], grid.patch, g.dims.map(|d| 0..d as isize), dst);
-                Ok(())
-            },
-        )?;
+                (&*grids[k], whole_crop(&grids[k], origins[p], grid.patch))
+            })
+            .collect();
+        let x = assemble_blocks(&blocks, self.channels, grid.patch, [0; 3], planar)?;
         Ok(Batch {
             x,
             y: Some(u32s(
@@ -315,22 +320,13 @@ impl Sampler {
                 (class as u32, [c, q])
             })
             .collect();
-        let x = assemble(
-            grids.len() * 2,
-            self.channels,
-            grid.patch,
-            planar,
-            |slot, dst| {
+        let blocks: Vec<(&Grid, Block)> = (0..grids.len() * 2)
+            .map(|slot| {
                 let g = &grids[slot / 2];
-                g.crop_within_into(
-                    plans[slot / 2].1[slot % 2],
-                    grid.patch,
-                    g.dims.map(|d| 0..d as isize),
-                    dst,
-                );
-                Ok(())
-            },
-        )?;
+                (&**g, whole_crop(g, plans[slot / 2].1[slot % 2], grid.patch))
+            })
+            .collect();
+        let x = assemble_blocks(&blocks, self.channels, grid.patch, [0; 3], planar)?;
         Ok(Batch {
             x,
             y: Some(u32s(
@@ -534,19 +530,15 @@ impl Sampler {
             .collect();
         let zero = (grids.len() * per_item) as u32;
         let pad = std::array::from_fn(|a| (geo.patch[a] - geo.inner[a]) / 2);
-        // Every patch, then one zero patch, straight into the batch.
-        let x = assemble(
-            grids.len() * per_item + 1,
-            self.channels,
-            geo.patch,
-            planar,
-            |slot, dst| {
-                if let Some(b) = blocks.get(slot / per_item).map(|v| &v[slot % per_item]) {
-                    grids[slot / per_item].crop_block_into(b, dst, geo.patch, pad);
-                }
-                Ok(())
-            },
-        )?;
+        // Every patch, then one zero patch (an empty block), straight into the batch.
+        let empty = whole_crop(&grids[0], [0; 3], [0; 3]);
+        let mut patches: Vec<(&Grid, Block)> = blocks
+            .into_iter()
+            .enumerate()
+            .flat_map(|(k, v)| v.into_iter().map(move |b| (&*grids[k], b)))
+            .collect();
+        patches.push((&grids[0], empty));
+        let x = assemble_blocks(&patches, self.channels, geo.patch, pad, planar)?;
         let n = geo.per_side;
         let items = grids.len();
         let mut rng = streams::rng(seed, Stream::CpcNegatives, 0);
