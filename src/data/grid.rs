@@ -3,6 +3,8 @@
 //! the spatial operations the samplers and augmentations need. Samplers work on grids, in Rust,
 //! in parallel; tensors are made only for whole batches.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
@@ -107,7 +109,7 @@ impl Grid {
         out
     }
 
-    /// [`Grid::crop_within`] into `dst` (`c · size` values, zero on entry).
+    /// [`Grid::crop_within`] into `dst` (`c · size` values).
     pub fn crop_within_into(
         &self,
         origin: [isize; 3],
@@ -115,30 +117,65 @@ impl Grid {
         valid: [std::ops::Range<isize>; 3],
         dst: &mut [f32],
     ) {
+        let block = Block {
+            origin,
+            size,
+            valid,
+            reverse_depth: false,
+        };
+        // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and `write_block` only writes
+        // initialised values, so `dst` stays initialised.
+        let dst = unsafe { &mut *(dst as *mut [f32] as *mut [MaybeUninit<f32>]) };
+        self.write_block(&block, dst, size, [0; 3]);
+    }
+
+    /// Writes every value of `dst`, a `c × dims` grid: `block` of this grid at position `at`,
+    /// zero elsewhere. One row copy per source row.
+    fn write_block(
+        &self,
+        block: &Block,
+        dst: &mut [MaybeUninit<f32>],
+        dims: [usize; 3],
+        at: [usize; 3],
+    ) {
+        let Block {
+            origin,
+            size,
+            valid,
+            reverse_depth,
+        } = block;
         let lo: [isize; 3] = std::array::from_fn(|a| valid[a].start.max(0));
         let hi: [isize; 3] = std::array::from_fn(|a| valid[a].end.min(self.dims[a] as isize));
         let x0 = origin[2].max(lo[2]);
-        let x1 = (origin[2] + size[2] as isize).min(hi[2]);
-        if x0 >= x1 {
-            return;
-        }
-        let n = (x1 - x0) as usize;
-        for c in 0..self.c {
-            for z in 0..size[0] {
-                let sz = origin[0] + z as isize;
-                if sz < lo[0] || sz >= hi[0] {
-                    continue;
-                }
-                for y in 0..size[1] {
-                    let sy = origin[1] + y as isize;
-                    if sy < lo[1] || sy >= hi[1] {
-                        continue;
-                    }
-                    let src = self.at(c, sz as usize, sy as usize, x0 as usize);
-                    let to =
-                        ((c * size[0] + z) * size[1] + y) * size[2] + (x0 - origin[2]) as usize;
-                    dst[to..to + n].copy_from_slice(&self.data[src..src + n]);
-                }
+        let n = ((origin[2] + size[2] as isize).min(hi[2]) - x0).max(0) as usize;
+        let x_at = at[2] + (x0 - origin[2]).max(0) as usize;
+        // The source row that output row (z, y) of the block reads, if any.
+        let source = |z: usize, y: usize| -> Option<(usize, usize)> {
+            let (z, y) = (z.checked_sub(at[0])?, y.checked_sub(at[1])?);
+            if z >= size[0] || y >= size[1] || n == 0 {
+                return None;
+            }
+            let dz = if *reverse_depth { size[0] - 1 - z } else { z };
+            let (sz, sy) = (origin[0] + dz as isize, origin[1] + y as isize);
+            let inside = (lo[0]..hi[0]).contains(&sz) && (lo[1]..hi[1]).contains(&sy);
+            inside.then_some((sz as usize, sy as usize))
+        };
+        for (r, row) in dst.chunks_exact_mut(dims[2]).enumerate() {
+            let (c, z, y) = (r / (dims[0] * dims[1]), r / dims[1] % dims[0], r % dims[1]);
+            let Some((sz, sy)) = source(z, y) else {
+                row.iter_mut().for_each(|v| {
+                    v.write(0.0);
+                });
+                continue;
+            };
+            let from = self.at(c, sz, sy, x0 as usize);
+            let (before, rest) = row.split_at_mut(x_at);
+            let (copy, after) = rest.split_at_mut(n);
+            for v in before.iter_mut().chain(after) {
+                v.write(0.0);
+            }
+            for (d, &v) in copy.iter_mut().zip(&self.data[from..from + n]) {
+                d.write(v);
             }
         }
     }
@@ -160,9 +197,30 @@ impl Grid {
 
     /// The grid seen through `o` (any composition of flips and axis permutations), in one pass.
     pub fn orient(&self, o: Orient) -> Grid {
-        let mut out = Grid::zeros(self.c, self.oriented_dims(o));
-        self.orient_into(o, &mut out.data);
-        out
+        let dims = self.oriented_dims(o);
+        let len = self.data.len();
+        let data = filled(len, len, |_, dst| {
+            self.orient_uninit(o, dst);
+            Ok(())
+        })
+        .expect("orienting cannot fail");
+        Grid {
+            data,
+            c: self.c,
+            dims,
+        }
+    }
+
+    /// A grid whose values `fill(plane, values)` writes, one spatial plane (`h · w` values; the
+    /// planes of every channel in order) at a time, in parallel; each plane is zero on entry.
+    pub fn par_planes(c: usize, dims: [usize; 3], fill: impl Fn(usize, &mut [f32]) + Sync) -> Grid {
+        let len = c * dims.iter().product::<usize>();
+        let data = filled(len, dims[1] * dims[2], |i, dst| {
+            fill(i, zeroed(dst));
+            Ok(())
+        })
+        .expect("filling planes cannot fail");
+        Grid { data, c, dims }
     }
 
     /// The size of the grid seen through `o`.
@@ -172,6 +230,42 @@ impl Grid {
 
     /// [`Grid::orient`] into `dst` (`c · d · h · w` values).
     pub fn orient_into(&self, o: Orient, dst: &mut [f32]) {
+        // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and `orient_uninit` only writes
+        // initialised values, so `dst` stays initialised.
+        let dst = unsafe { &mut *(dst as *mut [f32] as *mut [MaybeUninit<f32>]) };
+        self.orient_uninit(o, dst);
+    }
+
+    /// [`Grid::orient`] into `dst`, writing every one of its `c · d · h · w` values, in
+    /// parallel over slabs of output planes.
+    fn orient_uninit(&self, o: Orient, dst: &mut [MaybeUninit<f32>]) {
+        const SLAB: usize = 64;
+        let dims = self.oriented_dims(o);
+        let (base, step) = self.walk(o);
+        let plane = self.plane();
+        let rows = dims[1] * dims[2];
+        for (src, dst) in self
+            .data
+            .chunks_exact(plane)
+            .zip(dst.chunks_exact_mut(plane))
+        {
+            dst.par_chunks_mut(SLAB * rows)
+                .enumerate()
+                .for_each(|(s, out)| {
+                    let base = base + (s * SLAB) as isize * step[0];
+                    let dims = [out.len() / rows, dims[1], dims[2]];
+                    if step[2].abs() == 1 {
+                        copy_rows(src, base, step, dims, out);
+                    } else {
+                        copy_tiles(src, base, step, dims, out);
+                    }
+                });
+        }
+    }
+
+    /// Where output `(0, 0, 0)` of `o` reads in one channel, and how far the read moves per
+    /// step along each output axis.
+    fn walk(&self, o: Orient) -> (isize, [isize; 3]) {
         let dims = self.oriented_dims(o);
         let stride_in = [self.dims[1] * self.dims[2], self.dims[2], 1];
         let mut step = [0isize; 3];
@@ -185,26 +279,7 @@ impl Grid {
                 step[k] = st;
             }
         }
-        let plane = self.plane();
-        for c in 0..self.c {
-            let src = &self.data[c * plane..(c + 1) * plane];
-            let dst = &mut dst[c * plane..(c + 1) * plane];
-            let mut i = 0;
-            for z in 0..dims[0] {
-                for y in 0..dims[1] {
-                    let row = base + z as isize * step[0] + y as isize * step[1];
-                    let row_out = &mut dst[i..i + dims[2]];
-                    if step[2] == 1 {
-                        row_out.copy_from_slice(&src[row as usize..row as usize + dims[2]]);
-                    } else {
-                        for (x, v) in row_out.iter_mut().enumerate() {
-                            *v = src[(row + x as isize * step[2]) as usize];
-                        }
-                    }
-                    i += dims[2];
-                }
-            }
-        }
+        (base, step)
     }
 
     /// `self` placed at `origin` inside a zero grid of size `dims` (parts outside are cut).
@@ -223,6 +298,13 @@ impl Grid {
 
     /// Rescales the values to [0, 1] (constant grids become 0).
     pub fn min_max(&self) -> Grid {
+        let mut out = self.clone();
+        self.min_max_into(&mut out.data);
+        out
+    }
+
+    /// [`Grid::min_max`] into `dst` (as many values as this grid).
+    pub fn min_max_into(&self, dst: &mut [f32]) {
         let (lo, hi) = self
             .data
             .iter()
@@ -230,13 +312,116 @@ impl Grid {
                 (a.min(v), b.max(v))
             });
         let span = hi - lo;
-        self.map(|v| if span > 0.0 { (v - lo) / span } else { 0.0 })
+        for (d, &v) in dst.iter_mut().zip(&self.data) {
+            *d = if span > 0.0 { (v - lo) / span } else { 0.0 };
+        }
     }
 
     /// The mean value.
     pub fn mean(&self) -> f32 {
         (self.data.iter().map(|&v| v as f64).sum::<f64>() / self.data.len().max(1) as f64) as f32
     }
+}
+
+/// Output rows that read a source row forwards or backwards (`step[2]` is ±1).
+fn copy_rows(
+    src: &[f32],
+    base: isize,
+    step: [isize; 3],
+    dims: [usize; 3],
+    dst: &mut [MaybeUninit<f32>],
+) {
+    for (r, out) in dst.chunks_exact_mut(dims[2]).enumerate() {
+        let (z, y) = (r / dims[1], r % dims[1]);
+        read_run(
+            src,
+            base + z as isize * step[0] + y as isize * step[1],
+            step[2],
+            out,
+        );
+    }
+}
+
+/// Output rows that read across source rows (a transpose). The output is walked in square
+/// tiles of the plane spanned by its rows and the output axis `k` that reads along source
+/// rows; each tile is read as runs along source rows into a small buffer and written as runs
+/// along output rows, so both sides touch whole cache lines. (Reading the output's row order
+/// directly would touch one source line per value, and with power-of-two sizes all those
+/// lines fall into the same cache set.)
+fn copy_tiles(
+    src: &[f32],
+    base: isize,
+    step: [isize; 3],
+    dims: [usize; 3],
+    dst: &mut [MaybeUninit<f32>],
+) {
+    const TILE: usize = 64;
+    const NEIGHBOURS: usize = 8;
+    let k = if step[0].abs() == 1 { 0 } else { 1 };
+    let m = 1 - k;
+    let out_stride = [dims[1] * dims[2], dims[2]];
+    // `tile[x]`: the run along axis `k` that output column `x` of the tile reads.
+    let mut tile = [[MaybeUninit::new(0f32); TILE]; TILE];
+    // Tiles at neighbouring positions along `m` read and write neighbouring rows, so they are
+    // done one after another while those memory pages are open.
+    for mb in (0..dims[m]).step_by(NEIGHBOURS) {
+        for kb in (0..dims[k]).step_by(TILE) {
+            let kn = TILE.min(dims[k] - kb);
+            for xb in (0..dims[2]).step_by(TILE) {
+                let xn = TILE.min(dims[2] - xb);
+                for im in mb..(mb + NEIGHBOURS).min(dims[m]) {
+                    let first = base + im as isize * step[m] + kb as isize * step[k];
+                    for (x, run) in tile[..xn].iter_mut().enumerate() {
+                        let s = first + (xb + x) as isize * step[2];
+                        read_run(src, s, step[k], &mut run[..kn]);
+                    }
+                    for ik in 0..kn {
+                        let o = im * out_stride[m] + (kb + ik) * out_stride[k] + xb;
+                        for (d, run) in dst[o..o + xn].iter_mut().zip(&tile) {
+                            *d = run[ik];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes `out.len()` values of `src` starting at `first`, `dir` apart (±1 in practice).
+fn read_run(src: &[f32], first: isize, dir: isize, out: &mut [MaybeUninit<f32>]) {
+    let n = out.len();
+    let f = first as usize;
+    match dir {
+        1 => {
+            for (d, &v) in out.iter_mut().zip(&src[f..f + n]) {
+                d.write(v);
+            }
+        }
+        -1 => {
+            for (d, &v) in out.iter_mut().zip(src[f + 1 - n..=f].iter().rev()) {
+                d.write(v);
+            }
+        }
+        _ => {
+            for (i, d) in out.iter_mut().enumerate() {
+                d.write(src[(first + i as isize * dir) as usize]);
+            }
+        }
+    }
+}
+
+/// A block of a grid to copy: the `size` cells from `origin`, with cells outside the box
+/// `valid` (or the grid) reading as zero, and the depth axis reversed when `reverse_depth`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Block {
+    /// The first cell (may lie outside the grid).
+    pub origin: [isize; 3],
+    /// Cells per axis.
+    pub size: [usize; 3],
+    /// The box of cells that read as themselves, in the grid's coordinates.
+    pub valid: [std::ops::Range<isize>; 3],
+    /// Whether the block's depth axis runs backwards.
+    pub reverse_depth: bool,
 }
 
 /// A composition of axis flips and permutations: output axis `k` reads input axis `src[k]`,
@@ -269,6 +454,15 @@ impl Orient {
         }
     }
 
+    /// Then `next` (`self` first, as a chain of [`Orient::flip`] and [`Orient::transpose`]
+    /// calls would be).
+    pub fn then(self, next: Orient) -> Orient {
+        Orient {
+            src: next.src.map(|k| self.src[k]),
+            rev: std::array::from_fn(|k| self.rev[next.src[k]] ^ next.rev[k]),
+        }
+    }
+
     /// `np.rot90(_, k, axes=(a, b))`.
     pub fn rot90(k: usize, a: usize, b: usize) -> Orient {
         let mut perm = [0, 1, 2];
@@ -294,16 +488,110 @@ pub fn assemble(
     fill: impl Fn(usize, &mut [f32]) -> Result<()> + Sync,
 ) -> Result<Tensor> {
     let each = c * dims.iter().product::<usize>();
-    let mut data = vec![0f32; items * each];
-    data.par_chunks_mut(each.max(1))
+    let data = filled(items * each, each, |i, dst| fill(i, zeroed(dst)))?;
+    batch_tensor(data, items, c, dims, planar, &Device::Cpu)
+}
+
+/// A vector of `len` values written chunk by chunk in parallel by `fill(chunk, values)`, which
+/// must initialise every value of its chunk.
+///
+/// The memory is not zeroed first: the heap keeps freed memory (see
+/// `ops::configure_allocator`), so `vec![0.0; len]` would clear a whole batch on one
+/// thread before anything is written, which costs as much as writing the batch.
+fn filled(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) -> Result<()> + Sync,
+) -> Result<Vec<f32>> {
+    let mut data: Vec<f32> = Vec::with_capacity(len);
+    data.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
         .enumerate()
         .try_for_each(|(i, dst)| fill(i, dst))?;
-    let [d, h, w] = dims;
-    Ok(if planar {
+    // SAFETY: every chunk of the first `len` values was initialised by `fill` above.
+    unsafe { data.set_len(len) };
+    Ok(data)
+}
+
+/// Sets every value of `dst` to zero and hands it back as initialised values.
+fn zeroed(dst: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    for v in dst.iter_mut() {
+        v.write(0.0);
+    }
+    // SAFETY: every value was just initialised, and `MaybeUninit<f32>` has `f32`'s layout.
+    unsafe { &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// `data` as `[B, C, D, H, W]`, or `[B, C, H, W]` when `planar`, on `dev`.
+fn batch_tensor(
+    data: Vec<f32>,
+    items: usize,
+    c: usize,
+    [d, h, w]: [usize; 3],
+    planar: bool,
+    dev: &Device,
+) -> Result<Tensor> {
+    let t = if planar {
         Tensor::from_vec(data, (items, c, h, w), &Device::Cpu)?
     } else {
         Tensor::from_vec(data, (items, c, d, h, w), &Device::Cpu)?
-    })
+    };
+    Ok(t.to_device(dev)?)
+}
+
+/// A batch tensor of blocks of grids, each placed at `at` in a zero `c × dims` grid and written
+/// straight into the batch's memory in parallel: `[B, C, D, H, W]`, or `[B, C, H, W]` when
+/// `planar`.
+pub fn assemble_blocks(
+    items: &[(&Grid, Block)],
+    c: usize,
+    dims: [usize; 3],
+    at: [usize; 3],
+    planar: bool,
+) -> Result<Tensor> {
+    if let Some((g, _)) = items.iter().find(|(g, _)| g.c != c) {
+        return Err(Error::shape(
+            "batch",
+            format!("a grid of {} channels in a batch of {c}", g.c),
+        ));
+    }
+    let each = c * dims.iter().product::<usize>();
+    let data = filled(items.len() * each, each, |i, dst| {
+        let (g, block) = &items[i];
+        g.write_block(block, dst, dims, at);
+        Ok(())
+    })?;
+    batch_tensor(data, items.len(), c, dims, planar, &Device::Cpu)
+}
+
+/// A batch tensor of equal-shaped grids, each seen through its orientation, written straight
+/// into the batch's memory in parallel: `[B, C, D, H, W]`, or `[B, C, H, W]` when `planar`.
+pub fn assemble_oriented(items: &[(&Grid, Orient)], planar: bool) -> Result<Tensor> {
+    let (first, o) = *items
+        .first()
+        .ok_or_else(|| Error::arg("batch", "cannot stack an empty batch"))?;
+    let dims = first.oriented_dims(o);
+    if let Some((g, o)) = items
+        .iter()
+        .find(|(g, o)| g.c != first.c || g.oriented_dims(*o) != dims)
+    {
+        return Err(Error::shape(
+            "batch",
+            format!(
+                "grids of {} x {dims:?} and {} x {:?} cannot share a batch",
+                first.c,
+                g.c,
+                g.oriented_dims(*o)
+            ),
+        ));
+    }
+    let each = first.data.len();
+    let data = filled(items.len() * each, each, |i, dst| {
+        let (g, o) = items[i];
+        g.orient_uninit(o, dst);
+        Ok(())
+    })?;
+    batch_tensor(data, items.len(), first.c, dims, planar, &Device::Cpu)
 }
 
 /// Stacks equal-shaped grids into a batch tensor: `[B, C, D, H, W]`, or `[B, C, H, W]` when
@@ -330,15 +618,11 @@ pub fn stack<G: std::borrow::Borrow<Grid> + Sync>(
         ));
     }
     let each = first.data.len();
-    let mut data = vec![0f32; grids.len() * each];
-    data.par_chunks_mut(each.max(1))
-        .zip(grids.par_iter())
-        .for_each(|(dst, g)| dst.copy_from_slice(&g.data));
-    let [d, h, w] = first.dims;
-    let t = if planar {
-        Tensor::from_vec(data, (grids.len(), first.c, h, w), &Device::Cpu)?
-    } else {
-        Tensor::from_vec(data, (grids.len(), first.c, d, h, w), &Device::Cpu)?
-    };
-    Ok(t.to_device(dev)?)
+    let data = filled(grids.len() * each, each, |i, dst| {
+        for (d, &v) in dst.iter_mut().zip(&grids[i].data) {
+            d.write(v);
+        }
+        Ok(())
+    })?;
+    batch_tensor(data, grids.len(), first.c, first.dims, planar, dev)
 }

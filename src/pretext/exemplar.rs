@@ -2,41 +2,85 @@
 
 use rand::{Rng, RngExt};
 
+use std::borrow::Cow;
+
 use crate::data::Grid;
 use crate::data::augment::{brightness_contrast, crop_or_pad, rotate_plane, zoom};
+use crate::data::grid::Orient;
 
 /// O's 3D exemplar augmentation: random flips; per plane, with probability 0.5, a quarter-turn
 /// rotation or an arbitrary-angle one; with probability 0.5 brightness ±0.125 and contrast
 /// ×U(0.5, 1.5) about the mean; with probability 0.15 a per-axis zoom U(0.8, 1.2), zero-padded
 /// (centred) and randomly cropped back to size.
 pub fn augment_3d(v: &Grid, rng: &mut impl Rng) -> Grid {
-    let mut g = v.clone();
+    let mut g = Pending::new(v);
     for axis in 0..3 {
         if rng.random_bool(0.5) {
-            g = g.flip(axis);
+            g.o = g.o.flip(axis);
         }
     }
     for (a, b) in [(0, 1), (1, 2), (0, 2)] {
         if rng.random_bool(0.5) {
-            g = if rng.random_bool(0.5) && g.dims[a] == g.dims[b] {
-                g.rot90(rng.random_range(0..4), a, b)
+            let dims = g.dims();
+            if rng.random_bool(0.5) && dims[a] == dims[b] {
+                g.o = g.o.then(Orient::rot90(rng.random_range(0..4), a, b));
             } else {
-                rotate_plane(&g, a, b, rng.random_range(0.0..360.0))
-            };
+                let r = rotate_plane(g.settle(), a, b, rng.random_range(0.0..360.0));
+                g = Pending::owned(r);
+            }
         }
     }
     if rng.random_bool(0.5) {
-        g = brightness_contrast(
-            &g,
-            rng.random_range(-0.125..0.125),
-            rng.random_range(0.5..1.5),
-        );
+        let (shift, contrast) = (rng.random_range(-0.125..0.125), rng.random_range(0.5..1.5));
+        g = Pending::owned(brightness_contrast(g.settle(), shift, contrast));
     }
     if rng.random_bool(0.15) {
         let factors = [0; 3].map(|_| rng.random_range(0.8..1.2));
-        g = crop_or_pad(&zoom(&g, factors), v.dims, rng);
+        let z = zoom(g.settle(), factors);
+        g = Pending::owned(crop_or_pad(&z, v.dims, rng));
     }
-    g
+    g.into_grid()
+}
+
+/// A grid seen through an orientation not applied yet: flips and quarter turns only move
+/// values, so a run of them is applied in one pass when a step needs the values.
+struct Pending<'a> {
+    grid: Cow<'a, Grid>,
+    o: Orient,
+}
+
+impl<'a> Pending<'a> {
+    fn new(g: &'a Grid) -> Self {
+        Pending {
+            grid: Cow::Borrowed(g),
+            o: Orient::IDENTITY,
+        }
+    }
+
+    fn owned(g: Grid) -> Self {
+        Pending {
+            grid: Cow::Owned(g),
+            o: Orient::IDENTITY,
+        }
+    }
+
+    fn dims(&self) -> [usize; 3] {
+        self.grid.oriented_dims(self.o)
+    }
+
+    /// The values, with the orientation applied.
+    fn settle(&mut self) -> &Grid {
+        if self.o != Orient::IDENTITY {
+            self.grid = Cow::Owned(self.grid.orient(self.o));
+            self.o = Orient::IDENTITY;
+        }
+        &self.grid
+    }
+
+    fn into_grid(mut self) -> Grid {
+        self.settle();
+        self.grid.into_owned()
+    }
 }
 
 /// The 2D exemplar augmentation (O's albumentations): a random quarter turn, vertical and

@@ -15,7 +15,7 @@ use super::permutations::PermutationSet;
 use super::{CpcOptions, ExemplarOptions, Negatives, Task, TaskConfig, exemplar, rotation};
 use crate::data::Dataset;
 use crate::data::augment;
-use crate::data::grid::{Grid, assemble, stack};
+use crate::data::grid::{Block, Grid, assemble, assemble_blocks, assemble_oriented};
 use crate::streams::{self, Stream};
 use crate::{Error, Result};
 
@@ -49,6 +49,16 @@ pub struct Sampler {
 
 fn item_rng(seed: u64, item: usize) -> StdRng {
     streams::rng(seed, Stream::Item, item as u64)
+}
+
+/// The `size` block of `g` at `origin`, with cells outside `g` reading as zero.
+fn whole_crop(g: &Grid, origin: [isize; 3], size: [usize; 3]) -> Block {
+    Block {
+        origin,
+        size,
+        valid: g.dims.map(|d| 0..d as isize),
+        reverse_depth: false,
+    }
 }
 
 fn u32s(v: Vec<u32>, dims: &[usize]) -> Result<Tensor> {
@@ -233,10 +243,12 @@ impl Sampler {
             }
         };
         // Each rotated item is written straight into the batch (cubic/square, so same shape).
-        let x = assemble(grids.len(), self.channels, self.dims, planar, |k, dst| {
-            grids[k].orient_into(orient(labels[k])?, dst);
-            Ok(())
-        })?;
+        let items = grids
+            .iter()
+            .zip(&labels)
+            .map(|(g, &r)| Ok((&**g, orient(r)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let x = assemble_oriented(&items, planar)?;
         Ok(Batch {
             x,
             y: Some(u32s(
@@ -270,20 +282,15 @@ impl Sampler {
             })
             .collect();
         // Slot t of item k holds patch perm[t], cropped straight into the batch.
-        let x = assemble(
-            grids.len() * tiles,
-            self.channels,
-            grid.patch,
-            planar,
-            |slot, dst| {
+        let blocks: Vec<(&Grid, Block)> = (0..grids.len() * tiles)
+            .map(|slot| {
                 let (k, t) = (slot / tiles, slot % tiles);
                 let (label, origins) = &plans[k];
                 let p = perms.perms()[*label][t];
-                let g = &grids[k];
-                g.crop_within_into(origins[p], grid.patch, g.dims.map(|d| 0..d as isize), dst);
-                Ok(())
-            },
-        )?;
+                (&*grids[k], whole_crop(&grids[k], origins[p], grid.patch))
+            })
+            .collect();
+        let x = assemble_blocks(&blocks, self.channels, grid.patch, [0; 3], planar)?;
         Ok(Batch {
             x,
             y: Some(u32s(
@@ -313,22 +320,13 @@ impl Sampler {
                 (class as u32, [c, q])
             })
             .collect();
-        let x = assemble(
-            grids.len() * 2,
-            self.channels,
-            grid.patch,
-            planar,
-            |slot, dst| {
+        let blocks: Vec<(&Grid, Block)> = (0..grids.len() * 2)
+            .map(|slot| {
                 let g = &grids[slot / 2];
-                g.crop_within_into(
-                    plans[slot / 2].1[slot % 2],
-                    grid.patch,
-                    g.dims.map(|d| 0..d as isize),
-                    dst,
-                );
-                Ok(())
-            },
-        )?;
+                (&**g, whole_crop(g, plans[slot / 2].1[slot % 2], grid.patch))
+            })
+            .collect();
+        let x = assemble_blocks(&blocks, self.channels, grid.patch, [0; 3], planar)?;
         Ok(Batch {
             x,
             y: Some(u32s(
@@ -350,18 +348,6 @@ impl Sampler {
     ) -> Result<Batch> {
         let opts: &ExemplarOptions = &self.cfg.options.exemplar;
         let planar = self.planar();
-        let anchors: Vec<Grid> = grids
-            .par_iter()
-            .enumerate()
-            .map(|(k, g)| {
-                let mut rng = item_rng(seed, k);
-                if planar {
-                    exemplar::augment_2d(g, &mut rng)
-                } else {
-                    exemplar::augment_3d(g, &mut rng)
-                }
-            })
-            .collect();
         let mut negatives = Vec::new();
         if opts.negatives == Negatives::Dataset {
             if src.len() < 2 {
@@ -379,19 +365,35 @@ impl Sampler {
                     if j >= i { j + 1 } else { j }
                 })
                 .collect();
-            negatives = self
-                .load(src, &negs)?
-                .par_iter()
-                .map(|g| g.min_max())
-                .collect();
+            negatives = self.load(src, &negs)?;
         }
-        let xs: Vec<&Grid> = anchors
-            .iter()
-            .chain(grids.iter().map(|g| &**g))
-            .chain(negatives.iter())
-            .collect();
+        // Anchors (augmented), positives (as they are), then the min-max scaled negatives,
+        // each written straight into the batch.
+        let b = grids.len();
+        let x = assemble(
+            2 * b + negatives.len(),
+            self.channels,
+            self.dims,
+            planar,
+            |slot, dst| {
+                if slot < b {
+                    let mut rng = item_rng(seed, slot);
+                    let anchor = if planar {
+                        exemplar::augment_2d(&grids[slot], &mut rng)
+                    } else {
+                        exemplar::augment_3d(&grids[slot], &mut rng)
+                    };
+                    dst.copy_from_slice(&anchor.data);
+                } else if slot < 2 * b {
+                    dst.copy_from_slice(&grids[slot - b].data);
+                } else {
+                    negatives[slot - 2 * b].min_max_into(dst);
+                }
+                Ok(())
+            },
+        )?;
         Ok(Batch {
-            x: stack(&xs, planar, &Device::Cpu)?,
+            x,
             y: None,
             context: None,
             targets: None,
@@ -458,8 +460,11 @@ impl Sampler {
         Ok(g)
     }
 
-    /// The patches of one item (axis 0 outermost), augmented as O does.
-    fn cpc_patches(&self, g: &Grid, geo: &CpcGeometry, rng: &mut StdRng) -> Vec<Grid> {
+    /// Where each patch of one item (axis 0 outermost) reads, augmented as O does: a crop of
+    /// the (padded, 3D) volume, flipped in depth with probability 0.5 (3D), then a random
+    /// `inner` crop zero-padded back (centred) to the patch size. Both crops and the flip are
+    /// one block of the volume, placed at `(patch - inner) / 2` in a zero patch.
+    fn cpc_blocks(&self, g: &Grid, geo: &CpcGeometry, rng: &mut StdRng) -> Vec<Block> {
         let planar = self.planar();
         // 3D: a random crop of the whole volume, zero-padded back (121³ in 128³: 3 before, 4
         // after). Patches read that padded volume through `shift` and `valid`, without making it.
@@ -482,22 +487,32 @@ impl Sampler {
             for j in 0..n {
                 for k in 0..n {
                     let cell = [i, j, k];
-                    let origin = std::array::from_fn(|a| {
+                    let origin: [isize; 3] = std::array::from_fn(|a| {
                         if planar && a == 0 {
                             0
                         } else {
                             (cell[a] * geo.step[a]) as isize + shift[a]
                         }
                     });
-                    let mut p = g.crop_within(origin, geo.patch, valid.clone());
-                    if !planar && rng.random_bool(0.5) {
-                        p = p.flip(0);
-                    }
-                    let inner_origin = std::array::from_fn(|a| {
+                    let flip = !planar && rng.random_bool(0.5);
+                    let offset: [isize; 3] = std::array::from_fn(|a| {
                         rng.random_range(0..=(geo.patch[a] - geo.inner[a])) as isize
                     });
-                    let pad = std::array::from_fn(|a| ((geo.patch[a] - geo.inner[a]) / 2) as isize);
-                    out.push(p.crop(inner_origin, geo.inner).place(geo.patch, pad));
+                    // The inner crop of the flipped patch starts `offset[0]` from the patch's
+                    // far end in depth.
+                    let start = |a: usize| {
+                        if a == 0 && flip {
+                            origin[0] + (geo.patch[0] - geo.inner[0]) as isize - offset[0]
+                        } else {
+                            origin[a] + offset[a]
+                        }
+                    };
+                    out.push(Block {
+                        origin: std::array::from_fn(start),
+                        size: geo.inner,
+                        valid: valid.clone(),
+                        reverse_depth: flip,
+                    });
                 }
             }
         }
@@ -508,14 +523,22 @@ impl Sampler {
         let geo = self.cpc_geometry()?;
         let planar = self.planar();
         let per_item = self.views();
-        let patches: Vec<Vec<Grid>> = grids
+        let blocks: Vec<Vec<Block>> = grids
             .par_iter()
             .enumerate()
-            .map(|(k, g)| self.cpc_patches(g, &geo, &mut item_rng(seed, k)))
+            .map(|(k, g)| self.cpc_blocks(g, &geo, &mut item_rng(seed, k)))
             .collect();
-        let mut xs: Vec<Grid> = patches.into_iter().flatten().collect();
-        let zero = xs.len() as u32;
-        xs.push(Grid::zeros(self.channels, geo.patch));
+        let zero = (grids.len() * per_item) as u32;
+        let pad = std::array::from_fn(|a| (geo.patch[a] - geo.inner[a]) / 2);
+        // Every patch, then one zero patch (an empty block), straight into the batch.
+        let empty = whole_crop(&grids[0], [0; 3], [0; 3]);
+        let mut patches: Vec<(&Grid, Block)> = blocks
+            .into_iter()
+            .enumerate()
+            .flat_map(|(k, v)| v.into_iter().map(move |b| (&*grids[k], b)))
+            .collect();
+        patches.push((&grids[0], empty));
+        let x = assemble_blocks(&patches, self.channels, geo.patch, pad, planar)?;
         let n = geo.per_side;
         let items = grids.len();
         let mut rng = streams::rng(seed, Stream::CpcNegatives, 0);
@@ -588,7 +611,7 @@ impl Sampler {
         let examples = ys.len();
         let context_len = ctx.len() / examples;
         Ok(Batch {
-            x: stack(&xs, planar, &Device::Cpu)?,
+            x,
             y: Some(u32s(ys, &[examples])?),
             context: Some(u32s(ctx, &[examples, context_len])?),
             targets: Some(u32s(tgt, &[examples, 2])?),
