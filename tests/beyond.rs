@@ -73,6 +73,7 @@ fn the_beyond_example_compares_four_arms_and_resumes_with_nothing_left() {
         "stats_vs_exemplar.md",
         "beyond.png",
         "report.html",
+        "pretext_curves_multi-seed0.png",
     ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
