@@ -1,7 +1,7 @@
 //! cuDNN's own N-d convolution (forward, backward-data, backward-filter) for the conv kernels
 //! on CUDA, as PyTorch calls it: the algorithm chosen once per geometry by cuDNN's heuristics
-//! and cached, one workspace per thread that only grows, and the (host-side, cheap)
-//! descriptors built per call.
+//! (falling back to the pass's other algorithms when the pick cannot run) and cached, one
+//! workspace per thread that only grows, and the (host-side, cheap) descriptors built per call.
 //!
 //! Math mode: strict FP32 (`CUDNN_FMA_MATH`) by default, so the GPU agrees with the CPU
 //! kernels to f32 rounding; `PRETEXT_TF32=1` allows TF32 tensor cores (PyTorch's default for
@@ -66,17 +66,75 @@ fn remember(key: (DeviceId, Geom, Pass, DType), choice: Choice) {
     CHOICES.with(|c| c.borrow_mut().insert(key, choice));
 }
 
-/// The cached algorithm and workspace size of `$key` for the pass `$variant`, or cuDNN's
-/// heuristic pick for `$op`, remembered for the next call.
-macro_rules! choose {
-    ($op:ident, $variant:path, $cached:expr, $key:expr) => {
+/// Every forward algorithm, in cuDNN's order: the candidates after the heuristic's pick.
+const FORWARD_ALGOS: [sys::cudnnConvolutionFwdAlgo_t; 8] = {
+    use sys::cudnnConvolutionFwdAlgo_t::*;
+    [
+        CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+        CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+        CUDNN_CONVOLUTION_FWD_ALGO_GEMM,
+        CUDNN_CONVOLUTION_FWD_ALGO_DIRECT,
+        CUDNN_CONVOLUTION_FWD_ALGO_FFT,
+        CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING,
+        CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD,
+        CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED,
+    ]
+};
+
+/// Every backward-data algorithm, in cuDNN's order.
+const INPUT_GRAD_ALGOS: [sys::cudnnConvolutionBwdDataAlgo_t; 6] = {
+    use sys::cudnnConvolutionBwdDataAlgo_t::*;
+    [
+        CUDNN_CONVOLUTION_BWD_DATA_ALGO_0,
+        CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
+        CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT,
+        CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING,
+        CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD,
+        CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED,
+    ]
+};
+
+/// Every backward-filter algorithm, in cuDNN's order.
+const WEIGHT_GRAD_ALGOS: [sys::cudnnConvolutionBwdFilterAlgo_t; 7] = {
+    use sys::cudnnConvolutionBwdFilterAlgo_t::*;
+    [
+        CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0,
+        CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1,
+        CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT,
+        CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3,
+        CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD,
+        CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED,
+        CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING,
+    ]
+};
+
+/// The most workspace one convolution may take (`PRETEXT_CUDNN_WORKSPACE_MIB`, default 4096
+/// MiB); an algorithm that needs more gives way to the next candidate.
+fn workspace_budget() -> usize {
+    std::env::var("PRETEXT_CUDNN_WORKSPACE_MIB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(4096)
+        << 20
+}
+
+/// Runs pass `$variant` of `$op` with `$launch(algo, workspace)`: the cached algorithm of `$key`
+/// if there is one, else cuDNN's heuristic pick and then every other algorithm of the pass in
+/// order until one runs (see [`super::fallback`]); the one that ran is remembered.
+macro_rules! run_with_fallback {
+    ($op:ident, $variant:path, $all:expr, $cached:expr, $key:expr, $dev:expr, $launch:expr) => {
         match $cached {
-            Some(($variant(a), size)) => (a, size),
+            Some(($variant(a), size)) => with_workspace($dev, size, |ws| $launch(a, ws))?,
             _ => {
-                let a = $op.pick_algorithm()?;
-                let size = $op.get_workspace_size(a)?;
+                let candidates = super::fallback::in_order($op.pick_algorithm().ok(), &$all);
+                let (a, size, ()) = super::fallback::first_working(
+                    &candidates,
+                    workspace_budget(),
+                    |a| $op.get_workspace_size(a),
+                    |a, size| with_workspace($dev, size, |ws| $launch(a, ws)),
+                )
+                .map_err(|e| candle_core::Error::Msg(format!("conv3d on CUDA: {e}")))?;
                 remember($key, ($variant(a), size));
-                (a, size)
             }
         }
     };
@@ -167,11 +225,16 @@ where
                 w: &w,
                 y: &y,
             };
-            let (algo, size) = choose!(op, Algo::Forward, cached, key);
             // SAFETY: descriptors and buffers were built from the same geometry and dtype.
-            with_workspace(&dev, size, |ws| unsafe {
-                op.launch(algo, ws, one_zero, &va, &vb, &mut dst)
-            })?;
+            run_with_fallback!(
+                op,
+                Algo::Forward,
+                FORWARD_ALGOS,
+                cached,
+                key,
+                &dev,
+                |a, ws| unsafe { op.launch(a, ws, one_zero, &va, &vb, &mut dst) }
+            );
         }
         Pass::InputGrad => {
             let op = ConvBackwardData {
@@ -180,11 +243,16 @@ where
                 w: &w,
                 dy: &y,
             };
-            let (algo, size) = choose!(op, Algo::InputGrad, cached, key);
             // SAFETY: as above; `va` is dy and `vb` the filter.
-            with_workspace(&dev, size, |ws| unsafe {
-                op.launch(algo, ws, one_zero, &mut dst, &vb, &va)
-            })?;
+            run_with_fallback!(
+                op,
+                Algo::InputGrad,
+                INPUT_GRAD_ALGOS,
+                cached,
+                key,
+                &dev,
+                |a, ws| unsafe { op.launch(a, ws, one_zero, &mut dst, &vb, &va) }
+            );
         }
         Pass::WeightGrad => {
             let op = ConvBackwardFilter {
@@ -193,11 +261,16 @@ where
                 dw: &w,
                 dy: &y,
             };
-            let (algo, size) = choose!(op, Algo::WeightGrad, cached, key);
             // SAFETY: as above; `va` is x and `vb` dy.
-            with_workspace(&dev, size, |ws| unsafe {
-                op.launch(algo, ws, one_zero, &va, &mut dst, &vb)
-            })?;
+            run_with_fallback!(
+                op,
+                Algo::WeightGrad,
+                WEIGHT_GRAD_ALGOS,
+                cached,
+                key,
+                &dev,
+                |a, ws| unsafe { op.launch(a, ws, one_zero, &va, &mut dst, &vb) }
+            );
         }
     }
     let shape: Vec<usize> = out_dims.iter().map(|&d| d as usize).collect();

@@ -16,6 +16,9 @@ mod cudnn;
 pub mod dense;
 #[cfg(feature = "cuda")]
 mod device;
+// Used by the cuDNN path; built (and tested) without it too.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+mod fallback;
 mod kernel;
 pub(crate) use kernel::{grad_disabled, timed};
 pub use kernel::{no_grad, profile_report, with_composed};
