@@ -38,10 +38,11 @@ def peak_rss_mib():
     return None
 
 
-# (shape name, batch, image size, growth, blocks, init features, bn size): as src/bench.rs.
+# (shape name after the batch, batch, image size, growth, blocks, init features, bn size): as
+# src/bench.rs; the row's name is "<batch>x<name>".
 DENSENETS = [
-    ("16x3x96^2 g8 b2-4-4 i16 bn2", 16, 96, 8, (2, 4, 4), 16, 2),
-    ("8x3x224^2 densenet121", 8, 224, 32, (6, 12, 24, 16), 64, 4),
+    ("3x96^2 g8 b2-4-4 i16 bn2", 16, 96, 8, (2, 4, 4), 16, 2),
+    ("3x224^2 densenet121", 8, 224, 32, (6, 12, 24, 16), 64, 4),
 ]
 
 
@@ -49,6 +50,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="32,64")
     ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--dense-batch", type=int, default=None,
+                    help="images per batch of the DenseNet rows (default: 16 quick, 8 DenseNet-121)")
     ap.add_argument("--filters", type=int, default=16)
     ap.add_argument("--model", default="all", choices=["unet", "densenet", "densenet-quick", "densenet121", "all"])
     ap.add_argument("--forward-only", action="store_true", help="(ignored; pretext's flag)")
@@ -123,6 +126,8 @@ def main():
 
     wanted = {"unet": [], "densenet-quick": DENSENETS[:1], "densenet121": DENSENETS[1:]}.get(a.model, DENSENETS)
     for name, batch, size, growth, blocks, init, bn in wanted:
+        batch = a.dense_batch or batch
+        name = f"{batch}x{name}"
         import torchvision
 
         reset_peak_rss()

@@ -298,12 +298,13 @@ pub enum ModelKind {
 
 /// `pretext bench models`: training steps (forward, loss, backward, Adam) of the UNet3D at each
 /// of `sizes` with `batch` volumes (Dice loss) and of the DenseNets of [`densenet_shapes`]
-/// (linear head, cross-entropy); the forward time is in training mode. Each row's peak memory
-/// is its own (reset before the row, Linux).
+/// (linear head, cross-entropy) with `dense_batch` images (their own default when `None`); the
+/// forward time is in training mode. Each row's peak memory is its own (reset before the row,
+/// Linux).
 pub fn models(
     kind: ModelKind,
     sizes: &[usize],
-    batch: usize,
+    (batch, dense_batch): (usize, Option<usize>),
     cfg: &UNet3dConfig,
     t: Timing,
     dev: &Device,
@@ -314,7 +315,7 @@ pub fn models(
             rows.push(unet_step(s, batch, cfg, t, dev)?);
         }
     }
-    for (i, (shape, b, s, dcfg)) in densenet_shapes().into_iter().enumerate() {
+    for (i, (shape, b, s, dcfg)) in densenet_shapes(dense_batch).into_iter().enumerate() {
         let wanted = match kind {
             ModelKind::Unet => false,
             ModelKind::DensenetQuick => i == 0,
@@ -361,9 +362,9 @@ fn unet_step(s: usize, batch: usize, cfg: &UNet3dConfig, t: Timing, dev: &Device
 }
 
 /// The DenseNet rows of `bench models`: `(shape name, batch, image size, network)`, the quick
-/// profile's network on 16×3×96² and DenseNet-121 on the paper's 8×3×224². The names are those
-/// of `scripts/bench_torch.py`.
-pub fn densenet_shapes() -> Vec<(String, usize, usize, DenseNetConfig)> {
+/// profile's network on 16×3×96² and DenseNet-121 on the paper's 8×3×224², or both with
+/// `batch` images. The names are those of `scripts/bench_torch.py`.
+pub fn densenet_shapes(batch: Option<usize>) -> Vec<(String, usize, usize, DenseNetConfig)> {
     let quick = DenseNetConfig {
         in_channels: 3,
         growth: 8,
@@ -372,11 +373,17 @@ pub fn densenet_shapes() -> Vec<(String, usize, usize, DenseNetConfig)> {
         bn_size: 2,
         ..Default::default()
     };
+    let (b_quick, b_121) = (batch.unwrap_or(16), batch.unwrap_or(8));
     vec![
-        ("16x3x96^2 g8 b2-4-4 i16 bn2".into(), 16, 96, quick),
         (
-            "8x3x224^2 densenet121".into(),
-            8,
+            format!("{b_quick}x3x96^2 g8 b2-4-4 i16 bn2"),
+            b_quick,
+            96,
+            quick,
+        ),
+        (
+            format!("{b_121}x3x224^2 densenet121"),
+            b_121,
             224,
             DenseNetConfig::densenet121(),
         ),

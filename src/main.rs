@@ -265,6 +265,10 @@ struct BenchArgs {
     /// Volumes per batch (models).
     #[arg(long, default_value_t = 2)]
     batch: usize,
+    /// Images per batch of the DenseNet rows (models); default: 16 for the quick network, 8
+    /// for DenseNet-121 (the GPU check uses 32).
+    #[arg(long)]
+    dense_batch: Option<usize>,
     /// Base filters of the UNet (models).
     #[arg(long, default_value_t = 16)]
     filters: usize,
@@ -490,7 +494,7 @@ fn bench(a: &BenchArgs) -> pretext::Result<()> {
                 BenchModel::Densenet121 => bench::ModelKind::Densenet121,
                 BenchModel::All => bench::ModelKind::All,
             };
-            bench::models(kind, &a.sizes, a.batch, &cfg, t, &dev)?
+            bench::models(kind, &a.sizes, (a.batch, a.dense_batch), &cfg, t, &dev)?
         }
         BenchKind::Pretext => a
             .sizes

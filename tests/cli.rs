@@ -310,3 +310,27 @@ fn repl_and_eval_do_not_offer_sweep_options() {
     }
     assert!(stdout(&pretext(&["run", "--help"], None)).contains("--shard"));
 }
+
+#[test]
+fn bench_models_takes_the_densenet_batch_and_names_the_row_after_it() {
+    let o = pretext(
+        &[
+            "bench",
+            "models",
+            "--model",
+            "densenet-quick",
+            "--dense-batch",
+            "3",
+            "--warmup",
+            "0",
+            "--reps",
+            "1",
+            "--json",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let row: serde_json::Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
+    assert_eq!(row["op"], "densenet_step");
+    assert_eq!(row["shape"], "3x3x96^2 g8 b2-4-4 i16 bn2");
+}
