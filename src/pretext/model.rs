@@ -173,7 +173,8 @@ struct TaskHead {
     task: TaskConfig,
     head: Head,
     classes: usize,
-    views: usize,
+    /// Feature rows per batch item.
+    per_item: usize,
     weight: f64,
     levels: Vec<usize>,
 }
@@ -396,11 +397,11 @@ impl TaskHead {
                 format!("the encoder produces no features for inputs of {dims:?}"),
             ));
         }
-        let views = sampler.views();
+        // Feature rows per item: the volume (rotation), centre and query (RPL), every patch.
         let per_item = match task.task {
             Task::Rotation => 1,
             Task::Rpl => 2,
-            _ => views,
+            _ => sampler.views(),
         };
         let head = match task.task {
             Task::Rotation | Task::Jigsaw | Task::Rpl => Head::Classifier(
@@ -449,7 +450,7 @@ impl TaskHead {
             task,
             head,
             classes: sampler.classes(),
-            views,
+            per_item,
             weight: spec.weight,
             levels,
         })
@@ -471,11 +472,7 @@ impl TaskHead {
                     .as_ref()
                     .ok_or_else(|| Error::arg("batch", "a classification task needs targets"))?
                     .to_device(dev)?;
-                let per_item = match self.task.task {
-                    Task::Rotation => 1,
-                    Task::Rpl => 2,
-                    _ => self.views,
-                };
+                let per_item = self.per_item;
                 let feats = backbone.embed_levels(&x, &self.levels, train)?;
                 let mut loss: Option<Tensor> = None;
                 let mut acc = 0.0;

@@ -1152,9 +1152,6 @@ fn run_epoch(
             } else {
                 crate::ops::no_grad(|| model.joint_step(&parts, dev, false))?
             };
-            let scalar = |t: &candle_core::Tensor| -> Result<f64> {
-                Ok(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
-            };
             let stepped = match opt.as_deref_mut() {
                 Some(o) => Some(
                     o.backward_step(&total)
@@ -1166,7 +1163,10 @@ fn run_epoch(
                 // One task of weight 1: the optimiser's loss is the task's.
                 let loss = match stepped {
                     Some(l) if outs.len() == 1 && model.weight(*t) == 1.0 => l,
-                    _ => scalar(&out.loss)?,
+                    _ => out
+                        .loss
+                        .to_dtype(candle_core::DType::F64)?
+                        .to_scalar::<f64>()?,
                 };
                 sums[*t].add(loss, out, batch.items);
             }
