@@ -126,9 +126,15 @@ pub(crate) fn pad<T: Real>(x: &[T], planes: usize, g: &Geom) -> Vec<T> {
                     if sw == 1 {
                         dst[t + pw..t + pw + w].copy_from_slice(&src[s..s + w]);
                     } else {
-                        for (x, &v) in src[s..s + w].iter().enumerate() {
-                            let col = x + pw;
-                            dst[t + (col % sw) * wq + col / sw] = v;
+                        // Phase f holds the padded columns f, f + sw, …: input columns
+                        // x0, x0 + sw, … from the first x0 with (x0 + pw) % sw == f.
+                        for f in 0..sw {
+                            let x0 = (f + sw - pw % sw) % sw;
+                            let from = src[s..s + w].iter().skip(x0).step_by(sw);
+                            let to = &mut dst[t + f * wq + (x0 + pw) / sw..t + (f + 1) * wq];
+                            for (d, &v) in to.iter_mut().zip(from) {
+                                *d = v;
+                            }
                         }
                     }
                 }
@@ -216,34 +222,54 @@ fn is_small(g: &Geom) -> bool {
 /// dot product computed by one task (no partial sums to combine).
 mod small {
     use super::*;
+    use std::ops::Range;
 
-    /// The column matrix `[k, n·p]` of all samples.
+    /// The column matrix `[k, n·p]` of all samples, its rows filled in parallel.
     pub(super) fn columns<T: Real>(x: &[T], g: &Geom) -> Vec<T> {
-        let (k, p) = (g.k(), g.out_len());
+        let (taps, p) = (g.taps(), g.out_len());
         let np = g.n * p;
         let xp = pad(x, g.n * g.c, g);
         let lp = g.phased_len();
-        let rows = g.out()[0] * g.out()[1];
-        let mut col = vec![T::zero(); k * np];
-        let mut tmp = vec![T::zero(); k * p];
-        for n in 0..g.n {
-            im2col(&xp[n * g.c * lp..(n + 1) * g.c * lp], g, 0, rows, &mut tmp);
-            for r in 0..k {
-                col[r * np + n * p..r * np + (n + 1) * p].copy_from_slice(&tmp[r * p..(r + 1) * p]);
+        let [_, kh, kw] = g.kernel;
+        let [sd, sh, sw] = g.stride;
+        let [_, hp, _] = g.padded();
+        let [od, oh, ow] = g.out();
+        let (wq, prow) = (g.phased_width(), sw * g.phased_width());
+        let mut col = vec![T::zero(); g.k() * np];
+        col.par_chunks_mut(np).enumerate().for_each(|(r, row)| {
+            let (c, t) = (r / taps, r % taps);
+            let (a, b, e) = (t / (kh * kw), (t / kw) % kh, t % kw);
+            let phase = (e % sw) * wq + e / sw;
+            for (n, dst) in row.chunks_exact_mut(p).enumerate() {
+                let plane = &xp[(n * g.c + c) * lp..][..lp];
+                for z in 0..od {
+                    for y in 0..oh {
+                        let src = ((z * sd + a) * hp + y * sh + b) * prow + phase;
+                        dst[(z * oh + y) * ow..][..ow].copy_from_slice(&plane[src..src + ow]);
+                    }
+                }
             }
-        }
+        });
         col
     }
 
     /// `[n, ch, p]` as `[ch, n·p]`.
     pub(super) fn channel_major<T: Real>(v: &[T], n: usize, ch: usize, p: usize) -> Vec<T> {
         let mut out = vec![T::zero(); v.len()];
-        for b in 0..n {
-            for c in 0..ch {
-                out[(c * n + b) * p..(c * n + b + 1) * p]
-                    .copy_from_slice(&v[(b * ch + c) * p..(b * ch + c + 1) * p]);
-            }
-        }
+        out.par_chunks_mut(p).enumerate().for_each(|(i, dst)| {
+            let (c, b) = (i / n, i % n);
+            dst.copy_from_slice(&v[(b * ch + c) * p..][..p]);
+        });
+        out
+    }
+
+    /// `[ch, n·p]` as `[n, ch, p]` (the inverse of [`channel_major`]).
+    pub(super) fn sample_major<T: Real>(v: &[T], n: usize, ch: usize, p: usize) -> Vec<T> {
+        let mut out = vec![T::zero(); v.len()];
+        out.par_chunks_mut(p).enumerate().for_each(|(i, dst)| {
+            let (b, c) = (i / ch, i % ch);
+            dst.copy_from_slice(&v[(c * n + b) * p..][..p]);
+        });
         out
     }
 
@@ -272,14 +298,7 @@ mod small {
                     );
                 }
             });
-        let mut y = vec![T::zero(); g.n * g.o * p];
-        for b in 0..g.n {
-            for o in 0..g.o {
-                y[(b * g.o + o) * p..(b * g.o + o + 1) * p]
-                    .copy_from_slice(&yt[(o * g.n + b) * p..(o * g.n + b + 1) * p]);
-            }
-        }
-        y
+        sample_major(&yt, g.n, g.o, p)
     }
 
     pub(super) fn weight_grad<T: Real>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
@@ -315,7 +334,7 @@ mod small {
         let np = g.n * p;
         let dyt = channel_major(dy, g.n, g.o, p);
         let [d, h, wd] = g.input;
-        let [kd, kh, kw] = g.kernel;
+        let [_, kh, kw] = g.kernel;
         let [sd, sh, sw] = g.stride;
         let [pd, ph, pw] = g.padding;
         let [od, oh, ow] = g.out();
@@ -345,33 +364,33 @@ mod small {
                     );
                 }
                 // col2im, unpadded: output (z, y, x) of tap (a, b, e) reads input
-                // (z·sd + a - pd, ...).
+                // (z·sd + a - pd, ...); each input cell gets its taps' terms in tap order.
                 for ci in 0..cs {
                     for b in 0..g.n {
-                        let plane = &mut dst[(ci * g.n + b) * in_len..(ci * g.n + b + 1) * in_len];
-                        for a in 0..kd {
-                            for bb in 0..kh {
-                                for e in 0..kw {
-                                    let t = (a * kh + bb) * kw + e;
-                                    let src = &cg[(ci * taps + t) * np + b * p..][..p];
-                                    for z in 0..od {
-                                        let iz = z * sd + a;
-                                        if iz < pd || iz - pd >= d {
-                                            continue;
+                        let plane = &mut dst[(ci * g.n + b) * in_len..][..in_len];
+                        for t in 0..taps {
+                            let (a, bb, e) = (t / (kh * kw), (t / kw) % kh, t % kw);
+                            let src = &cg[(ci * taps + t) * np + b * p..][..p];
+                            let zs = valid(od, sd, a, pd, d);
+                            let ys = valid(oh, sh, bb, ph, h);
+                            let xs = valid(ow, sw, e, pw, wd);
+                            for z in zs {
+                                let iz = z * sd + a - pd;
+                                for y in ys.clone() {
+                                    let iy = y * sh + bb - ph;
+                                    let from = &src[(z * oh + y) * ow..][..ow];
+                                    let to = &mut plane[(iz * h + iy) * wd..][..wd];
+                                    if sw == 1 {
+                                        let ix0 = xs.start + e - pw;
+                                        for (acc, &v) in to[ix0..ix0 + xs.len()]
+                                            .iter_mut()
+                                            .zip(&from[xs.clone()])
+                                        {
+                                            *acc += v;
                                         }
-                                        for y in 0..oh {
-                                            let iy = y * sh + bb;
-                                            if iy < ph || iy - ph >= h {
-                                                continue;
-                                            }
-                                            for x in 0..ow {
-                                                let ix = x * sw + e;
-                                                if ix < pw || ix - pw >= wd {
-                                                    continue;
-                                                }
-                                                plane[((iz - pd) * h + iy - ph) * wd + ix - pw] +=
-                                                    src[(z * oh + y) * ow + x];
-                                            }
+                                    } else {
+                                        for x in xs.clone() {
+                                            to[x * sw + e - pw] += from[x];
                                         }
                                     }
                                 }
@@ -380,14 +399,14 @@ mod small {
                     }
                 }
             });
-        let mut dx = vec![T::zero(); g.n * g.c * in_len];
-        for b in 0..g.n {
-            for c in 0..g.c {
-                dx[(b * g.c + c) * in_len..(b * g.c + c + 1) * in_len]
-                    .copy_from_slice(&dxt[(c * g.n + b) * in_len..(c * g.n + b + 1) * in_len]);
-            }
-        }
-        dx
+        sample_major(&dxt, g.n, g.c, in_len)
+    }
+
+    /// The outputs `o` in `0..out` whose input `o·stride + tap − pad` lies in `0..len`.
+    fn valid(out: usize, stride: usize, tap: usize, pad: usize, len: usize) -> Range<usize> {
+        let lo = pad.saturating_sub(tap).div_ceil(stride);
+        let hi = (len + pad).saturating_sub(tap).div_ceil(stride).min(out);
+        lo..hi.max(lo)
     }
 }
 
