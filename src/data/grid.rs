@@ -144,38 +144,52 @@ impl Grid {
             valid,
             reverse_depth,
         } = block;
+        if dst.is_empty() {
+            return;
+        }
         let lo: [isize; 3] = std::array::from_fn(|a| valid[a].start.max(0));
         let hi: [isize; 3] = std::array::from_fn(|a| valid[a].end.min(self.dims[a] as isize));
         let x0 = origin[2].max(lo[2]);
         let n = ((origin[2] + size[2] as isize).min(hi[2]) - x0).max(0) as usize;
         let x_at = at[2] + (x0 - origin[2]).max(0) as usize;
-        // The source row that output row (z, y) of the block reads, if any.
-        let source = |z: usize, y: usize| -> Option<(usize, usize)> {
-            let (z, y) = (z.checked_sub(at[0])?, y.checked_sub(at[1])?);
-            if z >= size[0] || y >= size[1] || n == 0 {
+        // The source plane that output plane `z` of the block reads, if any.
+        let source_z = |z: usize| -> Option<usize> {
+            let z = z.checked_sub(at[0])?;
+            if z >= size[0] || n == 0 {
                 return None;
             }
             let dz = if *reverse_depth { size[0] - 1 - z } else { z };
-            let (sz, sy) = (origin[0] + dz as isize, origin[1] + y as isize);
-            let inside = (lo[0]..hi[0]).contains(&sz) && (lo[1]..hi[1]).contains(&sy);
-            inside.then_some((sz as usize, sy as usize))
+            let sz = origin[0] + dz as isize;
+            (lo[0]..hi[0]).contains(&sz).then_some(sz as usize)
         };
-        for (r, row) in dst.chunks_exact_mut(dims[2]).enumerate() {
-            let (c, z, y) = (r / (dims[0] * dims[1]), r / dims[1] % dims[0], r % dims[1]);
-            let Some((sz, sy)) = source(z, y) else {
-                row.iter_mut().for_each(|v| {
-                    v.write(0.0);
-                });
-                continue;
-            };
-            let from = self.at(c, sz, sy, x0 as usize);
-            let (before, rest) = row.split_at_mut(x_at);
-            let (copy, after) = rest.split_at_mut(n);
-            for v in before.iter_mut().chain(after) {
-                v.write(0.0);
-            }
-            for (d, &v) in copy.iter_mut().zip(&self.data[from..from + n]) {
-                d.write(v);
+        // The source row that output row `y` of the block reads, if any.
+        let source_y = |y: usize| -> Option<usize> {
+            let y = y.checked_sub(at[1])?;
+            let sy = origin[1] + y as isize;
+            (y < size[1] && (lo[1]..hi[1]).contains(&sy)).then_some(sy as usize)
+        };
+        let zero = MaybeUninit::new(0.0);
+        let plane = dims[1] * dims[2];
+        for (c, channel) in dst.chunks_exact_mut(dims[0] * plane).enumerate() {
+            for (z, out) in channel.chunks_exact_mut(plane).enumerate() {
+                let Some(sz) = source_z(z) else {
+                    out.fill(zero);
+                    continue;
+                };
+                for (y, row) in out.chunks_exact_mut(dims[2]).enumerate() {
+                    let Some(sy) = source_y(y) else {
+                        row.fill(zero);
+                        continue;
+                    };
+                    let from = self.at(c, sz, sy, x0 as usize);
+                    let (before, rest) = row.split_at_mut(x_at);
+                    let (copy, after) = rest.split_at_mut(n);
+                    before.fill(zero);
+                    after.fill(zero);
+                    for (d, &v) in copy.iter_mut().zip(&self.data[from..from + n]) {
+                        d.write(v);
+                    }
+                }
             }
         }
     }
