@@ -194,6 +194,40 @@ impl Grid {
         }
     }
 
+    /// Writes each `(origin, out)` of `crops`: the `size` block at `origin` (inside this grid),
+    /// reading this grid's rows in order, each into the crops that cross it.
+    fn write_crops(&self, crops: &mut [([usize; 3], &mut [MaybeUninit<f32>])], size: [usize; 3]) {
+        let span = |a: usize| {
+            let lo = crops.iter().map(|(o, _)| o[a]).min().unwrap_or(0);
+            let hi = crops.iter().map(|(o, _)| o[a] + size[a]).max().unwrap_or(0);
+            lo..hi
+        };
+        let (zs, ys) = (span(0), span(1));
+        for c in 0..self.c {
+            for z in zs.clone() {
+                for y in ys.clone() {
+                    for (o, out) in crops.iter_mut() {
+                        let (Some(dz), Some(dy)) = (z.checked_sub(o[0]), y.checked_sub(o[1]))
+                        else {
+                            continue;
+                        };
+                        if dz >= size[0] || dy >= size[1] {
+                            continue;
+                        }
+                        let to = ((c * size[0] + dz) * size[1] + dy) * size[2];
+                        let from = self.at(c, z, y, o[2]);
+                        for (d, &v) in out[to..to + size[2]]
+                            .iter_mut()
+                            .zip(&self.data[from..from + size[2]])
+                        {
+                            d.write(v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Reverses spatial axis `axis` (0 = d, 1 = h, 2 = w).
     pub fn flip(&self, axis: usize) -> Grid {
         self.orient(Orient::IDENTITY.flip(axis))
@@ -710,6 +744,56 @@ pub fn assemble_blocks(
         Ok(())
     })?;
     batch_tensor(data, items.len(), c, dims, planar, &Device::Cpu)
+}
+
+/// A batch tensor of `slots` crops of `c × size`, each wholly inside its grid: `groups` lists
+/// per grid the crops to take (`(slot, origin)`); every slot is filled once. Each group is
+/// copied by one thread, plane by plane through its grid, so that the crops of a group that
+/// share source rows read them one after another. `[B, C, D, H, W]`, or `[B, C, H, W]` when
+/// `planar`.
+pub fn assemble_crops(
+    groups: &[(&Grid, Vec<(usize, [usize; 3])>)],
+    slots: usize,
+    c: usize,
+    size: [usize; 3],
+    planar: bool,
+) -> Result<Tensor> {
+    let each = c * size.iter().product::<usize>();
+    let len = slots * each;
+    let mut data: Vec<f32> = Vec::with_capacity(len);
+    let mut outs: Vec<Option<&mut [MaybeUninit<f32>]>> = data.spare_capacity_mut()[..len]
+        .chunks_exact_mut(each.max(1))
+        .map(Some)
+        .collect();
+    let mut work = Vec::with_capacity(groups.len());
+    for (g, crops) in groups {
+        let mut group = Vec::with_capacity(crops.len());
+        for &(slot, origin) in crops {
+            if g.c != c || (0..3).any(|a| origin[a] + size[a] > g.dims[a]) {
+                return Err(Error::shape(
+                    "batch",
+                    format!(
+                        "a {c} x {size:?} crop at {origin:?} of a {} x {:?} grid",
+                        g.c, g.dims
+                    ),
+                ));
+            }
+            let out = outs.get_mut(slot).and_then(Option::take).ok_or_else(|| {
+                Error::arg("batch", format!("slot {slot} is missing or filled twice"))
+            })?;
+            group.push((origin, out));
+        }
+        work.push((*g, group));
+    }
+    if each > 0 && outs.iter().any(Option::is_some) {
+        return Err(Error::arg("batch", "some slots are not filled"));
+    }
+    work.into_par_iter()
+        .for_each(|(g, mut crops)| g.write_crops(&mut crops, size));
+    // SAFETY: every slot's values were written by `write_crops` above (each slot was handed to
+    // exactly one crop, and no slot was left over).
+    unsafe { data.set_len(len) };
+    batch_tensor(data, slots, c, size, planar, &Device::Cpu)
 }
 
 /// A batch tensor of equal-shaped grids, each seen through its orientation, written straight
