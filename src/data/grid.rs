@@ -406,7 +406,9 @@ fn copy_tiles(
     #[cfg(target_arch = "x86_64")]
     {
         let k = if step[0].abs() == 1 { 0 } else { 1 };
-        if dims[k] % 16 == 0 && dims[2] % 16 == 0 && std::arch::is_x86_feature_detected!("avx512f")
+        if dims[k].is_multiple_of(16)
+            && dims[2].is_multiple_of(16)
+            && std::arch::is_x86_feature_detected!("avx512f")
         {
             // SAFETY: the CPU has AVX-512F.
             unsafe { avx512::copy_tiles(src, base, step, dims, dst) };
@@ -496,7 +498,8 @@ mod avx512 {
                     }
                     for (j, col) in transpose(rows).into_iter().enumerate() {
                         let ik = if back == 0 { j } else { T - 1 - j };
-                        store(dst, im * out_stride[m] + (kb + ik) * out_stride[k] + xb, col);
+                        let at = im * out_stride[m] + (kb + ik) * out_stride[k] + xb;
+                        store(dst, at, col);
                     }
                 }
             }
@@ -580,7 +583,11 @@ fn read_run(src: &[f32], first: isize, dir: isize, out: &mut [MaybeUninit<f32>])
                     d.write(v);
                 }
             }
-            for (d, &v) in outs.into_remainder().iter_mut().zip(ins.remainder().iter().rev()) {
+            for (d, &v) in outs
+                .into_remainder()
+                .iter_mut()
+                .zip(ins.remainder().iter().rev())
+            {
                 d.write(v);
             }
         }
@@ -746,13 +753,16 @@ pub fn assemble_blocks(
     batch_tensor(data, items.len(), c, dims, planar, &Device::Cpu)
 }
 
-/// A batch tensor of `slots` crops of `c × size`, each wholly inside its grid: `groups` lists
-/// per grid the crops to take (`(slot, origin)`); every slot is filled once. Each group is
-/// copied by one thread, plane by plane through its grid, so that the crops of a group that
-/// share source rows read them one after another. `[B, C, D, H, W]`, or `[B, C, H, W]` when
-/// `planar`.
+/// Crops of one grid for [`assemble_crops`]: the grid and, per crop, its slot in the batch and
+/// its origin.
+pub type CropGroup<'a> = (&'a Grid, Vec<(usize, [usize; 3])>);
+
+/// A batch tensor of `slots` crops of `c × size`, each wholly inside its grid, taken as
+/// `groups` lists them; every slot is filled once. Each group is copied by one thread, which
+/// reads its grid's rows in order, each into the crops that cross it. `[B, C, D, H, W]`, or
+/// `[B, C, H, W]` when `planar`.
 pub fn assemble_crops(
-    groups: &[(&Grid, Vec<(usize, [usize; 3])>)],
+    groups: &[CropGroup],
     slots: usize,
     c: usize,
     size: [usize; 3],
@@ -885,10 +895,23 @@ mod tests {
 
     #[test]
     fn every_orientation_matches_its_definition_at_tiled_and_odd_sizes() {
-        let perms = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
+        let perms = [
+            [0, 1, 2],
+            [0, 2, 1],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+        ];
         // Multiples of 16 take the register transposes where the CPU has them; the rest (and
         // slabs of planes that are not) the buffered tiles.
-        for dims in [[32, 32, 32], [16, 48, 32], [80, 80, 80], [1, 32, 32], [7, 9, 11]] {
+        for dims in [
+            [32, 32, 32],
+            [16, 48, 32],
+            [80, 80, 80],
+            [1, 32, 32],
+            [7, 9, 11],
+        ] {
             let n = 2 * dims.iter().product::<usize>();
             let g = Grid::new((0..n).map(|v| v as f32).collect(), 2, dims).unwrap();
             for perm in perms {

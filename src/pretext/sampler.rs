@@ -16,7 +16,7 @@ use super::{CpcOptions, ExemplarOptions, Negatives, Task, TaskConfig, exemplar, 
 use crate::data::Dataset;
 use crate::data::augment;
 use crate::data::grid::{
-    Block, Grid, assemble, assemble_blocks, assemble_crops, assemble_oriented,
+    Block, CropGroup, Grid, assemble, assemble_blocks, assemble_crops, assemble_oriented,
 };
 use crate::streams::{self, Stream};
 use crate::{Error, Result};
@@ -288,7 +288,7 @@ impl Sampler {
         // Within a group, patches go in the order they lie in the grid.
         let rows = if planar { 1 } else { grid.per_side };
         let per_row = tiles / rows;
-        let mut groups: Vec<(&Grid, Vec<(usize, [usize; 3])>)> = Vec::new();
+        let mut groups: Vec<CropGroup> = Vec::new();
         for (k, (label, origins)) in plans.iter().enumerate() {
             let mut slot_of = vec![0; tiles];
             for (t, &p) in perms.perms()[*label].iter().enumerate() {
