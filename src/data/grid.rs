@@ -170,23 +170,31 @@ impl Grid {
         };
         let zero = MaybeUninit::new(0.0);
         let plane = dims[1] * dims[2];
+        // Where rows have zeros at their ends (a few values each), the whole plane is zeroed
+        // first and its rows copied over it: one fill per plane rather than two tiny ones per
+        // row. Otherwise rows are whole copies.
+        let padded = x_at > 0 || x_at + n < dims[2];
         for (c, channel) in dst.chunks_exact_mut(dims[0] * plane).enumerate() {
             for (z, out) in channel.chunks_exact_mut(plane).enumerate() {
-                let Some(sz) = source_z(z) else {
+                let sz = source_z(z);
+                if sz.is_none() || padded {
                     out.fill(zero);
+                }
+                let Some(sz) = sz else {
                     continue;
                 };
                 for (y, row) in out.chunks_exact_mut(dims[2]).enumerate() {
                     let Some(sy) = source_y(y) else {
-                        row.fill(zero);
+                        if !padded {
+                            row.fill(zero);
+                        }
                         continue;
                     };
                     let from = self.at(c, sz, sy, x0 as usize);
-                    let (before, rest) = row.split_at_mut(x_at);
-                    let (copy, after) = rest.split_at_mut(n);
-                    before.fill(zero);
-                    after.fill(zero);
-                    for (d, &v) in copy.iter_mut().zip(&self.data[from..from + n]) {
+                    for (d, &v) in row[x_at..x_at + n]
+                        .iter_mut()
+                        .zip(&self.data[from..from + n])
+                    {
                         d.write(v);
                     }
                 }
