@@ -144,38 +144,101 @@ impl Grid {
             valid,
             reverse_depth,
         } = block;
+        if dst.is_empty() {
+            return;
+        }
         let lo: [isize; 3] = std::array::from_fn(|a| valid[a].start.max(0));
         let hi: [isize; 3] = std::array::from_fn(|a| valid[a].end.min(self.dims[a] as isize));
         let x0 = origin[2].max(lo[2]);
         let n = ((origin[2] + size[2] as isize).min(hi[2]) - x0).max(0) as usize;
         let x_at = at[2] + (x0 - origin[2]).max(0) as usize;
-        // The source row that output row (z, y) of the block reads, if any.
-        let source = |z: usize, y: usize| -> Option<(usize, usize)> {
-            let (z, y) = (z.checked_sub(at[0])?, y.checked_sub(at[1])?);
-            if z >= size[0] || y >= size[1] || n == 0 {
+        // The source plane that output plane `z` of the block reads, if any.
+        let source_z = |z: usize| -> Option<usize> {
+            let z = z.checked_sub(at[0])?;
+            if z >= size[0] || n == 0 {
                 return None;
             }
             let dz = if *reverse_depth { size[0] - 1 - z } else { z };
-            let (sz, sy) = (origin[0] + dz as isize, origin[1] + y as isize);
-            let inside = (lo[0]..hi[0]).contains(&sz) && (lo[1]..hi[1]).contains(&sy);
-            inside.then_some((sz as usize, sy as usize))
+            let sz = origin[0] + dz as isize;
+            (lo[0]..hi[0]).contains(&sz).then_some(sz as usize)
         };
-        for (r, row) in dst.chunks_exact_mut(dims[2]).enumerate() {
-            let (c, z, y) = (r / (dims[0] * dims[1]), r / dims[1] % dims[0], r % dims[1]);
-            let Some((sz, sy)) = source(z, y) else {
-                row.iter_mut().for_each(|v| {
-                    v.write(0.0);
-                });
-                continue;
-            };
-            let from = self.at(c, sz, sy, x0 as usize);
-            let (before, rest) = row.split_at_mut(x_at);
-            let (copy, after) = rest.split_at_mut(n);
-            for v in before.iter_mut().chain(after) {
-                v.write(0.0);
+        // The source row that output row `y` of the block reads, if any.
+        let source_y = |y: usize| -> Option<usize> {
+            let y = y.checked_sub(at[1])?;
+            let sy = origin[1] + y as isize;
+            (y < size[1] && (lo[1]..hi[1]).contains(&sy)).then_some(sy as usize)
+        };
+        let zero = MaybeUninit::new(0.0);
+        let plane = dims[1] * dims[2];
+        // Where rows have zeros at their ends (a few values each), the whole plane is zeroed
+        // first and its rows copied over it: one fill per plane rather than two tiny ones per
+        // row. Otherwise rows are whole copies.
+        let padded = x_at > 0 || x_at + n < dims[2];
+        for (c, channel) in dst.chunks_exact_mut(dims[0] * plane).enumerate() {
+            for (z, out) in channel.chunks_exact_mut(plane).enumerate() {
+                let sz = source_z(z);
+                if sz.is_none() || padded {
+                    out.fill(zero);
+                }
+                let Some(sz) = sz else {
+                    continue;
+                };
+                for (y, row) in out.chunks_exact_mut(dims[2]).enumerate() {
+                    let Some(sy) = source_y(y) else {
+                        if !padded {
+                            row.fill(zero);
+                        }
+                        continue;
+                    };
+                    let from = self.at(c, sz, sy, x0 as usize);
+                    for (d, &v) in row[x_at..x_at + n]
+                        .iter_mut()
+                        .zip(&self.data[from..from + n])
+                    {
+                        d.write(v);
+                    }
+                }
             }
-            for (d, &v) in copy.iter_mut().zip(&self.data[from..from + n]) {
-                d.write(v);
+        }
+    }
+
+    /// Writes each `(origin, out)` of `crops`: the `size` block at `origin` (inside this grid),
+    /// reading this grid's rows in order, each into the crops that cross it.
+    fn write_crops(&self, crops: &mut [([usize; 3], &mut [MaybeUninit<f32>])], size: [usize; 3]) {
+        let span = |a: usize| {
+            let lo = crops.iter().map(|(o, _)| o[a]).min().unwrap_or(0);
+            let hi = crops.iter().map(|(o, _)| o[a] + size[a]).max().unwrap_or(0);
+            lo..hi
+        };
+        let (zs, ys) = (span(0), span(1));
+        for c in 0..self.c {
+            for z in zs.clone() {
+                for y in ys.clone() {
+                    for (o, out) in crops.iter_mut() {
+                        let (Some(dz), Some(dy)) = (z.checked_sub(o[0]), y.checked_sub(o[1]))
+                        else {
+                            continue;
+                        };
+                        if dz >= size[0] || dy >= size[1] {
+                            continue;
+                        }
+                        let to = ((c * size[0] + dz) * size[1] + dy) * size[2];
+                        let from = self.at(c, z, y, o[2]);
+                        let (src, dst) = (&self.data[from..from + size[2]], &mut out[to..]);
+                        assert!(dst.len() >= src.len());
+                        // SAFETY: `dst` has room for `src` (asserted), and the two cannot overlap
+                        // (`dst` is the batch's memory, `src` the grid's); `MaybeUninit<f32>` has
+                        // `f32`'s layout. One `memcpy` per row beats an inlined loop with a
+                        // scalar tail on rows of a few dozen values.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                src.as_ptr(),
+                                dst.as_mut_ptr().cast::<f32>(),
+                                src.len(),
+                            )
+                        };
+                    }
+                }
             }
         }
     }
@@ -355,6 +418,29 @@ fn copy_tiles(
     dims: [usize; 3],
     dst: &mut [MaybeUninit<f32>],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let k = if step[0].abs() == 1 { 0 } else { 1 };
+        if dims[k].is_multiple_of(16)
+            && dims[2].is_multiple_of(16)
+            && std::arch::is_x86_feature_detected!("avx512f")
+        {
+            // SAFETY: the CPU has AVX-512F.
+            unsafe { avx512::copy_tiles(src, base, step, dims, dst) };
+            return;
+        }
+    }
+    copy_tiles_buffered(src, base, step, dims, dst);
+}
+
+/// [`copy_tiles`] on any CPU and size, through a buffer in memory.
+fn copy_tiles_buffered(
+    src: &[f32],
+    base: isize,
+    step: [isize; 3],
+    dims: [usize; 3],
+    dst: &mut [MaybeUninit<f32>],
+) {
     const TILE: usize = 64;
     const NEIGHBOURS: usize = 8;
     let k = if step[0].abs() == 1 { 0 } else { 1 };
@@ -387,6 +473,110 @@ fn copy_tiles(
     }
 }
 
+/// [`copy_tiles`] in 16 × 16 tiles transposed in AVX-512 registers: each tile reads 16 whole
+/// cache lines (runs along source rows) and writes 16 (runs along output rows), so nothing has
+/// to stay in cache between tiles.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
+
+    const T: usize = 16;
+
+    /// [`super::copy_tiles`] where the output axis that reads along source rows and the output
+    /// rows have multiples of 16 values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn copy_tiles(
+        src: &[f32],
+        base: isize,
+        step: [isize; 3],
+        dims: [usize; 3],
+        dst: &mut [MaybeUninit<f32>],
+    ) {
+        let k = if step[0].abs() == 1 { 0 } else { 1 };
+        let m = 1 - k;
+        let out_stride = [dims[1] * dims[2], dims[2]];
+        // Runs read backwards are loaded forwards; their tile's columns then land in reverse.
+        let back = if step[k] == 1 { 0 } else { T as isize - 1 };
+        let mut rows = [_mm512_setzero_ps(); T];
+        for im in 0..dims[m] {
+            for kb in (0..dims[k]).step_by(T) {
+                for xb in (0..dims[2]).step_by(T) {
+                    let first = base
+                        + im as isize * step[m]
+                        + kb as isize * step[k]
+                        + xb as isize * step[2]
+                        - back;
+                    // Row `x`: the run that output column `xb + x` reads, in memory order.
+                    for (x, row) in rows.iter_mut().enumerate() {
+                        *row = load(src, first + x as isize * step[2]);
+                    }
+                    for (j, col) in transpose(rows).into_iter().enumerate() {
+                        let ik = if back == 0 { j } else { T - 1 - j };
+                        let at = im * out_stride[m] + (kb + ik) * out_stride[k] + xb;
+                        store(dst, at, col);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The 16 values of `src` from `at` (panics outside `src`).
+    #[target_feature(enable = "avx512f")]
+    fn load(src: &[f32], at: isize) -> __m512 {
+        let v = &src[at as usize..at as usize + T];
+        // SAFETY: `v` holds 16 values.
+        unsafe { _mm512_loadu_ps(v.as_ptr()) }
+    }
+
+    /// Writes `v` to the 16 values of `dst` from `at` (panics outside `dst`).
+    #[target_feature(enable = "avx512f")]
+    fn store(dst: &mut [MaybeUninit<f32>], at: usize, v: __m512) {
+        let d = &mut dst[at..at + T];
+        // SAFETY: `d` holds 16 values, and `MaybeUninit<f32>` has `f32`'s layout.
+        unsafe { _mm512_storeu_ps(d.as_mut_ptr().cast(), v) }
+    }
+
+    /// Column `j` of the 16 × 16 matrix whose rows are `r`, for each `j`.
+    #[target_feature(enable = "avx512f")]
+    fn transpose(r: [__m512; T]) -> [__m512; T] {
+        let (pd, ps) = (_mm512_castps_pd, _mm512_castpd_ps);
+        // Per 128-bit lane `l`: rows 2i and 2i + 1 interleaved, columns 4l, 4l + 1 (`t[2i]`)
+        // and 4l + 2, 4l + 3 (`t[2i + 1]`).
+        let mut t = r;
+        for i in 0..T / 2 {
+            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        // `u[4g + c]`, lane `l`: rows 4g..4g + 4 of column 4l + c.
+        let mut u = t;
+        for g in 0..4 {
+            let (a0, a1, b0, b1) = (t[4 * g], t[4 * g + 1], t[4 * g + 2], t[4 * g + 3]);
+            u[4 * g] = ps(_mm512_unpacklo_pd(pd(a0), pd(b0)));
+            u[4 * g + 1] = ps(_mm512_unpackhi_pd(pd(a0), pd(b0)));
+            u[4 * g + 2] = ps(_mm512_unpacklo_pd(pd(a1), pd(b1)));
+            u[4 * g + 3] = ps(_mm512_unpackhi_pd(pd(a1), pd(b1)));
+        }
+        // Lanes of `v[2c]`: rows 0..4 of columns c and 8 + c, rows 4..8 of the same (`v[2c + 1]`:
+        // columns 4 + c and 12 + c); `w` likewise for rows 8..16.
+        let (mut v, mut w) = (u, u);
+        for c in 0..4 {
+            v[2 * c] = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
+            v[2 * c + 1] = _mm512_shuffle_f32x4::<0xdd>(u[c], u[4 + c]);
+            w[2 * c] = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
+            w[2 * c + 1] = _mm512_shuffle_f32x4::<0xdd>(u[8 + c], u[12 + c]);
+        }
+        let mut out = r;
+        for c in 0..4 {
+            out[c] = _mm512_shuffle_f32x4::<0x88>(v[2 * c], w[2 * c]);
+            out[8 + c] = _mm512_shuffle_f32x4::<0xdd>(v[2 * c], w[2 * c]);
+            out[4 + c] = _mm512_shuffle_f32x4::<0x88>(v[2 * c + 1], w[2 * c + 1]);
+            out[12 + c] = _mm512_shuffle_f32x4::<0xdd>(v[2 * c + 1], w[2 * c + 1]);
+        }
+        out
+    }
+}
+
 /// Writes `out.len()` values of `src` starting at `first`, `dir` apart (±1 in practice).
 fn read_run(src: &[f32], first: isize, dir: isize, out: &mut [MaybeUninit<f32>]) {
     let n = out.len();
@@ -398,7 +588,21 @@ fn read_run(src: &[f32], first: isize, dir: isize, out: &mut [MaybeUninit<f32>])
             }
         }
         -1 => {
-            for (d, &v) in out.iter_mut().zip(src[f + 1 - n..=f].iter().rev()) {
+            // In fixed-size chunks, which compile to vector loads and lane reversals.
+            const W: usize = 16;
+            let run = &src[f + 1 - n..=f];
+            let mut outs = out.chunks_exact_mut(W);
+            let mut ins = run.rchunks_exact(W);
+            for (d, s) in (&mut outs).zip(&mut ins) {
+                for (d, &v) in d.iter_mut().zip(s.iter().rev()) {
+                    d.write(v);
+                }
+            }
+            for (d, &v) in outs
+                .into_remainder()
+                .iter_mut()
+                .zip(ins.remainder().iter().rev())
+            {
                 d.write(v);
             }
         }
@@ -564,6 +768,59 @@ pub fn assemble_blocks(
     batch_tensor(data, items.len(), c, dims, planar, &Device::Cpu)
 }
 
+/// Crops of one grid for [`assemble_crops`]: the grid and, per crop, its slot in the batch and
+/// its origin.
+pub type CropGroup<'a> = (&'a Grid, Vec<(usize, [usize; 3])>);
+
+/// A batch tensor of `slots` crops of `c × size`, each wholly inside its grid, taken as
+/// `groups` lists them; every slot is filled once. Each group is copied by one thread, which
+/// reads its grid's rows in order, each into the crops that cross it. `[B, C, D, H, W]`, or
+/// `[B, C, H, W]` when `planar`.
+pub fn assemble_crops(
+    groups: &[CropGroup],
+    slots: usize,
+    c: usize,
+    size: [usize; 3],
+    planar: bool,
+) -> Result<Tensor> {
+    let each = c * size.iter().product::<usize>();
+    let len = slots * each;
+    let mut data: Vec<f32> = Vec::with_capacity(len);
+    let mut outs: Vec<Option<&mut [MaybeUninit<f32>]>> = data.spare_capacity_mut()[..len]
+        .chunks_exact_mut(each.max(1))
+        .map(Some)
+        .collect();
+    let mut work = Vec::with_capacity(groups.len());
+    for (g, crops) in groups {
+        let mut group = Vec::with_capacity(crops.len());
+        for &(slot, origin) in crops {
+            if g.c != c || (0..3).any(|a| origin[a] + size[a] > g.dims[a]) {
+                return Err(Error::shape(
+                    "batch",
+                    format!(
+                        "a {c} x {size:?} crop at {origin:?} of a {} x {:?} grid",
+                        g.c, g.dims
+                    ),
+                ));
+            }
+            let out = outs.get_mut(slot).and_then(Option::take).ok_or_else(|| {
+                Error::arg("batch", format!("slot {slot} is missing or filled twice"))
+            })?;
+            group.push((origin, out));
+        }
+        work.push((*g, group));
+    }
+    if each > 0 && outs.iter().any(Option::is_some) {
+        return Err(Error::arg("batch", "some slots are not filled"));
+    }
+    work.into_par_iter()
+        .for_each(|(g, mut crops)| g.write_crops(&mut crops, size));
+    // SAFETY: every slot's values were written by `write_crops` above (each slot was handed to
+    // exactly one crop, and no slot was left over).
+    unsafe { data.set_len(len) };
+    batch_tensor(data, slots, c, size, planar, &Device::Cpu)
+}
+
 /// A batch tensor of equal-shaped grids, each seen through its orientation, written straight
 /// into the batch's memory in parallel: `[B, C, D, H, W]`, or `[B, C, H, W]` when `planar`.
 pub fn assemble_oriented(items: &[(&Grid, Orient)], planar: bool) -> Result<Tensor> {
@@ -625,4 +882,66 @@ pub fn stack<G: std::borrow::Borrow<Grid> + Sync>(
         Ok(())
     })?;
     batch_tensor(data, grids.len(), first.c, first.dims, planar, dev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `g` seen through `o`, value by value from the definition.
+    fn oriented_by_definition(g: &Grid, o: Orient) -> Vec<f32> {
+        let dims = g.oriented_dims(o);
+        let mut out = Vec::with_capacity(g.data.len());
+        for c in 0..g.c {
+            for i in 0..dims[0] {
+                for j in 0..dims[1] {
+                    for k in 0..dims[2] {
+                        let mut at = [0; 3];
+                        for (a, v) in [i, j, k].into_iter().enumerate() {
+                            at[o.src[a]] = if o.rev[a] { dims[a] - 1 - v } else { v };
+                        }
+                        out.push(g.data[g.at(c, at[0], at[1], at[2])]);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_orientation_matches_its_definition_at_tiled_and_odd_sizes() {
+        let perms = [
+            [0, 1, 2],
+            [0, 2, 1],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+        ];
+        // Multiples of 16 take the register transposes where the CPU has them; the rest (and
+        // slabs of planes that are not) the buffered tiles.
+        for dims in [
+            [32, 32, 32],
+            [16, 48, 32],
+            [80, 80, 80],
+            [1, 32, 32],
+            [7, 9, 11],
+        ] {
+            let n = 2 * dims.iter().product::<usize>();
+            let g = Grid::new((0..n).map(|v| v as f32).collect(), 2, dims).unwrap();
+            for perm in perms {
+                for flips in 0..8 {
+                    let mut o = Orient::IDENTITY.transpose(perm);
+                    for a in (0..3).filter(|a| flips >> a & 1 == 1) {
+                        o = o.flip(a);
+                    }
+                    assert_eq!(
+                        g.orient(o).data,
+                        oriented_by_definition(&g, o),
+                        "{dims:?} {o:?}"
+                    );
+                }
+            }
+        }
+    }
 }

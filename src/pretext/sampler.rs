@@ -15,7 +15,9 @@ use super::permutations::PermutationSet;
 use super::{CpcOptions, ExemplarOptions, Negatives, Task, TaskConfig, exemplar, rotation};
 use crate::data::Dataset;
 use crate::data::augment;
-use crate::data::grid::{Block, Grid, assemble, assemble_blocks, assemble_oriented};
+use crate::data::grid::{
+    Block, CropGroup, Grid, assemble, assemble_blocks, assemble_crops, assemble_oriented,
+};
 use crate::streams::{self, Stream};
 use crate::{Error, Result};
 
@@ -281,16 +283,31 @@ impl Sampler {
                 )
             })
             .collect();
-        // Slot t of item k holds patch perm[t], cropped straight into the batch.
-        let blocks: Vec<(&Grid, Block)> = (0..grids.len() * tiles)
-            .map(|slot| {
-                let (k, t) = (slot / tiles, slot % tiles);
-                let (label, origins) = &plans[k];
-                let p = perms.perms()[*label][t];
-                (&*grids[k], whole_crop(&grids[k], origins[p], grid.patch))
-            })
-            .collect();
-        let x = assemble_blocks(&blocks, self.channels, grid.patch, [0; 3], planar)?;
+        // Slot t of item k holds patch perm[t], cropped straight into the batch; one group per
+        // item and row of cells along axis 0, whose patches read the same planes.
+        // Within a group, patches go in the order they lie in the grid.
+        let rows = if planar { 1 } else { grid.per_side };
+        let per_row = tiles / rows;
+        let mut groups: Vec<CropGroup> = Vec::new();
+        for (k, (label, origins)) in plans.iter().enumerate() {
+            let mut slot_of = vec![0; tiles];
+            for (t, &p) in perms.perms()[*label].iter().enumerate() {
+                slot_of[p] = k * tiles + t;
+            }
+            for row in 0..rows {
+                let crops = (row * per_row..(row + 1) * per_row)
+                    .map(|p| (slot_of[p], origins[p].map(|v| v as usize)))
+                    .collect();
+                groups.push((&*grids[k], crops));
+            }
+        }
+        let x = assemble_crops(
+            &groups,
+            grids.len() * tiles,
+            self.channels,
+            grid.patch,
+            planar,
+        )?;
         Ok(Batch {
             x,
             y: Some(u32s(
