@@ -205,12 +205,20 @@ fn col2im<T: Real>(col: &[T], g: &Geom, r0: usize, rows: usize, dxp: &mut [T]) {
 /// (4³ and 2³ with 128–256 channels), whose per-sample tiles are narrower than a register block.
 const SMALL_POSITIONS: usize = 512;
 
-/// Rows of the output (forward, weight gradient) per task of the small path; fixed, so the
-/// results do not depend on the thread count.
+/// Rows of the output per task of the small path's forward when it splits the rows; fixed, so
+/// the results do not depend on the thread count.
 const SMALL_ROWS: usize = 32;
 
 /// Input channels per task of the small path's input gradient.
 const SMALL_CHANNELS: usize = 4;
+
+/// Column blocks of the small path's GEMMs that take every output row at once.
+const SMALL_COLUMN_BLOCKS: usize = 2;
+
+/// `gemm` cuts the depth of a product into blocks of 512 when both `m` and `n` are at most
+/// this, and into blocks sized from the cache otherwise; a GEMM reorganised into other
+/// shapes must stay on the same side of it to keep every sum's order (and so its bits).
+const GEMM_SMALL: usize = 64;
 
 /// Whether `g` takes the [`small`] path.
 fn is_small(g: &Geom) -> bool {
@@ -218,10 +226,11 @@ fn is_small(g: &Geom) -> bool {
 }
 
 /// Convolutions on small volumes as single GEMMs over batch × positions: the columns of every
-/// sample side by side (`[k, n·p]`), and the tasks split the output rows, so each result is one
-/// dot product computed by one task (no partial sums to combine).
+/// sample side by side (`[k, n·p]`), and the tasks split the output rows or columns, so each
+/// result is one dot product computed by one task (no partial sums to combine).
 mod small {
     use super::*;
+    use std::mem::MaybeUninit;
     use std::ops::Range;
 
     /// The column matrix `[k, n·p]` of all samples, its rows filled in parallel.
@@ -235,22 +244,52 @@ mod small {
         let [_, hp, _] = g.padded();
         let [od, oh, ow] = g.out();
         let (wq, prow) = (g.phased_width(), sw * g.phased_width());
-        let mut col = vec![T::zero(); g.k() * np];
-        col.par_chunks_mut(np).enumerate().for_each(|(r, row)| {
-            let (c, t) = (r / taps, r % taps);
-            let (a, b, e) = (t / (kh * kw), (t / kw) % kh, t % kw);
-            let phase = (e % sw) * wq + e / sw;
-            for (n, dst) in row.chunks_exact_mut(p).enumerate() {
-                let plane = &xp[(n * g.c + c) * lp..][..lp];
-                for z in 0..od {
-                    for y in 0..oh {
-                        let src = ((z * sd + a) * hp + y * sh + b) * prow + phase;
-                        dst[(z * oh + y) * ow..][..ow].copy_from_slice(&plane[src..src + ow]);
-                    }
+        let len = g.k() * np;
+        let mut col: Vec<T> = Vec::with_capacity(len);
+        let rows = match ow {
+            2 => gather_rows::<T, 2>,
+            4 => gather_rows::<T, 4>,
+            8 => gather_rows::<T, 8>,
+            _ => gather_rows::<T, 0>,
+        };
+        let steps = [sd * hp * prow, sh * prow];
+        col.spare_capacity_mut()[..len]
+            .par_chunks_mut(np)
+            .enumerate()
+            .for_each(|(r, row)| {
+                let (c, t) = (r / taps, r % taps);
+                let (a, b, e) = (t / (kh * kw), (t / kw) % kh, t % kw);
+                let first = (a * hp + b) * prow + (e % sw) * wq + e / sw;
+                for (n, dst) in row.chunks_exact_mut(p).enumerate() {
+                    let plane = &xp[(n * g.c + c) * lp..][..lp];
+                    rows(dst, &plane[first..], [od, oh, ow], steps);
+                }
+            });
+        // SAFETY: the rows above wrote all `len` values (every one of the k rows, every
+        // sample's p positions).
+        unsafe { col.set_len(len) };
+        col
+    }
+
+    /// Writes the `od × oh` output rows of `ow` values that one tap of one channel reads,
+    /// starting at `src` and `steps` apart along z and y. `N` is `ow` when it is a small
+    /// constant (fixed-size moves instead of a `memcpy` call per row), or 0.
+    fn gather_rows<T: Real, const N: usize>(
+        dst: &mut [MaybeUninit<T>],
+        src: &[T],
+        [od, oh, ow]: [usize; 3],
+        [zstep, ystep]: [usize; 2],
+    ) {
+        let w = if N == 0 { ow } else { N };
+        for z in 0..od {
+            for y in 0..oh {
+                let from = &src[z * zstep + y * ystep..][..w];
+                let to = &mut dst[(z * oh + y) * w..][..w];
+                for (d, &v) in to.iter_mut().zip(from) {
+                    d.write(v);
                 }
             }
-        });
-        col
+        }
     }
 
     /// `[n, ch, p]` as `[ch, n·p]`.
@@ -279,6 +318,31 @@ mod small {
         let col = columns(x, g);
         // y as [o, n·p], then back to [n, o, p].
         let mut yt = vec![T::zero(); g.o * np];
+        if g.o > GEMM_SMALL && np > GEMM_SMALL {
+            // Every output row in one GEMM per block of columns, so each task packs the
+            // weights once and streams its own columns.
+            let cols = np.div_ceil(SMALL_COLUMN_BLOCKS);
+            let yp = SendPtr(yt.as_mut_ptr());
+            (0..np.div_ceil(cols)).into_par_iter().for_each(|b| {
+                let j = b * cols;
+                let t = cols.min(np - j);
+                // SAFETY: the block writes columns j..j+t of yt [o, n·p]; w is [o, k]; col
+                // columns j.. are [k, t] with row stride n·p.
+                unsafe {
+                    matmul(
+                        (g.o, t, k),
+                        yp.get().add(j),
+                        (np, 1),
+                        false,
+                        w.as_ptr(),
+                        (k, 1),
+                        col.as_ptr().add(j),
+                        (np, 1),
+                    );
+                }
+            });
+            return sample_major(&yt, g.n, g.o, p);
+        }
         yt.par_chunks_mut(SMALL_ROWS * np)
             .enumerate()
             .for_each(|(blk, dst)| {
@@ -306,26 +370,29 @@ mod small {
         let np = g.n * p;
         let col = columns(x, g);
         let dyt = channel_major(dy, g.n, g.o, p);
+        // dw [o, k] = dy [o, n·p] × colᵀ, every row at once per block of columns (the depth
+        // n·p < 512 is one block of gemm's, so any cut gives the same sums).
         let mut dw = vec![T::zero(); g.o * k];
-        dw.par_chunks_mut(SMALL_ROWS * k)
-            .enumerate()
-            .for_each(|(blk, dst)| {
-                let rows = dst.len() / k;
-                // SAFETY: dst is [rows, k]; dyt rows blk·SMALL_ROWS.. are [rows, n·p]; col is
-                // [k, n·p], read as its transpose.
-                unsafe {
-                    matmul(
-                        (rows, k, np),
-                        dst.as_mut_ptr(),
-                        (k, 1),
-                        false,
-                        dyt.as_ptr().add(blk * SMALL_ROWS * np),
-                        (np, 1),
-                        col.as_ptr(),
-                        (1, np),
-                    );
-                }
-            });
+        let cols = k.div_ceil(SMALL_COLUMN_BLOCKS);
+        let dwp = SendPtr(dw.as_mut_ptr());
+        (0..k.div_ceil(cols)).into_par_iter().for_each(|b| {
+            let j = b * cols;
+            let t = cols.min(k - j);
+            // SAFETY: the block writes columns j..j+t of dw [o, k]; dyt is [o, n·p]; col rows
+            // j.. are [t, n·p], read as their transpose.
+            unsafe {
+                matmul(
+                    (g.o, t, np),
+                    dwp.get().add(j),
+                    (k, 1),
+                    false,
+                    dyt.as_ptr(),
+                    (np, 1),
+                    col.as_ptr().add(j * np),
+                    (1, np),
+                );
+            }
+        });
         dw
     }
 
