@@ -205,8 +205,8 @@ fn col2im<T: Real>(col: &[T], g: &Geom, r0: usize, rows: usize, dxp: &mut [T]) {
 /// (4³ and 2³ with 128–256 channels), whose per-sample tiles are narrower than a register block.
 const SMALL_POSITIONS: usize = 512;
 
-/// Rows of the output per task of the small path's forward when it splits the rows; fixed, so
-/// the results do not depend on the thread count.
+/// Rows of the output per task of the small path when it splits the rows; fixed, so the results
+/// do not depend on the thread count.
 const SMALL_ROWS: usize = 32;
 
 /// Input channels per task of the small path's input gradient.
@@ -215,10 +215,27 @@ const SMALL_CHANNELS: usize = 4;
 /// Column blocks of the small path's GEMMs that take every output row at once.
 const SMALL_COLUMN_BLOCKS: usize = 2;
 
-/// `gemm` cuts the depth of a product into blocks of 512 when both `m` and `n` are at most
-/// this, and into blocks sized from the cache otherwise; a GEMM reorganised into other
-/// shapes must stay on the same side of it to keep every sum's order (and so its bits).
-const GEMM_SMALL: usize = 64;
+/// Whether cutting an `m × n` product of depth `k` into the blocks `before` (row counts ×
+/// columns) or into the blocks `after` gives every entry the same sums. `gemm` computes an entry
+/// as one chain of fused multiply-adds over each block of the depth, and cuts the depth by `k`
+/// alone (blocks of 512 when both sides of the block are at most 64, cache-sized ones
+/// otherwise); but it takes other routines for thin or tiny products (matrix–vector for one
+/// row or column, depth ≤ 2, and dot-product kernels for at most 16 × 16 entries when both
+/// operands run along the depth). So both cuts must stay on its general path and on the same
+/// side of the 64 line (or have one depth block).
+fn same_sums(before: &[(usize, usize)], after: &[(usize, usize)], k: usize) -> bool {
+    let general = |&(m, n): &(usize, usize)| m > 1 && n > 1 && k > 2 && m * n > 16 * 16;
+    let short = |&(m, n): &(usize, usize)| m <= 64 && n <= 64;
+    let all = || before.iter().chain(after);
+    all().all(general) && (k <= 512 || all().all(short) || !all().any(short))
+}
+
+/// The sizes of the blocks that cut `len` into runs of `size`.
+fn blocks(len: usize, size: usize) -> impl Iterator<Item = usize> {
+    (0..len)
+        .step_by(size.max(1))
+        .map(move |s| size.min(len - s))
+}
 
 /// Whether `g` takes the [`small`] path.
 fn is_small(g: &Geom) -> bool {
@@ -317,51 +334,14 @@ mod small {
         let np = g.n * p;
         let col = columns(x, g);
         // y as [o, n·p], then back to [n, o, p].
-        let mut yt = vec![T::zero(); g.o * np];
-        if g.o > GEMM_SMALL && np > GEMM_SMALL {
-            // Every output row in one GEMM per block of columns, so each task packs the
-            // weights once and streams its own columns.
-            let cols = np.div_ceil(SMALL_COLUMN_BLOCKS);
-            let yp = SendPtr(yt.as_mut_ptr());
-            (0..np.div_ceil(cols)).into_par_iter().for_each(|b| {
-                let j = b * cols;
-                let t = cols.min(np - j);
-                // SAFETY: the block writes columns j..j+t of yt [o, n·p]; w is [o, k]; col
-                // columns j.. are [k, t] with row stride n·p.
-                unsafe {
-                    matmul(
-                        (g.o, t, k),
-                        yp.get().add(j),
-                        (np, 1),
-                        false,
-                        w.as_ptr(),
-                        (k, 1),
-                        col.as_ptr().add(j),
-                        (np, 1),
-                    );
-                }
-            });
-            return sample_major(&yt, g.n, g.o, p);
+        let yt = Product {
+            m: g.o,
+            n: np,
+            k,
+            lhs: (w, (k, 1)),
+            rhs: (&col, (np, 1)),
         }
-        yt.par_chunks_mut(SMALL_ROWS * np)
-            .enumerate()
-            .for_each(|(blk, dst)| {
-                let rows = dst.len() / np;
-                // SAFETY: dst is [rows, n·p]; w rows blk·SMALL_ROWS.. are [rows, k]; col is
-                // [k, n·p].
-                unsafe {
-                    matmul(
-                        (rows, np, k),
-                        dst.as_mut_ptr(),
-                        (np, 1),
-                        false,
-                        w.as_ptr().add(blk * SMALL_ROWS * k),
-                        (k, 1),
-                        col.as_ptr(),
-                        (np, 1),
-                    );
-                }
-            });
+        .compute();
         sample_major(&yt, g.n, g.o, p)
     }
 
@@ -370,30 +350,113 @@ mod small {
         let np = g.n * p;
         let col = columns(x, g);
         let dyt = channel_major(dy, g.n, g.o, p);
-        // dw [o, k] = dy [o, n·p] × colᵀ, every row at once per block of columns (the depth
-        // n·p < 512 is one block of gemm's, so any cut gives the same sums).
-        let mut dw = vec![T::zero(); g.o * k];
-        let cols = k.div_ceil(SMALL_COLUMN_BLOCKS);
-        let dwp = SendPtr(dw.as_mut_ptr());
-        (0..k.div_ceil(cols)).into_par_iter().for_each(|b| {
-            let j = b * cols;
-            let t = cols.min(k - j);
-            // SAFETY: the block writes columns j..j+t of dw [o, k]; dyt is [o, n·p]; col rows
-            // j.. are [t, n·p], read as their transpose.
-            unsafe {
-                matmul(
-                    (g.o, t, np),
-                    dwp.get().add(j),
-                    (k, 1),
-                    false,
-                    dyt.as_ptr(),
-                    (np, 1),
-                    col.as_ptr().add(j * np),
-                    (1, np),
-                );
+        // dw [o, k] = dy [o, n·p] × colᵀ.
+        Product {
+            m: g.o,
+            n: k,
+            k: np,
+            lhs: (&dyt, (np, 1)),
+            rhs: (&col, (1, np)),
+        }
+        .compute()
+    }
+
+    /// A product `dst [m, n] = lhs [m, k] × rhs [k, n]`, each operand with its (row, column)
+    /// strides, into a new row-major `dst`.
+    pub(super) struct Product<'a, T> {
+        pub m: usize,
+        pub n: usize,
+        pub k: usize,
+        pub lhs: (&'a [T], (usize, usize)),
+        pub rhs: (&'a [T], (usize, usize)),
+    }
+
+    impl<T: Real> Product<'_, T> {
+        /// By blocks of columns with every row at once (each task packs the left operand
+        /// once) where that gives the same sums as blocks of rows, else by rows.
+        pub fn compute(&self) -> Vec<T> {
+            if self.columns_keep_sums() {
+                self.by_columns()
+            } else {
+                self.by_rows()
             }
-        });
-        dw
+        }
+
+        fn column_block(&self) -> usize {
+            self.n.div_ceil(SMALL_COLUMN_BLOCKS)
+        }
+
+        pub fn columns_keep_sums(&self) -> bool {
+            let rows: Vec<_> = blocks(self.m, SMALL_ROWS).map(|m| (m, self.n)).collect();
+            let cols: Vec<_> = blocks(self.n, self.column_block())
+                .map(|n| (self.m, n))
+                .collect();
+            same_sums(&rows, &cols, self.k)
+        }
+
+        /// Tasks of [`SMALL_ROWS`] rows.
+        pub fn by_rows(&self) -> Vec<T> {
+            let (n, k) = (self.n, self.k);
+            let ((lhs, (lhs_rs, lhs_cs)), (rhs, rhs_s)) = self.lhs_rhs();
+            let mut dst = vec![T::zero(); self.m * n];
+            dst.par_chunks_mut(SMALL_ROWS * n)
+                .enumerate()
+                .for_each(|(blk, d)| {
+                    // SAFETY: d is rows blk·SMALL_ROWS.. of dst [m, n]; the same rows of lhs
+                    // and all of rhs lie inside their slices (checked in lhs_rhs).
+                    unsafe {
+                        matmul(
+                            (d.len() / n, n, k),
+                            d.as_mut_ptr(),
+                            (n, 1),
+                            false,
+                            lhs.as_ptr().add(blk * SMALL_ROWS * lhs_rs),
+                            (lhs_rs, lhs_cs),
+                            rhs.as_ptr(),
+                            rhs_s,
+                        );
+                    }
+                });
+            dst
+        }
+
+        /// [`SMALL_COLUMN_BLOCKS`] tasks of columns, every row at once.
+        pub fn by_columns(&self) -> Vec<T> {
+            let (m, n, k) = (self.m, self.n, self.k);
+            let ((lhs, lhs_s), (rhs, (rhs_rs, rhs_cs))) = self.lhs_rhs();
+            let cols = self.column_block();
+            let mut dst = vec![T::zero(); m * n];
+            let dp = SendPtr(dst.as_mut_ptr());
+            (0..n.div_ceil(cols)).into_par_iter().for_each(|b| {
+                let j = b * cols;
+                // SAFETY: the task writes columns j..j+t of dst [m, n], which no other task
+                // writes; lhs and columns j.. of rhs lie inside their slices (lhs_rhs).
+                unsafe {
+                    matmul(
+                        (m, cols.min(n - j), k),
+                        dp.get().add(j),
+                        (n, 1),
+                        false,
+                        lhs.as_ptr(),
+                        lhs_s,
+                        rhs.as_ptr().add(j * rhs_cs),
+                        (rhs_rs, rhs_cs),
+                    );
+                }
+            });
+            dst
+        }
+
+        /// The operands, checked to hold every entry their strides address.
+        #[allow(clippy::type_complexity)]
+        fn lhs_rhs(&self) -> ((&[T], (usize, usize)), (&[T], (usize, usize))) {
+            let last = |(rs, cs): (usize, usize), rows: usize, cols: usize| {
+                (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs
+            };
+            assert!(last(self.lhs.1, self.m, self.k) < self.lhs.0.len().max(1));
+            assert!(last(self.rhs.1, self.k, self.n) < self.rhs.0.len().max(1));
+            (self.lhs, self.rhs)
+        }
     }
 
     pub(super) fn input_grad<T: Real>(dy: &[T], w: &[T], g: &Geom) -> Vec<T> {
@@ -725,4 +788,100 @@ pub fn input_grad<T: Real>(dy: &[T], w: &[T], g: &Geom) -> Vec<T> {
             }
         });
     dx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::small::Product;
+    use super::*;
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005) | 1;
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// The small path's products: as the forward (`rhs` row-major `[k, n]`) and as the weight
+    /// gradient (`rhs` stored `[n, k]`, read as its transpose).
+    fn products(m: usize, n: usize, k: usize) -> [(Vec<f32>, Vec<f32>, (usize, usize)); 2] {
+        [(n, 1), (1, k)].map(|rhs_s| (values(m * k, 1), values(k * n, 2), rhs_s))
+    }
+
+    #[test]
+    fn a_product_cut_into_columns_has_the_bits_of_row_blocks_wherever_it_is_taken() {
+        let shapes = [
+            (128, 128, 3456),
+            (128, 3456, 128),
+            (256, 16, 6912),
+            (256, 6912, 16),
+            (97, 392, 576),
+            (70, 300, 600),
+            (33, 65, 700),
+            (300, 66, 2700),
+            (128, 1152, 16),
+            (4, 144, 128),
+            (65, 128, 1728),
+            (4, 72, 128),
+            (8, 40, 128),
+        ];
+        let mut by_columns = 0;
+        for (m, n, k) in shapes {
+            for (lhs, rhs, rhs_s) in products(m, n, k) {
+                let p = Product {
+                    m,
+                    n,
+                    k,
+                    lhs: (&lhs, (k, 1)),
+                    rhs: (&rhs, rhs_s),
+                };
+                if p.columns_keep_sums() {
+                    assert_eq!(
+                        bits(&p.by_rows()),
+                        bits(&p.by_columns()),
+                        "{m}x{n}, depth {k}"
+                    );
+                    by_columns += 1;
+                }
+            }
+        }
+        assert!(
+            by_columns >= 10,
+            "only {by_columns} products take the column cut"
+        );
+    }
+
+    #[test]
+    fn thin_tiny_and_differently_blocked_products_keep_the_row_cut() {
+        let keeps = |m, n, k| {
+            let (lhs, rhs) = (values(m * k, 1), values(k * n, 2));
+            Product {
+                m,
+                n,
+                k,
+                lhs: (&lhs, (k, 1)),
+                rhs: (&rhs, (1, k)),
+            }
+            .columns_keep_sums()
+        };
+        // A last row block of one row (gemm's matrix–vector routine).
+        assert!(!keeps(65, 128, 1728));
+        // Row blocks of at most 16 × 16 entries (its dot-product kernels).
+        assert!(!keeps(4, 36, 128));
+        // Depth over 512 with 64-or-less blocks on one side only (other depth blocks).
+        assert!(!keeps(256, 16, 3456));
+        assert!(!same_sums(&[(32, 16)], &[(256, 8)], 3456));
+        assert!(same_sums(&[(32, 16)], &[(256, 8)], 300));
+        // Depth of at most 2.
+        assert!(!same_sums(&[(32, 100)], &[(64, 50)], 2));
+    }
 }
