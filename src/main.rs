@@ -374,8 +374,13 @@ const STOPPED: u8 = 130;
 fn main() -> ExitCode {
     // SAFETY: no other thread exists yet (argument parsing starts none).
     unsafe { pretext::ops::configure_threads() };
-    pretext::ops::configure_allocator();
     let cli = Cli::parse();
+    // Data commands hold a few whole volumes, each read once, on two threads: with glibc's
+    // defaults a freed volume goes back to the system, where keeping it in the heap can leave
+    // a hole the other thread's next volume does not fit (a third volume of peak memory).
+    if !matches!(cli.command, Command::Data { .. }) {
+        pretext::ops::configure_allocator();
+    }
     if !cli.debug {
         // Errors are for users: no Rust backtrace in them (candle attaches one when
         // RUST_BACKTRACE is set) unless --debug. Panics, which are bugs, keep RUST_BACKTRACE.

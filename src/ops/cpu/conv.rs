@@ -813,7 +813,10 @@ mod tests {
 
     /// The small path's products: as the forward (`rhs` row-major `[k, n]`) and as the weight
     /// gradient (`rhs` stored `[n, k]`, read as its transpose).
-    fn products(m: usize, n: usize, k: usize) -> [(Vec<f32>, Vec<f32>, (usize, usize)); 2] {
+    /// Left and right operand values and the right operand's strides.
+    type Operands = (Vec<f32>, Vec<f32>, (usize, usize));
+
+    fn products(m: usize, n: usize, k: usize) -> [Operands; 2] {
         [(n, 1), (1, k)].map(|rhs_s| (values(m * k, 1), values(k * n, 2), rhs_s))
     }
 

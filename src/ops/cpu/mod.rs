@@ -150,8 +150,9 @@ pub unsafe fn configure_threads() -> String {
 /// per 4 KiB written and, with more than one thread, TLB shoot-down interrupts on every unmap
 /// (expensive in a VM): on the 2-core development machine that was ~10 % of a 32³ UNet step
 /// in the kernel and a third of a 64³ step. Reusing the heap costs no more peak memory there.
-/// `main` calls this at start-up, beside [`configure_threads`]; other platforms keep their
-/// defaults.
+/// `main` calls this at start-up for every command but `data` (whose few whole volumes, freed
+/// by one thread while the other reads, are better returned to the system); other platforms
+/// keep their defaults.
 pub fn configure_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
