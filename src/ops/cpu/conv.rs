@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use super::{Real, SendPtr, matmul, ordered_sum};
+use super::{Real, SendPtr, matmul, ordered_sum, to_channel_major, to_sample_major};
 
 /// Elements of a column tile (per worker); about 256 KiB of f32, which stays in L2.
 const TILE_ELEMS: usize = 65_536;
@@ -310,22 +310,9 @@ mod small {
     }
 
     /// `[n, ch, p]` as `[ch, n·p]`.
-    pub(super) fn channel_major<T: Real>(v: &[T], n: usize, ch: usize, p: usize) -> Vec<T> {
+    fn channel_major<T: Real>(v: &[T], n: usize, ch: usize, p: usize) -> Vec<T> {
         let mut out = vec![T::zero(); v.len()];
-        out.par_chunks_mut(p).enumerate().for_each(|(i, dst)| {
-            let (c, b) = (i / n, i % n);
-            dst.copy_from_slice(&v[(b * ch + c) * p..][..p]);
-        });
-        out
-    }
-
-    /// `[ch, n·p]` as `[n, ch, p]` (the inverse of [`channel_major`]).
-    pub(super) fn sample_major<T: Real>(v: &[T], n: usize, ch: usize, p: usize) -> Vec<T> {
-        let mut out = vec![T::zero(); v.len()];
-        out.par_chunks_mut(p).enumerate().for_each(|(i, dst)| {
-            let (b, c) = (i / ch, i % ch);
-            dst.copy_from_slice(&v[(c * n + b) * p..][..p]);
-        });
+        to_channel_major(v, n, ch, p, &mut out);
         out
     }
 
@@ -342,7 +329,7 @@ mod small {
             rhs: (&col, (np, 1)),
         }
         .compute();
-        sample_major(&yt, g.n, g.o, p)
+        to_sample_major(&yt, g.n, g.o, p)
     }
 
     pub(super) fn weight_grad<T: Real>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
@@ -397,13 +384,14 @@ mod small {
         /// Tasks of [`SMALL_ROWS`] rows.
         pub fn by_rows(&self) -> Vec<T> {
             let (n, k) = (self.n, self.k);
-            let ((lhs, (lhs_rs, lhs_cs)), (rhs, rhs_s)) = self.lhs_rhs();
+            self.check();
+            let ((lhs, (lhs_rs, lhs_cs)), (rhs, rhs_s)) = (self.lhs, self.rhs);
             let mut dst = vec![T::zero(); self.m * n];
             dst.par_chunks_mut(SMALL_ROWS * n)
                 .enumerate()
                 .for_each(|(blk, d)| {
                     // SAFETY: d is rows blk·SMALL_ROWS.. of dst [m, n]; the same rows of lhs
-                    // and all of rhs lie inside their slices (checked in lhs_rhs).
+                    // and all of rhs lie inside their slices (checked).
                     unsafe {
                         matmul(
                             (d.len() / n, n, k),
@@ -423,14 +411,15 @@ mod small {
         /// [`SMALL_COLUMN_BLOCKS`] tasks of columns, every row at once.
         pub fn by_columns(&self) -> Vec<T> {
             let (m, n, k) = (self.m, self.n, self.k);
-            let ((lhs, lhs_s), (rhs, (rhs_rs, rhs_cs))) = self.lhs_rhs();
+            self.check();
+            let ((lhs, lhs_s), (rhs, (rhs_rs, rhs_cs))) = (self.lhs, self.rhs);
             let cols = self.column_block();
             let mut dst = vec![T::zero(); m * n];
             let dp = SendPtr(dst.as_mut_ptr());
             (0..n.div_ceil(cols)).into_par_iter().for_each(|b| {
                 let j = b * cols;
                 // SAFETY: the task writes columns j..j+t of dst [m, n], which no other task
-                // writes; lhs and columns j.. of rhs lie inside their slices (lhs_rhs).
+                // writes; lhs and columns j.. of rhs lie inside their slices (checked).
                 unsafe {
                     matmul(
                         (m, cols.min(n - j), k),
@@ -447,15 +436,13 @@ mod small {
             dst
         }
 
-        /// The operands, checked to hold every entry their strides address.
-        #[allow(clippy::type_complexity)]
-        fn lhs_rhs(&self) -> ((&[T], (usize, usize)), (&[T], (usize, usize))) {
+        /// Panics unless both operands hold every entry their strides address.
+        fn check(&self) {
             let last = |(rs, cs): (usize, usize), rows: usize, cols: usize| {
                 (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs
             };
             assert!(last(self.lhs.1, self.m, self.k) < self.lhs.0.len().max(1));
             assert!(last(self.rhs.1, self.k, self.n) < self.rhs.0.len().max(1));
-            (self.lhs, self.rhs)
         }
     }
 
@@ -529,7 +516,7 @@ mod small {
                     }
                 }
             });
-        sample_major(&dxt, g.n, g.c, in_len)
+        to_sample_major(&dxt, g.n, g.c, in_len)
     }
 
     /// The outputs `o` in `0..out` whose input `o·stride + tap − pad` lies in `0..len`.

@@ -26,7 +26,7 @@ use rayon::prelude::*;
 
 use super::conv::{self, Geom};
 use super::norm::{self, Dims, Pre, Stats};
-use super::{Real, SendPtr};
+use super::{Real, SendPtr, to_channel_major, to_sample_major};
 use crate::ops::timed;
 
 /// The shape of a dense block.
@@ -249,27 +249,6 @@ fn affine_relu_chunk_imp<T: Real>(
 
 /// Values per task of the elementwise passes.
 const ROW_CHUNK: usize = 16_384;
-
-/// `x [n, c, s]` (sample-major) as channel-major `[c, n, s]`, into `dst` (`c·n·s` values).
-fn to_channel_major<T: Real>(x: &[T], n: usize, c: usize, s: usize, dst: &mut [T]) {
-    dst.par_chunks_mut(n * s).enumerate().for_each(|(ch, row)| {
-        for b in 0..n {
-            row[b * s..(b + 1) * s].copy_from_slice(&x[(b * c + ch) * s..(b * c + ch + 1) * s]);
-        }
-    });
-}
-
-/// The first `c` channel-major rows `[c, n, s]` of `src` as sample-major `[n, c, s]`.
-fn to_sample_major<T: Real>(src: &[T], n: usize, c: usize, s: usize) -> Vec<T> {
-    let mut y = vec![T::zero(); n * c * s];
-    y.par_chunks_mut(c * s).enumerate().for_each(|(b, sample)| {
-        for ch in 0..c {
-            sample[ch * s..(ch + 1) * s]
-                .copy_from_slice(&src[(ch * n + b) * s..(ch * n + b + 1) * s]);
-        }
-    });
-    y
-}
 
 /// The forward pass: the block's output `[n, c_total, h, w]` from its input `x [n, c0, h, w]`
 /// and the packed parameters `p` (see [`LayerParams`]). `keep` keeps what the backward pass

@@ -235,6 +235,27 @@ impl Real for f64 {
     }
 }
 
+/// `x [n, c, s]` (sample-major) as channel-major `[c, n, s]`, into `dst` (`c·n·s` values).
+pub(crate) fn to_channel_major<T: Real>(x: &[T], n: usize, c: usize, s: usize, dst: &mut [T]) {
+    dst.par_chunks_mut(n * s).enumerate().for_each(|(ch, row)| {
+        for b in 0..n {
+            row[b * s..(b + 1) * s].copy_from_slice(&x[(b * c + ch) * s..(b * c + ch + 1) * s]);
+        }
+    });
+}
+
+/// The first `c` channel-major rows `[c, n, s]` of `src` as sample-major `[n, c, s]`.
+pub(crate) fn to_sample_major<T: Real>(src: &[T], n: usize, c: usize, s: usize) -> Vec<T> {
+    let mut y = vec![T::zero(); n * c * s];
+    y.par_chunks_mut(c * s).enumerate().for_each(|(b, sample)| {
+        for ch in 0..c {
+            sample[ch * s..(ch + 1) * s]
+                .copy_from_slice(&src[(ch * n + b) * s..(ch * n + b + 1) * s]);
+        }
+    });
+    y
+}
+
 /// Dense matrix product `dst = (accumulate ? dst : 0) + lhs × rhs` through the `gemm` crate,
 /// single-threaded (callers parallelise over tiles). Strides are in elements; `*_rs` is the
 /// step between rows, `*_cs` between columns.
